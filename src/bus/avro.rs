@@ -1,0 +1,250 @@
+//! Avro codec for every Flywheel topic.
+//!
+//! Values use Avro *single-object encoding* (`C3 01`, the schema's 8-byte
+//! CRC-64-AVRO fingerprint, then the binary datum): each record names its exact
+//! schema without needing a schema registry. The schemas are the `.avsc` files in
+//! `schemas/`, compiled in so the binary and the contract cannot drift apart.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use apache_avro::types::Value;
+use apache_avro::{GenericSingleObjectReader, GenericSingleObjectWriter, Schema};
+
+/// (topic, schema text) for every topic Flywheel writes.
+const SCHEMAS: &[(&str, &str)] = &[
+    (
+        "erp.stock.v1",
+        include_str!("../../schemas/erp.stock.v1.avsc"),
+    ),
+    (
+        "erp.price.v1",
+        include_str!("../../schemas/erp.price.v1.avsc"),
+    ),
+    (
+        "flywheel.dlq.v1",
+        include_str!("../../schemas/flywheel.dlq.v1.avsc"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AvroError {
+    #[error("no Avro schema for topic `{0}` (schemas/ has none)")]
+    UnknownTopic(String),
+    #[error("schema for `{topic}` is invalid: {reason}")]
+    BadSchema { topic: String, reason: String },
+    #[error("record does not match the `{topic}` schema: {source}")]
+    Encode {
+        topic: String,
+        source: Box<apache_avro::Error>,
+    },
+    #[error("bytes are not a `{topic}` record: {source}")]
+    Decode {
+        topic: String,
+        source: Box<apache_avro::Error>,
+    },
+}
+
+/// Encoder/decoder for one topic's schema.
+pub struct AvroCodec {
+    topic: String,
+    schema: Schema,
+    writer: Mutex<GenericSingleObjectWriter>,
+    reader: GenericSingleObjectReader,
+}
+
+impl AvroCodec {
+    /// The codec for `topic`, parsed once per process.
+    pub fn for_topic(topic: &str) -> Result<&'static AvroCodec, AvroError> {
+        static CODECS: OnceLock<HashMap<&'static str, Result<AvroCodec, String>>> = OnceLock::new();
+        let codecs = CODECS.get_or_init(|| {
+            SCHEMAS
+                .iter()
+                .map(|(t, text)| (*t, AvroCodec::parse(t, text).map_err(|e| e.to_string())))
+                .collect()
+        });
+        match codecs.get(topic) {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(reason)) => Err(AvroError::BadSchema {
+                topic: topic.into(),
+                reason: reason.clone(),
+            }),
+            None => Err(AvroError::UnknownTopic(topic.into())),
+        }
+    }
+
+    fn parse(topic: &str, text: &str) -> Result<AvroCodec, AvroError> {
+        let bad = |e: apache_avro::Error| AvroError::BadSchema {
+            topic: topic.into(),
+            reason: e.to_string(),
+        };
+        let schema = Schema::parse_str(text).map_err(bad)?;
+        let writer = GenericSingleObjectWriter::new_with_capacity(&schema, 512).map_err(bad)?;
+        let reader = GenericSingleObjectReader::builder()
+            .schema(schema.clone())
+            .build()
+            .map_err(bad)?;
+        Ok(AvroCodec {
+            topic: topic.into(),
+            schema,
+            writer: Mutex::new(writer),
+            reader,
+        })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Names and types of the record's fields, in schema order.
+    pub fn fields(&self) -> Vec<(String, FieldKind)> {
+        match &self.schema {
+            Schema::Record(r) => r
+                .fields
+                .iter()
+                .map(|f| (f.name.clone(), FieldKind::of(&f.schema)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn encode(&self, value: &Value) -> Result<Vec<u8>, AvroError> {
+        let mut out = Vec::with_capacity(256);
+        let mut writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        writer
+            .write_value_ref(value, &mut out)
+            .map_err(|e| AvroError::Encode {
+                topic: self.topic.clone(),
+                source: Box::new(e),
+            })?;
+        Ok(out)
+    }
+
+    pub fn decode(&self, mut bytes: &[u8]) -> Result<Value, AvroError> {
+        self.reader
+            .read_value(&mut bytes)
+            .map_err(|e| AvroError::Decode {
+                topic: self.topic.clone(),
+                source: Box::new(e),
+            })
+    }
+}
+
+/// The field types entity models may fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    String,
+    NullableString,
+    Long,
+    Boolean,
+    Other,
+}
+
+impl FieldKind {
+    fn of(schema: &Schema) -> FieldKind {
+        match schema {
+            Schema::String => FieldKind::String,
+            Schema::Long | Schema::TimestampMicros => FieldKind::Long,
+            Schema::Boolean => FieldKind::Boolean,
+            Schema::Union(u) => {
+                let v = u.variants();
+                if v.len() == 2 && v[0] == Schema::Null && v[1] == Schema::String {
+                    FieldKind::NullableString
+                } else {
+                    FieldKind::Other
+                }
+            }
+            _ => FieldKind::Other,
+        }
+    }
+}
+
+/// Looks up a record field by name in a decoded value.
+pub fn field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
+    match record {
+        Value::Record(fields) => fields.iter().find(|(n, _)| n == name).map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// A string field, looking through `["null","string"]` unions.
+pub fn field_str<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
+    match field(record, name)? {
+        Value::String(s) => Some(s),
+        Value::Union(_, inner) => match inner.as_ref() {
+            Value::String(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A long field (also timestamps).
+pub fn field_i64(record: &Value, name: &str) -> Option<i64> {
+    match field(record, name)? {
+        Value::Long(v) | Value::TimestampMicros(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// `["null","string"]` value.
+pub fn nullable_string(v: Option<String>) -> Value {
+    match v {
+        Some(s) => Value::Union(1, Box::new(Value::String(s))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_schemas_parse() {
+        for (topic, _) in SCHEMAS {
+            AvroCodec::for_topic(topic).unwrap();
+        }
+        assert!(matches!(
+            AvroCodec::for_topic("nope.v1"),
+            Err(AvroError::UnknownTopic(_))
+        ));
+    }
+
+    #[test]
+    fn stock_round_trip_uses_single_object_encoding() {
+        let codec = AvroCodec::for_topic("erp.stock.v1").unwrap();
+        let value = Value::Record(vec![
+            ("key".into(), Value::String("SKU-1/WH1".into())),
+            ("version".into(), Value::Long(42)),
+            ("source_ts".into(), Value::TimestampMicros(1)),
+            ("event_id".into(), Value::String("e".into())),
+            ("deleted".into(), Value::Boolean(false)),
+            ("sku".into(), Value::String("SKU-1".into())),
+            ("warehouse".into(), Value::String("WH1".into())),
+            ("on_hand".into(), nullable_string(Some("5".into()))),
+            ("reserved".into(), nullable_string(Some("1".into()))),
+            ("available".into(), nullable_string(Some("4".into()))),
+        ]);
+        let bytes = codec.encode(&value).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        let back = codec.decode(&bytes).unwrap();
+        assert_eq!(field_str(&back, "available"), Some("4"));
+        assert_eq!(field_i64(&back, "version"), Some(42));
+        // A record of another schema is refused by its fingerprint.
+        let dlq = AvroCodec::for_topic("flywheel.dlq.v1").unwrap();
+        assert!(dlq.decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn field_kinds() {
+        let codec = AvroCodec::for_topic("erp.stock.v1").unwrap();
+        let kinds: HashMap<_, _> = codec.fields().into_iter().collect();
+        assert_eq!(kinds["sku"], FieldKind::String);
+        assert_eq!(kinds["on_hand"], FieldKind::NullableString);
+        assert_eq!(kinds["version"], FieldKind::Long);
+        assert_eq!(kinds["deleted"], FieldKind::Boolean);
+    }
+}

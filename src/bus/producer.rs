@@ -1,0 +1,91 @@
+//! The one Kafka producer configuration every Flywheel role uses: idempotent,
+//! `acks=all`, so a record acknowledged is durable and never duplicated by
+//! producer retries.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::BusError;
+use crate::config::KafkaConfig;
+
+/// A record to produce. Owned, so many sends can be in flight at once.
+#[derive(Clone, Debug)]
+pub struct OutRecord {
+    pub topic: &'static str,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Where an acknowledged record landed.
+#[derive(Clone, Copy, Debug)]
+pub struct Acked {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Clone)]
+pub struct EventProducer {
+    inner: FutureProducer,
+    bootstrap: String,
+}
+
+impl EventProducer {
+    pub fn new(kafka: &KafkaConfig, role: &str) -> Result<Self, BusError> {
+        let inner: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap)
+            .set("client.id", format!("{}-{role}", kafka.client_id))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+            .create()
+            .map_err(|source| BusError::Client {
+                bootstrap: kafka.bootstrap.clone(),
+                source,
+            })?;
+        Ok(EventProducer {
+            inner,
+            bootstrap: kafka.bootstrap.clone(),
+        })
+    }
+
+    /// Produces one record and resolves once Kafka acknowledged it (or gave up
+    /// after `message.timeout.ms`). Waits, rather than fails, while the local
+    /// queue is full.
+    pub async fn send(&self, record: OutRecord) -> Result<Acked, BusError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let fr = FutureRecord::to(record.topic)
+            .key(record.key.as_bytes())
+            .payload(&record.payload)
+            .headers(headers);
+        match self.inner.send(fr, Timeout::Never).await {
+            Ok(d) => Ok(Acked {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((source, _)) => Err(BusError::Delivery {
+                topic: record.topic.into(),
+                bootstrap: self.bootstrap.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Waits for every queued record to be delivered, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.inner.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush did not complete");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! One typed configuration: defaults, then a TOML file, then `FLYWHEEL_*`
+//! environment variables (`FLYWHEEL_ERP__DSN` sets `erp.dsn`). Validated at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub erp: ErpConfig,
+    pub kafka: KafkaConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErpConfig {
+    /// libpq-style DSN (`host=… port=… user=… dbname=…` or `postgres://…`). The user
+    /// needs the REPLICATION attribute and SELECT on the connector's tables.
+    pub dsn: String,
+    /// Connector file; the built-in `connectors/odoo.toml` when unset.
+    pub connector: Option<PathBuf>,
+    /// Logical replication slot Flywheel owns (created when missing).
+    pub slot: String,
+    /// Publication over the connector's trigger tables (created when missing).
+    pub publication: String,
+    /// How often to report the confirmed position to PostgreSQL.
+    pub status_interval_ms: u64,
+    /// Emit a heartbeat message this often so the slot advances while the
+    /// published tables are idle; 0 disables it.
+    pub heartbeat_interval_ms: u64,
+    /// Keys per model query (snapshot and streaming).
+    pub batch_keys: usize,
+    /// Upper bound of transactions merged into one re-read under load.
+    pub max_batch_transactions: usize,
+}
+
+impl Default for ErpConfig {
+    fn default() -> Self {
+        ErpConfig {
+            dsn: "host=127.0.0.1 port=5432 user=postgres dbname=erp".into(),
+            connector: None,
+            slot: "flywheel".into(),
+            publication: "flywheel".into(),
+            status_interval_ms: 1_000,
+            heartbeat_interval_ms: 10_000,
+            batch_keys: 1_000,
+            max_batch_transactions: 500,
+        }
+    }
+}
+
+impl ErpConfig {
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        self.dsn
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("erp.dsn: {e}")))
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.status_interval_ms.max(10))
+    }
+
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        (self.heartbeat_interval_ms > 0).then(|| Duration::from_millis(self.heartbeat_interval_ms))
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap: String,
+    /// Partitions of the topics Flywheel creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub client_id: String,
+    /// How long the producer retries one record before reporting it failed.
+    pub message_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap: "127.0.0.1:9092".into(),
+            partitions: 6,
+            replication_factor: 1,
+            client_id: "flywheel".into(),
+            message_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; empty disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen
+            .parse()
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("metrics.listen `{}`: {e}", self.listen)))
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `flywheel=debug,rdkafka=warn`;
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `FLYWHEEL_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let config: Config = fig
+            .merge(Env::prefixed("FLYWHEEL_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.erp.pg_config()?;
+        self.metrics.addr()?;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.kafka.partitions < 1 {
+            return bad("kafka.partitions must be at least 1");
+        }
+        if self.kafka.replication_factor < 1 {
+            return bad("kafka.replication_factor must be at least 1");
+        }
+        if self.erp.batch_keys == 0 || self.erp.max_batch_transactions == 0 {
+            return bad("erp.batch_keys and erp.max_batch_transactions must be at least 1");
+        }
+        if self.erp.slot.is_empty()
+            || !self
+                .erp
+                .slot
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return bad("erp.slot may contain only lower-case letters, digits and underscores");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "f.toml",
+                "[erp]\nslot = \"from_file\"\n[kafka]\npartitions = 3\n",
+            )?;
+            jail.set_env("FLYWHEEL_KAFKA__PARTITIONS", "12");
+            let c = Config::load(Some(Path::new("f.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.erp.slot, "from_file");
+            assert_eq!(c.kafka.partitions, 12);
+            assert_eq!(c.kafka.replication_factor, 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_setting_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "[erp]\nslot = \"Bad-Slot\"\n")?;
+            let err = Config::load(Some(Path::new("f.toml"))).unwrap_err();
+            assert!(err.to_string().contains("erp.slot"), "{err}");
+            jail.create_file("g.toml", "[erp]\nsloot = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("g.toml"))).unwrap_err();
+            assert!(err.to_string().contains("sloot"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,90 @@
+//! The initial snapshot: every key of every entity, read inside the snapshot the
+//! slot exported, so snapshot and stream meet exactly at the slot's consistent
+//! point. Snapshot events carry that LSN as their version.
+
+use std::time::{Duration, Instant};
+
+use futures::future::try_join_all;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::entity_model::EntityModels;
+use super::lsn::Lsn;
+use super::replication::CreatedSlot;
+use super::source::{SourceError, connect_client, now_micros};
+use super::source_metrics::SourceMetrics;
+use crate::bus::producer::EventProducer;
+
+/// Reads and produces every entity key; returns the number of events.
+pub async fn take_snapshot(
+    pg: &tokio_postgres::Config,
+    models: &EntityModels,
+    producer: &EventProducer,
+    slot: &CreatedSlot,
+    batch_keys: usize,
+) -> Result<u64, SourceError> {
+    let mut client = connect_client(pg).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    tx.batch_execute(&format!(
+        "SET TRANSACTION SNAPSHOT '{}'",
+        slot.snapshot_name
+    ))
+    .await?;
+    let prepared = models.prepare(tx.client()).await?;
+    let version: Lsn = slot.consistent_point;
+    let source_ts = now_micros();
+    let metrics = SourceMetrics::get();
+    let started = Instant::now();
+    let mut total = 0u64;
+
+    for (i, entity) in models.entities.iter().enumerate() {
+        let keys = models.all_keys(&tx, &prepared, i).await?;
+        tracing::info!(entity = %entity.name, keys = keys.len(), %version, "snapshot started");
+        let bar = ProgressBar::new(keys.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>8} [{bar:40}] {pos}/{len} keys ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(entity.name.clone());
+        let mut last_log = Instant::now();
+        for chunk in keys.chunks(batch_keys) {
+            let values = models.read(&tx, &prepared, i, chunk).await?;
+            let records = values
+                .iter()
+                .map(|v| {
+                    entity.to_record(v, version, source_ts).map_err(|reason| {
+                        SourceError::Snapshot(format!(
+                            "entity `{}` key {}: {reason}",
+                            entity.name,
+                            v.key.kafka_key()
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let n = records.len() as u64;
+            try_join_all(records.into_iter().map(|r| producer.send(r))).await?;
+            metrics
+                .snapshot_events
+                .with_label_values(&[&entity.name])
+                .inc_by(n);
+            total += n;
+            bar.inc(n);
+            if last_log.elapsed() > Duration::from_secs(5) {
+                tracing::info!(entity = %entity.name, done = bar.position(), of = keys.len(), "snapshot progress");
+                last_log = Instant::now();
+            }
+        }
+        bar.finish_and_clear();
+        tracing::info!(entity = %entity.name, events = keys.len(), "snapshot of entity done");
+    }
+    tx.commit().await?;
+    tracing::info!(events = total, elapsed_ms = started.elapsed().as_millis() as u64, %version, "snapshot complete");
+    Ok(total)
+}

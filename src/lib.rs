@@ -1,0 +1,11 @@
+//! Flywheel: change-data-capture between an ERP and online shops.
+//!
+//! Data flows one way: `erp` (source) → `bus` (Kafka) → processors → sinks.
+//! `ops` observes through the metrics registry; `local_infra` starts throwaway
+//! servers for the demo, tests and benchmarks. See docs/architecture.md.
+
+pub mod bus;
+pub mod config;
+pub mod erp;
+pub mod local_infra;
+pub mod ops;

@@ -1,0 +1,156 @@
+//! A throwaway tansu broker (Kafka protocol) with in-memory storage.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+
+use super::process::{log_tail, spawn_guarded, stop};
+use super::{LocalInfraError, free_port};
+
+const INSTALL_HINT: &str = "run `cargo install tansu@0.6.0 --features dynostore --locked` (see DEVELOPERS.md) or set FLYWHEEL_TANSU_BIN";
+
+pub struct LocalBroker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl LocalBroker {
+    /// Starts tansu on a free port from an empty working directory (it reads a
+    /// `.env` from there) and waits until it answers a metadata request.
+    pub async fn start() -> Result<Self, LocalInfraError> {
+        let bin = find_tansu()?;
+        let dir = tempfile::Builder::new()
+            .prefix("flywheel-tansu-")
+            .tempdir()?;
+        let port = free_port()?;
+        let mut broker = LocalBroker {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn(&bin)?;
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self, bin: &PathBuf) -> Result<(), LocalInfraError> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let logfile = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone()?)
+            .stderr(logfile);
+        self.child = Some(spawn_guarded(cmd, Some(self.dir.path().to_path_buf()))?);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), LocalInfraError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let bootstrap = self.bootstrap();
+        let mut last_err = String::from("no answer yet");
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(self.start_failed(format!("exited with {status}")));
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                let b = bootstrap.clone();
+                let answer = tokio::task::spawn_blocking(move || metadata_answers(&b))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                match answer {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last_err = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(self.start_failed(format!("no metadata answer within 30 s: {last_err}")))
+    }
+
+    fn start_failed(&self, reason: String) -> LocalInfraError {
+        LocalInfraError::StartFailed {
+            what: "tansu broker".into(),
+            reason,
+            log_tail: log_tail(&self.log_path(), 30),
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    /// Stops the broker (SIGTERM, SIGKILL after 5 s). Memory storage is lost.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, libc::SIGTERM, Duration::from_secs(5));
+        }
+    }
+
+    /// Starts a fresh broker on the same port after [`stop`](Self::stop), for
+    /// tests of what clients do while the broker is away.
+    pub async fn restart(&mut self) -> Result<(), LocalInfraError> {
+        self.stop();
+        self.spawn(&find_tansu()?)?;
+        self.wait_ready().await
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn metadata_answers(bootstrap: &str) -> Result<(), String> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| e.to_string())?;
+    producer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(2))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn find_tansu() -> Result<PathBuf, LocalInfraError> {
+    let mut candidates = Vec::new();
+    if let Ok(bin) = std::env::var("FLYWHEEL_TANSU_BIN") {
+        candidates.push(PathBuf::from(bin));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("tansu")));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| LocalInfraError::Missing {
+            what: "tansu".into(),
+            hint: INSTALL_HINT.into(),
+        })
+}

@@ -1,0 +1,35 @@
+//! Throwaway local infrastructure: a PostgreSQL cluster and a tansu Kafka broker,
+//! each in its own temporary directory on a free port.
+//!
+//! Used by `flywheel demo` (when nothing else is configured), by every
+//! integration test and by the benchmarks, so all three run against the same
+//! real servers started the same way.
+
+mod broker;
+mod postgres;
+mod process;
+
+pub use broker::LocalBroker;
+pub use postgres::LocalPostgres;
+
+use std::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalInfraError {
+    #[error("{what} is not installed or not on PATH: {hint}")]
+    Missing { what: String, hint: String },
+    #[error("{what} failed to start: {reason}\n--- last lines of its log ---\n{log_tail}")]
+    StartFailed {
+        what: String,
+        reason: String,
+        log_tail: String,
+    },
+    #[error("local infrastructure I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A port that was free a moment ago. The server binds it right after, so the
+/// race window is small; a lost race shows up as a loud start failure.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
