@@ -88,8 +88,18 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication_factor: i32,
     pub client_id: String,
+    /// Prepended to every topic name (e.g. `staging.`), to share one cluster
+    /// between environments or merchants.
+    pub topic_prefix: String,
     /// How long the producer retries one record before reporting it failed.
     pub message_timeout_ms: u64,
+}
+
+impl KafkaConfig {
+    /// The physical name of a logical topic.
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
 }
 
 impl Default for KafkaConfig {
@@ -99,6 +109,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             client_id: "flywheel".into(),
+            topic_prefix: String::new(),
             message_timeout_ms: 30_000,
         }
     }
@@ -201,6 +212,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail returns figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

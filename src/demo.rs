@@ -147,7 +147,7 @@ async fn generate_activity(dsn: String, size: DemoSize, rate: u32, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 n += 1;
-                let r = if n % 10 == 0 {
+                let r = if n.is_multiple_of(10) {
                     activity.price_change(&client).await
                 } else {
                     activity.stock_move(&client).await

@@ -10,7 +10,7 @@ pub enum BusError {
     #[error("Kafka client for {bootstrap} could not be created: {source}")]
     Client {
         bootstrap: String,
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     #[error(
         "Kafka did not accept a record for `{topic}`: {source} (is the broker at {bootstrap} up and the topic created?)"
@@ -18,7 +18,7 @@ pub enum BusError {
     Delivery {
         topic: String,
         bootstrap: String,
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     #[error("creating topic `{topic}` failed: {reason}")]
     CreateTopic { topic: String, reason: String },

@@ -32,6 +32,7 @@ pub struct Acked {
 pub struct EventProducer {
     inner: FutureProducer,
     bootstrap: String,
+    topic_prefix: String,
 }
 
 impl EventProducer {
@@ -46,11 +47,12 @@ impl EventProducer {
             .create()
             .map_err(|source| BusError::Client {
                 bootstrap: kafka.bootstrap.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(EventProducer {
             inner,
             bootstrap: kafka.bootstrap.clone(),
+            topic_prefix: kafka.topic_prefix.clone(),
         })
     }
 
@@ -65,7 +67,8 @@ impl EventProducer {
                 value: Some(v.as_bytes()),
             });
         }
-        let fr = FutureRecord::to(record.topic)
+        let topic = format!("{}{}", self.topic_prefix, record.topic);
+        let fr = FutureRecord::to(&topic)
             .key(record.key.as_bytes())
             .payload(&record.payload)
             .headers(headers);
@@ -75,9 +78,9 @@ impl EventProducer {
                 offset: d.offset,
             }),
             Err((source, _)) => Err(BusError::Delivery {
-                topic: record.topic.into(),
+                topic,
                 bootstrap: self.bootstrap.clone(),
-                source,
+                source: Box::new(source),
             }),
         }
     }

@@ -26,9 +26,10 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), Bu
         .create()
         .map_err(|source| BusError::Client {
             bootstrap: kafka.bootstrap.clone(),
-            source,
+            source: Box::new(source),
         })?;
-    let new_topics: Vec<NewTopic> = names
+    let physical: Vec<String> = names.iter().map(|n| kafka.topic(n)).collect();
+    let new_topics: Vec<NewTopic> = physical
         .iter()
         .map(|n| {
             NewTopic::new(
@@ -43,7 +44,7 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), Bu
         .create_topics(new_topics.iter(), &opts)
         .await
         .map_err(|e| BusError::CreateTopic {
-            topic: names.join(","),
+            topic: physical.join(","),
             reason: format!("{e} (broker {})", kafka.bootstrap),
         })?;
     for result in results {

@@ -1,0 +1,362 @@
+//! Integration-test harness: one real PostgreSQL cluster and one real tansu
+//! broker per test binary, a database, slot and topic prefix per test.
+//!
+//! Servers start on first use and fail the test loudly if they cannot; they are
+//! killed when the test binary exits (see `local_infra`).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::OnceCell;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use flywheel::bus::avro::{AvroCodec, field_i64, field_str};
+use flywheel::bus::topics::ensure_topics;
+use flywheel::config::Config;
+use flywheel::erp::demo_erp::{self, DemoSize};
+use flywheel::local_infra::{LocalBroker, LocalPostgres};
+
+pub struct Shared {
+    pub pg: LocalPostgres,
+    pub broker: LocalBroker,
+}
+
+pub async fn shared() -> &'static Shared {
+    static SHARED: OnceCell<Shared> = OnceCell::const_new();
+    SHARED
+        .get_or_init(|| async {
+            let pg = LocalPostgres::start()
+                .await
+                .unwrap_or_else(|e| panic!("test PostgreSQL did not start: {e}"));
+            let broker = LocalBroker::start()
+                .await
+                .unwrap_or_else(|e| panic!("test broker did not start: {e}"));
+            Shared { pg, broker }
+        })
+        .await
+}
+
+pub async fn connect(dsn: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {dsn}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// One test's world: its own ERP database (demo data), slot and topics.
+pub struct TestEnv {
+    pub name: String,
+    pub dsn: String,
+    pub config: Config,
+    pub erp: Client,
+}
+
+impl TestEnv {
+    pub async fn new(name: &str, size: DemoSize) -> TestEnv {
+        let shared = shared().await;
+        shared
+            .pg
+            .create_database(name)
+            .await
+            .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+        let dsn = shared.pg.dsn(name);
+        let mut erp = connect(&dsn).await;
+        demo_erp::create_and_seed(&mut erp, size)
+            .await
+            .expect("seeding the demo ERP");
+        let mut config = Config::default();
+        config.erp.dsn = dsn.clone();
+        config.erp.slot = name.to_owned();
+        config.erp.status_interval_ms = 100;
+        config.erp.heartbeat_interval_ms = 500;
+        config.kafka.bootstrap = shared.broker.bootstrap();
+        config.kafka.topic_prefix = format!("{name}.");
+        config.kafka.partitions = 3;
+        config.kafka.message_timeout_ms = 10_000;
+        config.metrics.listen = String::new();
+        ensure_topics(
+            &config.kafka,
+            &["erp.stock.v1", "erp.price.v1", "flywheel.dlq.v1"],
+        )
+        .await
+        .expect("creating topics");
+        TestEnv {
+            name: name.to_owned(),
+            dsn,
+            config,
+            erp,
+        }
+    }
+
+    pub fn reader(&self, logical_topic: &str) -> TopicReader {
+        TopicReader::new(
+            &self.config.kafka.bootstrap,
+            &self.config.kafka.topic(logical_topic),
+            logical_topic,
+        )
+    }
+
+    /// Runs the source in-process until [`RunningSource::stop`].
+    pub fn start_source(&self) -> RunningSource {
+        let token = CancellationToken::new();
+        let config = self.config.clone();
+        let t = token.clone();
+        let handle = tokio::spawn(async move { flywheel::erp::source::run(&config, t).await });
+        RunningSource { token, handle }
+    }
+
+    /// The slot's confirmed flush position.
+    pub async fn confirmed_flush(&self) -> Option<u64> {
+        let row = self
+            .erp
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .expect("reading the slot");
+        row.and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|v| v as u64)
+    }
+
+    pub async fn current_wal(&self) -> u64 {
+        let v: i64 = self
+            .erp
+            .query_one(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+                &[],
+            )
+            .await
+            .expect("reading the WAL position")
+            .get(0);
+        v as u64
+    }
+
+    /// Whether the source finished its initial snapshot.
+    pub async fn snapshot_done(&self) -> bool {
+        self.erp
+            .query_opt(
+                "SELECT 1 FROM flywheel.source_snapshot WHERE slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .map(|r| r.is_some())
+            .unwrap_or(false)
+    }
+
+    /// Stock of one SKU in one warehouse, computed here independently of the connector.
+    pub async fn stock_of(&self, sku: &str, warehouse: &str) -> (String, String, String) {
+        let row = self
+            .erp
+            .query_one(
+                "SELECT coalesce(sum(q.quantity),0)::text, coalesce(sum(q.reserved_quantity),0)::text,
+                        (coalesce(sum(q.quantity),0) - coalesce(sum(q.reserved_quantity),0))::text
+                 FROM stock_quant q
+                 JOIN stock_location l ON l.id = q.location_id AND l.usage = 'internal'
+                 JOIN product_product p ON p.id = q.product_id
+                 JOIN stock_warehouse w ON l.name LIKE w.code || '/%'
+                 WHERE p.default_code = $1 AND w.code = $2",
+                &[&sku, &warehouse],
+            )
+            .await
+            .expect("computing stock");
+        (row.get(0), row.get(1), row.get(2))
+    }
+}
+
+pub struct RunningSource {
+    pub token: CancellationToken,
+    pub handle: tokio::task::JoinHandle<Result<(), flywheel::erp::source::SourceError>>,
+}
+
+impl RunningSource {
+    /// Graceful stop; panics if the source had failed.
+    pub async fn stop(self) {
+        self.token.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("source failed: {e}"),
+            Ok(Err(e)) => panic!("source task panicked: {e}"),
+            Err(_) => panic!("source did not stop within 30 s"),
+        }
+    }
+
+    /// Panics with the source's error if it stopped on its own.
+    pub fn assert_running(&self) {
+        assert!(
+            !self.handle.is_finished(),
+            "the source stopped unexpectedly"
+        );
+    }
+}
+
+/// A record read back from Kafka and decoded.
+#[derive(Clone, Debug)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Value,
+    pub headers: HashMap<String, String>,
+}
+
+impl Rec {
+    pub fn str(&self, field: &str) -> Option<&str> {
+        field_str(&self.value, field)
+    }
+
+    pub fn version(&self) -> u64 {
+        field_i64(&self.value, "version").expect("every event has a version") as u64
+    }
+
+    pub fn deleted(&self) -> bool {
+        matches!(
+            flywheel::bus::avro::field(&self.value, "deleted"),
+            Some(Value::Boolean(true))
+        )
+    }
+}
+
+/// Reads a whole topic from the beginning (no consumer group) and decodes it.
+pub struct TopicReader {
+    consumer: Option<BaseConsumer>,
+    codec: &'static AvroCodec,
+    pub records: Vec<Rec>,
+}
+
+impl TopicReader {
+    pub fn new(bootstrap: &str, physical_topic: &str, logical_topic: &str) -> TopicReader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "flywheel-tests-unused")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .expect("creating a test consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(physical_topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let mut tpl = TopicPartitionList::new();
+        for topic in metadata.topics() {
+            for p in topic.partitions() {
+                tpl.add_partition_offset(physical_topic, p.id(), Offset::Beginning)
+                    .expect("assigning");
+            }
+        }
+        assert!(tpl.count() > 0, "topic {physical_topic} has no partitions");
+        consumer.assign(&tpl).expect("assigning partitions");
+        TopicReader {
+            consumer: Some(consumer),
+            codec: AvroCodec::for_topic(logical_topic).expect("a codec for the topic"),
+            records: Vec::new(),
+        }
+    }
+
+    /// Polls until `done(records)` holds, or panics after `timeout`.
+    pub async fn read_until(&mut self, timeout: Duration, done: impl Fn(&[Rec]) -> bool) -> &[Rec] {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.records) {
+                return &self.records;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "condition not met within {timeout:?}; {} records read",
+                    self.records.len()
+                );
+            }
+            self.poll_some().await;
+        }
+    }
+
+    /// Reads for `quiet` after the last record arrived: everything there is.
+    pub async fn drain(&mut self, quiet: Duration) -> &[Rec] {
+        let mut last = Instant::now();
+        let mut n = self.records.len();
+        while last.elapsed() < quiet {
+            self.poll_some().await;
+            if self.records.len() != n {
+                n = self.records.len();
+                last = Instant::now();
+            }
+        }
+        &self.records
+    }
+
+    async fn poll_some(&mut self) {
+        let consumer = self.consumer.take().expect("consumer");
+        let codec = self.codec;
+        let (consumer, batch) = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::new();
+            let until = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < until {
+                match consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(m)) => {
+                        let value = codec
+                            .decode(m.payload().unwrap_or_default())
+                            .unwrap_or_else(|e| {
+                                panic!("undecodable record at offset {}: {e}", m.offset())
+                            });
+                        let mut headers = HashMap::new();
+                        if let Some(h) = m.headers() {
+                            for hd in h.iter() {
+                                headers.insert(
+                                    hd.key.to_owned(),
+                                    String::from_utf8_lossy(hd.value.unwrap_or_default())
+                                        .into_owned(),
+                                );
+                            }
+                        }
+                        batch.push(Rec {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                            value,
+                            headers,
+                        });
+                    }
+                    Some(Err(e)) => panic!("consuming failed: {e}"),
+                    None => {}
+                }
+            }
+            (consumer, batch)
+        })
+        .await
+        .expect("poll task");
+        self.consumer = Some(consumer);
+        self.records.extend(batch);
+    }
+}
+
+/// Awaits `cond` (re-evaluated every 50 ms) or panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn small() -> DemoSize {
+    DemoSize {
+        skus: 20,
+        warehouses: 3,
+        orders: 5,
+        seed: 0.1,
+    }
+}

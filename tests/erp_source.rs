@@ -1,0 +1,483 @@
+//! The ERP source against a real PostgreSQL and a real Kafka-protocol broker.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{Rec, TestEnv, small, wait_for};
+use flywheel::erp::demo_erp::DemoSize;
+
+const T: Duration = Duration::from_secs(60);
+
+fn latest_by_key(records: &[Rec]) -> HashMap<String, &Rec> {
+    let mut out: HashMap<String, &Rec> = HashMap::new();
+    for r in records {
+        match out.get(&r.key) {
+            Some(prev) if prev.version() >= r.version() => {}
+            _ => {
+                out.insert(r.key.clone(), r);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `sql` in one transaction; returns WAL positions just before and after
+/// its commit, which bracket the commit record's LSN.
+async fn commit_bracketed(env: &mut TestEnv, sql: &str) -> (u64, u64) {
+    let tx = env.erp.transaction().await.expect("begin");
+    tx.batch_execute(sql).await.expect("transaction body");
+    let before: i64 = tx
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+            &[],
+        )
+        .await
+        .expect("lsn")
+        .get(0);
+    tx.commit().await.expect("commit");
+    (before as u64, env.current_wal().await)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stock_change_appears_with_the_right_aggregate_and_version() {
+    let mut env = TestEnv::new("stock_change", small()).await;
+    let source = env.start_source();
+    let mut stock = env.reader("erp.stock.v1");
+    stock.read_until(T, |r| r.len() >= 60).await;
+
+    // SKU-000001 in WH1: 100 (10 reserved) on Stock, 5 on a shelf, and 7 at the
+    // customer location, which is not the warehouse's stock.
+    let (lo, hi) = commit_bracketed(
+        &mut env,
+        "DELETE FROM stock_quant WHERE product_id = 1;
+         INSERT INTO stock_quant (product_id, location_id, quantity, reserved_quantity)
+         SELECT 1, w.lot_stock_id, 100, 10 FROM stock_warehouse w WHERE w.code = 'WH1';
+         INSERT INTO stock_quant (product_id, location_id, quantity)
+         SELECT 1, l.id, 5 FROM stock_location l WHERE l.name = 'WH1/Stock/Shelf 1';
+         INSERT INTO stock_quant (product_id, location_id, quantity) VALUES (1, 3, 7);",
+    )
+    .await;
+
+    let records = stock
+        .read_until(T, |r| {
+            r.iter()
+                .any(|e| e.key == "SKU-000001/WH1" && e.version() >= lo)
+        })
+        .await;
+    let event = records
+        .iter()
+        .find(|e| e.key == "SKU-000001/WH1" && e.version() >= lo)
+        .expect("found above");
+    assert!(
+        event.version() >= lo && event.version() < hi,
+        "version {} is not the commit LSN (in [{lo}, {hi}))",
+        event.version()
+    );
+    assert_eq!(event.str("on_hand"), Some("105.000"));
+    assert_eq!(event.str("reserved"), Some("10.000"));
+    assert_eq!(event.str("available"), Some("95.000"));
+    assert_eq!(event.str("sku"), Some("SKU-000001"));
+    assert_eq!(event.str("warehouse"), Some("WH1"));
+    assert!(!event.deleted());
+    assert_eq!(
+        event.headers.get("flywheel.version").map(String::as_str),
+        Some(event.version().to_string().as_str())
+    );
+    // The same transaction emptied WH2 and WH3 of SKU-000001: zero, not absent.
+    let all = stock
+        .read_until(T, |r| {
+            ["SKU-000001/WH2", "SKU-000001/WH3"]
+                .iter()
+                .all(|k| r.iter().any(|e| e.key == *k && e.version() >= lo))
+        })
+        .await;
+    for k in ["SKU-000001/WH2", "SKU-000001/WH3"] {
+        let e = all
+            .iter()
+            .find(|e| e.key == k && e.version() >= lo)
+            .unwrap();
+        assert_eq!(e.str("on_hand"), Some("0"), "{k}");
+    }
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_touching_many_rows_of_one_sku_produces_it_once() {
+    let mut env = TestEnv::new("many_rows", small()).await;
+    let source = env.start_source();
+    let mut stock = env.reader("erp.stock.v1");
+    stock.read_until(T, |r| r.len() >= 60).await;
+
+    // 300 row changes, all SKU-000002 in WH1 (Stock and both shelves).
+    let (lo, hi) = commit_bracketed(
+        &mut env,
+        "INSERT INTO stock_quant (product_id, location_id, quantity)
+         SELECT 2, l.id, 1 FROM stock_location l, generate_series(1, 100)
+         WHERE l.name LIKE 'WH1/Stock%';
+         UPDATE stock_quant SET quantity = quantity + 1 WHERE product_id = 2
+           AND location_id IN (SELECT id FROM stock_location WHERE name LIKE 'WH1/%');",
+    )
+    .await;
+    let (on_hand, _, _) = env.stock_of("SKU-000002", "WH1").await;
+    stock
+        .read_until(T, |r| r.iter().any(|e| e.version() >= lo))
+        .await;
+    // Let anything else the transaction might (wrongly) produce arrive.
+    let records = stock.drain(Duration::from_secs(2)).await;
+    let from_txn: Vec<&Rec> = records.iter().filter(|e| e.version() >= lo).collect();
+    assert_eq!(
+        from_txn.len(),
+        1,
+        "expected one event, got {:?}",
+        from_txn.iter().map(|e| &e.key).collect::<Vec<_>>()
+    );
+    assert_eq!(from_txn[0].key, "SKU-000002/WH1");
+    assert!(from_txn[0].version() < hi);
+    assert_eq!(from_txn[0].str("on_hand"), Some(on_hand.as_str()));
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_of_10000_skus_produces_exactly_one_event_per_key() {
+    let size = DemoSize {
+        skus: 10_000,
+        warehouses: 3,
+        orders: 10,
+        seed: 0.3,
+    };
+    let env = TestEnv::new("snapshot_10k", size).await;
+    let expected_prices: i64 = env
+        .erp
+        .query_one(
+            "SELECT (SELECT count(*) FROM product_product)
+                  + (SELECT count(*) FROM product_pricelist_item i JOIN product_product p ON p.id = i.product_id)
+                  + (SELECT count(*) FROM product_pricelist_item i JOIN product_product p ON p.product_tmpl_id = i.product_tmpl_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let source = env.start_source();
+    wait_for("the snapshot to complete", Duration::from_secs(300), || {
+        env.snapshot_done()
+    })
+    .await;
+
+    let mut stock = env.reader("erp.stock.v1");
+    stock.read_until(T, |r| r.len() >= 30_000).await;
+    stock.drain(Duration::from_secs(2)).await;
+    let keys: HashSet<&str> = stock.records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(
+        stock.records.len(),
+        30_000,
+        "one event per (SKU, warehouse)"
+    );
+    assert_eq!(keys.len(), 30_000);
+    let versions: HashSet<u64> = stock.records.iter().map(Rec::version).collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "every snapshot event carries the snapshot LSN"
+    );
+    let snapshot_lsn: i64 = env
+        .erp
+        .query_one(
+            "SELECT (snapshot_lsn - '0/0'::pg_lsn)::bigint FROM flywheel.source_snapshot WHERE slot_name = $1",
+            &[&env.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions.into_iter().next(), Some(snapshot_lsn as u64));
+
+    let mut prices = env.reader("erp.price.v1");
+    prices
+        .read_until(T, |r| r.len() as i64 >= expected_prices)
+        .await;
+    prices.drain(Duration::from_secs(2)).await;
+    let price_keys: HashSet<&str> = prices.records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(prices.records.len() as i64, expected_prices);
+    assert_eq!(price_keys.len() as i64, expected_prices);
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_published_tables_do_not_hold_back_the_slot() {
+    let env = TestEnv::new("idle_tables", small()).await;
+    let source = env.start_source();
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    env.erp
+        .batch_execute("CREATE TABLE audit_log (id serial PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        env.erp
+            .batch_execute(
+                "INSERT INTO audit_log (payload) SELECT repeat('x', 200) FROM generate_series(1, 2000)",
+            )
+            .await
+            .unwrap();
+    }
+    let target = env.current_wal().await;
+    let before = env.confirmed_flush().await.unwrap_or(0);
+    assert!(
+        target > before + 1_000_000,
+        "the busy table wrote at least 1 MB of WAL"
+    );
+    wait_for(
+        "the confirmed flush position to pass the busy table's WAL",
+        T,
+        || async { env.confirmed_flush().await.unwrap_or(0) >= target },
+    )
+    .await;
+    source.assert_running();
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmappable_row_is_dead_lettered_and_the_source_keeps_going() {
+    let env = TestEnv::new("dead_letter", small()).await;
+    let source = env.start_source();
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+
+    // A product without a SKU receives stock.
+    env.erp
+        .batch_execute(
+            "INSERT INTO product_template (id, name, list_price) VALUES (900, 'Unlisted', 1);
+             INSERT INTO product_product (id, product_tmpl_id, default_code) VALUES (900, 900, NULL);
+             INSERT INTO stock_quant (product_id, location_id, quantity)
+             SELECT 900, lot_stock_id, 4 FROM stock_warehouse WHERE code = 'WH2';",
+        )
+        .await
+        .unwrap();
+    let mut dlq = env.reader("flywheel.dlq.v1");
+    let records = dlq
+        .read_until(T, |r| {
+            r.iter()
+                .any(|d| d.str("context").is_some_and(|c| c.contains("\"900\"")))
+        })
+        .await;
+    let letter = records
+        .iter()
+        .find(|d| d.str("context").is_some_and(|c| c.contains("\"900\"")))
+        .unwrap();
+    assert_eq!(letter.str("error_class"), Some("unmappable_row"));
+    assert_eq!(letter.str("stage"), Some("erp.source"));
+    assert!(
+        letter.str("reason").unwrap().contains("without `sku`"),
+        "{:?}",
+        letter.str("reason")
+    );
+    assert!(letter.str("source_position").is_some());
+    assert_eq!(
+        letter
+            .headers
+            .get("flywheel.error.class")
+            .map(String::as_str),
+        Some("unmappable_row")
+    );
+
+    // The source is still streaming.
+    env.erp
+        .batch_execute("UPDATE stock_quant SET quantity = 4242 WHERE product_id = 3 AND location_id = (SELECT lot_stock_id FROM stock_warehouse WHERE code = 'WH3')")
+        .await
+        .unwrap();
+    let (on_hand, _, _) = env.stock_of("SKU-000003", "WH3").await;
+    let mut stock = env.reader("erp.stock.v1");
+    stock
+        .read_until(T, |r| {
+            r.iter()
+                .any(|e| e.key == "SKU-000003/WH3" && e.str("on_hand") == Some(on_hand.as_str()))
+        })
+        .await;
+    source.assert_running();
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_replica_identity_is_refused_with_the_fix() {
+    let env = TestEnv::new("replica_identity", small()).await;
+    env.erp
+        .batch_execute("ALTER TABLE stock_quant REPLICA IDENTITY DEFAULT")
+        .await
+        .unwrap();
+    let err = flywheel::erp::source::run(&env.config, Default::default())
+        .await
+        .expect_err("the source must refuse to start");
+    let text = err.to_string();
+    assert!(
+        text.contains("ALTER TABLE public.stock_quant REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_restart_resumes_where_it_stopped() {
+    let env = TestEnv::new("graceful_restart", small()).await;
+    let source = env.start_source();
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    source.stop().await;
+
+    // Changes while the source is down are captured after it comes back.
+    env.erp
+        .batch_execute("UPDATE stock_quant SET quantity = 777 WHERE product_id = 4 AND location_id = (SELECT lot_stock_id FROM stock_warehouse WHERE code = 'WH1')")
+        .await
+        .unwrap();
+    let (on_hand, _, _) = env.stock_of("SKU-000004", "WH1").await;
+    let source = env.start_source();
+    let mut stock = env.reader("erp.stock.v1");
+    stock
+        .read_until(T, |r| {
+            r.iter()
+                .any(|e| e.key == "SKU-000004/WH1" && e.str("on_hand") == Some(on_hand.as_str()))
+        })
+        .await;
+    // No second snapshot: 60 snapshot events plus what changed.
+    let records = stock.drain(Duration::from_secs(1)).await;
+    assert!(
+        records.len() < 70,
+        "{} events: the restart re-snapshotted",
+        records.len()
+    );
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prices_follow_list_price_and_pricelist_changes() {
+    let env = TestEnv::new("prices", small()).await;
+    let source = env.start_source();
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    // Product 6 has a Wholesale variant price (every third product).
+    env.erp
+        .batch_execute(
+            "UPDATE product_template SET list_price = 50 WHERE id = 6;
+             UPDATE product_pricelist_item SET fixed_price = 31.50 WHERE product_id = 6 AND pricelist_id = 2;",
+        )
+        .await
+        .unwrap();
+    let mut prices = env.reader("erp.price.v1");
+    let records = prices
+        .read_until(T, |r| {
+            r.iter()
+                .any(|e| e.key == "SKU-000006/list/EUR" && e.str("amount") == Some("50.00"))
+                && r.iter()
+                    .any(|e| e.key == "SKU-000006/2/EUR" && e.str("amount") == Some("31.50"))
+        })
+        .await;
+    let latest = latest_by_key(records);
+    assert_eq!(latest["SKU-000006/2/EUR"].str("compare_at"), Some("50.00"));
+    source.stop().await;
+}
+
+/// Starts `flywheel source` as a child process configured for `env`.
+fn spawn_source_process(env: &TestEnv) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .arg("source")
+        .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
+        .env("FLYWHEEL_ERP__SLOT", &env.config.erp.slot)
+        .env("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "100")
+        .env("FLYWHEEL_KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
+        .env(
+            "FLYWHEEL_KAFKA__TOPIC_PREFIX",
+            &env.config.kafka.topic_prefix,
+        )
+        .env("FLYWHEEL_KAFKA__PARTITIONS", "3")
+        .env("FLYWHEEL_METRICS__LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning flywheel source")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let env = TestEnv::new("kill_nine", small()).await;
+    let mut child = spawn_source_process(&env);
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+
+    // A writer changes stock of 10 SKUs across warehouses in many small
+    // transactions while the source is killed and restarted.
+    let writer_dsn = env.dsn.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = common::connect(&writer_dsn).await;
+            let mut n = 0i32;
+            while !stop.is_cancelled() {
+                n += 1;
+                client
+                    .execute(
+                        "UPDATE stock_quant q SET quantity = $1
+                         FROM stock_warehouse w
+                         WHERE q.location_id = w.lot_stock_id AND q.product_id = 1 + $1 % 10
+                           AND w.code = 'WH' || (1 + $1 % 3)",
+                        &[&n],
+                    )
+                    .await
+                    .expect("writer update");
+            }
+            n
+        }
+    });
+    let mut stock = env.reader("erp.stock.v1");
+    stock.read_until(T, |r| r.len() >= 60 + 200).await;
+    child.kill().expect("kill -9");
+    child.wait().expect("reaping the killed source");
+    // Everything produced by the first run, and where it ends per partition.
+    let first_run_ends: HashMap<i32, i64> = {
+        let records = stock.drain(Duration::from_secs(2)).await;
+        let mut ends = HashMap::new();
+        for r in records {
+            let e = ends.entry(r.partition).or_insert(r.offset);
+            *e = (*e).max(r.offset);
+        }
+        ends
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // the writer keeps writing while the source is down
+    let mut child = spawn_source_process(&env);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let writes = writer.await.expect("writer");
+    assert!(writes > 200, "the writer made only {writes} transactions");
+
+    // Converged: for every key, the newest version carries the ERP's final state.
+    let mut finals = HashMap::new();
+    for p in 1..=10 {
+        for w in 1..=3 {
+            let sku = format!("SKU-{p:06}");
+            let wh = format!("WH{w}");
+            finals.insert(format!("{sku}/{wh}"), env.stock_of(&sku, &wh).await.0);
+        }
+    }
+    let finals_ref = &finals;
+    stock
+        .read_until(T, move |r| {
+            let latest = latest_by_key(r);
+            finals_ref
+                .iter()
+                .all(|(k, v)| latest.get(k).and_then(|e| e.str("on_hand")) == Some(v.as_str()))
+        })
+        .await;
+    child.kill().expect("stopping the second source");
+    child.wait().expect("reaping");
+
+    // Within each run, versions per key only grow; a restart may replay (older
+    // versions again), which consumers skip as stale.
+    let mut last: HashMap<(bool, String), u64> = HashMap::new();
+    for r in &stock.records {
+        let second_run = first_run_ends
+            .get(&r.partition)
+            .is_some_and(|end| r.offset > *end);
+        let prev = last.entry((second_run, r.key.clone())).or_insert(0);
+        assert!(
+            r.version() > *prev,
+            "version went backward within a run for {}: {} after {}",
+            r.key,
+            r.version(),
+            prev
+        );
+        *prev = r.version();
+    }
+}
