@@ -251,3 +251,14 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod example_file {
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/flywheel.example.toml");
+        let c = super::Config::load(Some(std::path::Path::new(path))).unwrap();
+        assert_eq!(c.kafka.replication_factor, 3);
+    }
+}

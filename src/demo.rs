@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use flywheel::config::{Config, ErpConfig, KafkaConfig};
 use flywheel::erp::demo_erp::{self, DemoSize, ErpActivity};
-use flywheel::erp::source_metrics::SourceMetrics;
+use flywheel::erp::source_metrics::{BucketCounts, SourceMetrics};
 use flywheel::local_infra::{LocalBroker, LocalPostgres};
 use flywheel::ops;
 
@@ -191,7 +191,8 @@ impl Snapshot {
 fn print_status(before: &Snapshot, now: &Snapshot) {
     let m = SourceMetrics::get();
     let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
-    let (p50, p99) = commit_to_ack_quantiles(&m.commit_to_ack_seconds);
+    let latency = BucketCounts::take(&m.commit_to_ack_seconds);
+    let (p50, p99) = (latency.quantile(0.5), latency.quantile(0.99));
     println!(
         "captured {:>6.0} tx/s | produced {:>6.0} events/s (total {:>7}) | slot lag {:>8} B | commit→ack p50 {:>6} p99 {:>6} | dead letters {}",
         (now.txns - before.txns) as f64 / secs,
@@ -210,32 +211,4 @@ fn fmt_secs(s: Option<f64>) -> String {
         Some(s) => format!("{s:.1}s"),
         None => "-".into(),
     }
-}
-
-/// p50 and p99 upper bucket bounds over all entities (cumulative since start).
-fn commit_to_ack_quantiles(h: &prometheus::HistogramVec) -> (Option<f64>, Option<f64>) {
-    let mut buckets: Vec<(f64, u64)> = Vec::new();
-    let mut total = 0u64;
-    for family in prometheus::core::Collector::collect(h) {
-        for metric in family.get_metric() {
-            let hist = metric.get_histogram();
-            total += hist.get_sample_count();
-            for (i, b) in hist.get_bucket().iter().enumerate() {
-                if buckets.len() <= i {
-                    buckets.push((b.upper_bound(), 0));
-                }
-                buckets[i].1 += b.cumulative_count();
-            }
-        }
-    }
-    let q = |q: f64| {
-        let want = (total as f64 * q).ceil() as u64;
-        (total > 0).then(|| {
-            buckets
-                .iter()
-                .find(|(_, c)| *c >= want)
-                .map_or(f64::INFINITY, |(b, _)| *b)
-        })
-    };
-    (q(0.5), q(0.99))
 }

@@ -10,7 +10,7 @@ mod postgres;
 mod process;
 
 pub use broker::LocalBroker;
-pub use postgres::LocalPostgres;
+pub use postgres::{LocalPostgres, find_pg_binary};
 
 use std::net::TcpListener;
 

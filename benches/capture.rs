@@ -1,0 +1,273 @@
+//! Capture benchmark: Flywheel's ERP source vs `pg_recvlogical` on the same WAL.
+//!
+//! `cargo bench --bench capture` (env: BENCH_SKUS, BENCH_RATE, BENCH_SECONDS,
+//! BENCH_BURST_TXNS, BENCH_ROWS_PER_TXN). Starts its own PostgreSQL and tansu.
+//!
+//! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,
+//! each changing BENCH_ROWS_PER_TXN stock rows of random SKUs; reports achieved
+//! row changes/s and entity events/s and commit→Kafka-ack p50/p99.
+//!
+//! Phase B, same WAL: with both consumers stopped, BENCH_BURST_TXNS
+//! transactions are written; then Flywheel's source catches up (decode,
+//! re-read entities, produce, wait for acks, confirm), then `pg_recvlogical`
+//! decodes the very same WAL range from its own slot (to /dev/null). Reported
+//! as rates and the ratio of the two, because the machine is shared and noisy.
+
+use std::time::{Duration, Instant};
+
+use flywheel::config::Config;
+use flywheel::erp::demo_erp::{self, DemoSize, SplitMix64};
+use flywheel::erp::source_metrics::{BucketCounts, SourceMetrics};
+use flywheel::local_infra::{LocalBroker, LocalPostgres};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn connect(dsn: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+async fn wal_lsn(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+        &[],
+    )
+    .await
+    .expect("lsn")
+    .get(0)
+}
+
+async fn confirmed(c: &Client, slot: &str) -> i64 {
+    c.query_one(
+        "SELECT coalesce((confirmed_flush_lsn - '0/0'::pg_lsn)::bigint, 0) FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .expect("slot")
+    .get(0)
+}
+
+/// One stock transaction: `rows` quants of random SKUs in random warehouses.
+async fn stock_txn(c: &Client, rng: &mut SplitMix64, size: DemoSize, rows: u32) {
+    let products: Vec<i32> = (0..rows).map(|_| rng.one_to(size.skus) as i32).collect();
+    let warehouses: Vec<String> = (0..rows)
+        .map(|_| format!("WH{}", rng.one_to(size.warehouses)))
+        .collect();
+    c.execute(
+        "UPDATE stock_quant q SET quantity = q.quantity + 1
+         FROM unnest($1::int[], $2::text[]) AS m(product_id, wh), stock_warehouse w
+         WHERE w.code = m.wh AND q.location_id = w.lot_stock_id AND q.product_id = m.product_id",
+        &[&products, &warehouses],
+    )
+    .await
+    .expect("stock transaction");
+}
+
+fn events_total() -> u64 {
+    let m = SourceMetrics::get();
+    prometheus::core::Collector::collect(&m.events)
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|x| x.get_counter().value() as u64)
+        .sum()
+}
+
+fn ms(s: Option<f64>) -> String {
+    s.map_or("-".into(), |v| format!("{:.1} ms", v * 1000.0))
+}
+
+#[tokio::main]
+async fn main() {
+    let size = DemoSize {
+        skus: env_or("BENCH_SKUS", 10_000),
+        warehouses: 3,
+        orders: 10,
+        seed: 0.5,
+    };
+    let rate: u32 = env_or("BENCH_RATE", 200);
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let burst: u32 = env_or("BENCH_BURST_TXNS", 5_000);
+    let rows: u32 = env_or("BENCH_ROWS_PER_TXN", 5);
+
+    let pg = LocalPostgres::start().await.expect("PostgreSQL");
+    let broker = LocalBroker::start().await.expect("tansu");
+    pg.create_database("erp").await.expect("database");
+    let dsn = pg.dsn("erp");
+    let mut admin = connect(&dsn).await;
+    demo_erp::create_and_seed(&mut admin, size)
+        .await
+        .expect("seed");
+    let mut config = Config::default();
+    config.erp.dsn = dsn.clone();
+    config.erp.status_interval_ms = 100;
+    config.kafka.bootstrap = broker.bootstrap();
+    config.metrics.listen = String::new();
+    let slot = config.erp.slot.clone();
+
+    let run_source = |config: Config| {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let h = tokio::spawn(async move { flywheel::erp::source::run(&config, t).await });
+        (token, h)
+    };
+    let t0 = Instant::now();
+    let (token, handle) = run_source(config.clone());
+    while admin
+        .query_opt("SELECT 1 FROM flywheel.source_snapshot", &[])
+        .await
+        .map(|r| r.is_none())
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let snapshot_events: u64 =
+        prometheus::core::Collector::collect(&SourceMetrics::get().snapshot_events)
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|x| x.get_counter().value() as u64)
+            .sum();
+    println!(
+        "snapshot: {snapshot_events} events ({} SKUs x {} warehouses + prices) in {:.1} s",
+        size.skus,
+        size.warehouses,
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Phase A: fixed offered load.
+    let m = SourceMetrics::get();
+    let lat0 = BucketCounts::take(&m.commit_to_ack_seconds);
+    let (rows0, ev0) = (m.row_changes.get(), events_total());
+    let load = connect(&dsn).await;
+    let mut rng = SplitMix64::new(1);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        stock_txn(&load, &mut rng, size, rows).await;
+        sent += 1;
+    }
+    let end_lsn = wal_lsn(&admin).await;
+    while confirmed(&admin, &slot).await < end_lsn {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let lat = BucketCounts::take(&m.commit_to_ack_seconds).since(&lat0);
+    println!(
+        "\nphase A: offered {rate} tx/s x {rows} rows for {seconds} s ({sent} transactions)\n  \
+         captured {:.0} row changes/s, {:.0} entity events/s\n  \
+         commit -> Kafka ack: p50 {}, p99 {} ({} events)",
+        (m.row_changes.get() - rows0) as f64 / elapsed,
+        (events_total() - ev0) as f64 / elapsed,
+        ms(lat.quantile(0.5)),
+        ms(lat.quantile(0.99)),
+        lat.count()
+    );
+
+    // Phase B: the same WAL for both. Stop ours, create the baseline slot, burst.
+    token.cancel();
+    handle.await.expect("source task").expect("source");
+    let recvlogical =
+        flywheel::local_infra::find_pg_binary("pg_recvlogical").expect("pg_recvlogical");
+    let conn_args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "flywheel",
+        "-d",
+        "erp",
+    ];
+    let st = std::process::Command::new(&recvlogical)
+        .args(conn_args)
+        .args([
+            "--slot",
+            "baseline",
+            "--create-slot",
+            "--plugin",
+            "pgoutput",
+        ])
+        .status()
+        .expect("pg_recvlogical --create-slot");
+    assert!(st.success(), "creating the baseline slot failed");
+    let from_lsn = wal_lsn(&admin).await;
+    let writers = 4;
+    let per_writer = burst / writers;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let dsn = dsn.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&dsn).await;
+            let mut rng = SplitMix64::new(100 + w as u64);
+            for _ in 0..per_writer {
+                stock_txn(&c, &mut rng, size, rows).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let end_lsn = wal_lsn(&admin).await;
+    let txns = (per_writer * writers) as u64;
+    println!(
+        "\nphase B: {txns} transactions x {rows} rows written while stopped ({:.1} MB of WAL)",
+        (end_lsn - from_lsn) as f64 / 1e6
+    );
+
+    let (rows0, ev0) = (m.row_changes.get(), events_total());
+    let start = Instant::now();
+    let (token, handle) = run_source(config.clone());
+    while confirmed(&admin, &slot).await < end_lsn {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ours = start.elapsed().as_secs_f64();
+    let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
+    token.cancel();
+    handle.await.expect("source task").expect("source");
+
+    let end_text = format!("{:X}/{:X}", end_lsn >> 32, end_lsn & 0xFFFF_FFFF);
+    let start = Instant::now();
+    let st = std::process::Command::new(&recvlogical)
+        .args(conn_args)
+        .args([
+            "--slot",
+            "baseline",
+            "--start",
+            "-f",
+            "/dev/null",
+            "--no-loop",
+        ])
+        .args(["-o", "proto_version=1", "-o", "publication_names=flywheel"])
+        .args(["-E", &end_text])
+        .status()
+        .expect("pg_recvlogical --start");
+    let baseline = start.elapsed().as_secs_f64();
+    assert!(st.success(), "pg_recvlogical failed");
+
+    println!(
+        "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + confirm)",
+        our_rows as f64 / ours,
+        our_events as f64 / ours
+    );
+    println!(
+        "  pg_recvlogical  : {baseline:.2} s = {:.0} row changes/s (decode to /dev/null)",
+        (txns * rows as u64) as f64 / baseline
+    );
+    println!(
+        "  ratio flywheel/pg_recvlogical time: {:.2}x",
+        ours / baseline
+    );
+    drop(broker);
+    drop(pg);
+}
