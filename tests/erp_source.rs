@@ -43,9 +43,8 @@ async fn commit_bracketed(env: &mut TestEnv, sql: &str) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn stock_change_appears_with_the_right_aggregate_and_version() {
     let mut env = TestEnv::new("stock_change", small()).await;
-    let source = env.start_source();
+    let source = env.start_streaming().await;
     let mut stock = env.reader("erp.stock.v1");
-    stock.read_until(T, |r| r.len() >= 60).await;
 
     // SKU-000001 in WH1: 100 (10 reserved) on Stock, 5 on a shelf, and 7 at the
     // customer location, which is not the warehouse's stock.
@@ -106,9 +105,8 @@ async fn stock_change_appears_with_the_right_aggregate_and_version() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_touching_many_rows_of_one_sku_produces_it_once() {
     let mut env = TestEnv::new("many_rows", small()).await;
-    let source = env.start_source();
+    let source = env.start_streaming().await;
     let mut stock = env.reader("erp.stock.v1");
-    stock.read_until(T, |r| r.len() >= 60).await;
 
     // 300 row changes, all SKU-000002 in WH1 (Stock and both shelves).
     let (lo, hi) = commit_bracketed(
@@ -159,11 +157,7 @@ async fn a_snapshot_of_10000_skus_produces_exactly_one_event_per_key() {
         .await
         .unwrap()
         .get(0);
-    let source = env.start_source();
-    wait_for("the snapshot to complete", Duration::from_secs(300), || {
-        env.snapshot_done()
-    })
-    .await;
+    let source = env.start_streaming().await;
 
     let mut stock = env.reader("erp.stock.v1");
     stock.read_until(T, |r| r.len() >= 30_000).await;
@@ -206,8 +200,7 @@ async fn a_snapshot_of_10000_skus_produces_exactly_one_event_per_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_published_tables_do_not_hold_back_the_slot() {
     let env = TestEnv::new("idle_tables", small()).await;
-    let source = env.start_source();
-    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    let source = env.start_streaming().await;
     env.erp
         .batch_execute("CREATE TABLE audit_log (id serial PRIMARY KEY, payload text)")
         .await
@@ -239,8 +232,7 @@ async fn idle_published_tables_do_not_hold_back_the_slot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmappable_row_is_dead_lettered_and_the_source_keeps_going() {
     let env = TestEnv::new("dead_letter", small()).await;
-    let source = env.start_source();
-    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    let source = env.start_streaming().await;
 
     // A product without a SKU receives stock.
     env.erp
@@ -280,10 +272,7 @@ async fn an_unmappable_row_is_dead_lettered_and_the_source_keeps_going() {
     );
 
     // The source is still streaming.
-    env.erp
-        .batch_execute("UPDATE stock_quant SET quantity = 4242 WHERE product_id = 3 AND location_id = (SELECT lot_stock_id FROM stock_warehouse WHERE code = 'WH3')")
-        .await
-        .unwrap();
+    env.set_stock(3, "WH3", 4242).await;
     let (on_hand, _, _) = env.stock_of("SKU-000003", "WH3").await;
     let mut stock = env.reader("erp.stock.v1");
     stock
@@ -316,15 +305,11 @@ async fn a_missing_replica_identity_is_refused_with_the_fix() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_graceful_restart_resumes_where_it_stopped() {
     let env = TestEnv::new("graceful_restart", small()).await;
-    let source = env.start_source();
-    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    let source = env.start_streaming().await;
     source.stop().await;
 
     // Changes while the source is down are captured after it comes back.
-    env.erp
-        .batch_execute("UPDATE stock_quant SET quantity = 777 WHERE product_id = 4 AND location_id = (SELECT lot_stock_id FROM stock_warehouse WHERE code = 'WH1')")
-        .await
-        .unwrap();
+    env.set_stock(4, "WH1", 777).await;
     let (on_hand, _, _) = env.stock_of("SKU-000004", "WH1").await;
     let source = env.start_source();
     let mut stock = env.reader("erp.stock.v1");
@@ -347,8 +332,7 @@ async fn a_graceful_restart_resumes_where_it_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prices_follow_list_price_and_pricelist_changes() {
     let env = TestEnv::new("prices", small()).await;
-    let source = env.start_source();
-    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    let source = env.start_streaming().await;
     // Product 6 has a Wholesale variant price (every third product).
     env.erp
         .batch_execute(

@@ -49,11 +49,7 @@ async fn metrics_report_events_transactions_lag_and_commit_age() {
     assert_eq!(get(addr, "/readyz").await.0, 200);
     assert_eq!(get(addr, "/healthz").await.0, 200);
 
-    let source = env.start_source();
-    wait_for("the snapshot", Duration::from_secs(60), || {
-        env.snapshot_done()
-    })
-    .await;
+    let source = env.start_streaming().await;
     for i in 0..5 {
         env.erp
             .execute(

@@ -114,6 +114,29 @@ impl TestEnv {
         RunningSource { token, handle }
     }
 
+    /// Starts the source and waits until its initial snapshot is complete.
+    pub async fn start_streaming(&self) -> RunningSource {
+        let source = self.start_source();
+        wait_for("the initial snapshot", Duration::from_secs(300), || {
+            self.snapshot_done()
+        })
+        .await;
+        source
+    }
+
+    /// Sets the quantity of product `product_id` on warehouse `warehouse`'s Stock location.
+    pub async fn set_stock(&self, product_id: i32, warehouse: &str, quantity: i32) {
+        self.erp
+            .execute(
+                "UPDATE stock_quant SET quantity = $3::int
+                 WHERE product_id = $1
+                   AND location_id = (SELECT lot_stock_id FROM stock_warehouse WHERE code = $2)",
+                &[&product_id, &warehouse, &quantity],
+            )
+            .await
+            .expect("setting stock");
+    }
+
     /// The slot's confirmed flush position.
     pub async fn confirmed_flush(&self) -> Option<u64> {
         let row = self
