@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::BusError;
 use crate::config::KafkaConfig;
@@ -60,6 +61,18 @@ impl EventProducer {
     /// after `message.timeout.ms`). Waits, rather than fails, while the local
     /// queue is full.
     pub async fn send(&self, record: OutRecord) -> Result<Acked, BusError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Hands one record to the producer's queue and returns the wait for its
+    /// acknowledgement. Records enqueued one after the other keep that order
+    /// per partition (the producer is idempotent), so a caller can enqueue a
+    /// whole batch, move on, and collect the acks later.
+    pub async fn enqueue(
+        &self,
+        record: OutRecord,
+    ) -> Result<impl std::future::Future<Output = Result<Acked, BusError>> + Send + 'static, BusError>
+    {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (k, v) in &record.headers {
             headers = headers.insert(Header {
@@ -68,21 +81,37 @@ impl EventProducer {
             });
         }
         let topic = format!("{}{}", self.topic_prefix, record.topic);
-        let fr = FutureRecord::to(&topic)
+        let bootstrap = self.bootstrap.clone();
+        let failed = move |topic: String, source: KafkaError| BusError::Delivery {
+            topic,
+            bootstrap: bootstrap.clone(),
+            source: Box::new(source),
+        };
+        let mut fr = FutureRecord::to(&topic)
             .key(record.key.as_bytes())
             .payload(&record.payload)
             .headers(headers);
-        match self.inner.send(fr, Timeout::Never).await {
-            Ok(d) => Ok(Acked {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((source, _)) => Err(BusError::Delivery {
-                topic,
-                bootstrap: self.bootstrap.clone(),
-                source: Box::new(source),
-            }),
-        }
+        let delivery = loop {
+            match self.inner.send_result(fr) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Backpressure: librdkafka's local queue drains as acks arrive.
+                    fr = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((source, _)) => return Err(failed(topic, source)),
+            }
+        };
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(d)) => Ok(Acked {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((source, _))) => Err(failed(topic, source)),
+                Err(_) => Err(failed(topic, KafkaError::Canceled)),
+            }
+        })
     }
 
     /// Waits for every queued record to be delivered, up to `timeout`.

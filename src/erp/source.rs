@@ -13,12 +13,15 @@
 //! A crash therefore replays from the last confirmed position: events may repeat
 //! (with the same versions), none are skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures::StreamExt;
 use futures::future::try_join_all;
+use futures::stream::FuturesOrdered;
+use std::future::Future;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -362,25 +365,49 @@ struct Touch {
 }
 
 impl Processor {
+    /// Batches waiting for acks at once: the next batch is re-read while the
+    /// previous one is in flight, and positions are confirmed strictly in order.
+    const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
     async fn run(self, mut txns: mpsc::Receiver<CommittedTxn>) -> Result<(), SourceError> {
         let metrics = SourceMetrics::get();
-        while let Some(first) = txns.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
-                match txns.try_recv() {
-                    Ok(t) => batch.push(t),
-                    Err(_) => break,
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                Some(acked) = in_flight.next(), if !in_flight.is_empty() => {
+                    let end: Lsn = acked?;
+                    self.confirmed.send_replace(end);
+                }
+                first = txns.recv(), if open && in_flight.len() < Self::MAX_BATCHES_IN_FLIGHT => {
+                    let Some(first) = first else {
+                        open = false;
+                        continue;
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < self.max_batch {
+                        match txns.try_recv() {
+                            Ok(t) => batch.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    metrics.batch_transactions.observe(batch.len() as f64);
+                    let end = batch.last().map(|t| t.end_lsn).unwrap_or_default();
+                    let acks = self.process(&batch).await?;
+                    in_flight.push_back(async move { acks.await.map(|()| end) });
                 }
             }
-            metrics.batch_transactions.observe(batch.len() as f64);
-            let end = batch.last().map(|t| t.end_lsn).unwrap_or_default();
-            self.process(&batch).await?;
-            self.confirmed.send_replace(end);
         }
         Ok(())
     }
 
-    async fn process(&self, batch: &[CommittedTxn]) -> Result<(), SourceError> {
+    /// Re-reads the batch's entities and enqueues their events (in order).
+    /// Returns the wait for all of the batch's acknowledgements.
+    async fn process(
+        &self,
+        batch: &[CommittedTxn],
+    ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
         let models = &*self.models;
         // Resolve keys per transaction (so each key gets the LSN of the newest
         // transaction that touched it); the queries run pipelined on one connection.
@@ -492,26 +519,26 @@ impl Processor {
         }
 
         let metrics = SourceMetrics::get();
-        let sends = records
-            .into_iter()
-            .map(|(entity, touch, record)| async move {
-                self.producer.send(record).await?;
-                let name = &models.entities[entity].name;
-                metrics.events.with_label_values(&[name]).inc();
-                let age = (now_micros() - touch.commit_ts_micros).max(0) as f64 / 1e6;
-                metrics
-                    .commit_to_ack_seconds
-                    .with_label_values(&[name])
-                    .observe(age);
-                Ok::<_, BusError>(())
-            });
-        let dlq_records = dead_letters
-            .iter()
-            .map(|d| d.to_record())
-            .collect::<Result<Vec<_>, _>>()?;
-        let dlq_sends = dlq_records.into_iter().map(|r| self.producer.send(r));
-        let mut classes: HashMap<(String, String), u64> = HashMap::new();
-        for d in &dead_letters {
+        let mut acks = Vec::with_capacity(records.len() + dead_letters.len());
+        for (entity, touch, record) in records {
+            let ack = self.producer.enqueue(record).await?;
+            let name = models.entities[entity].name.clone();
+            acks.push(
+                async move {
+                    ack.await?;
+                    metrics.events.with_label_values(&[&name]).inc();
+                    let age = (now_micros() - touch.commit_ts_micros).max(0) as f64 / 1e6;
+                    metrics
+                        .commit_to_ack_seconds
+                        .with_label_values(&[&name])
+                        .observe(age);
+                    Ok::<_, BusError>(())
+                }
+                .boxed(),
+            );
+        }
+        for d in dead_letters {
+            tracing::warn!(key = %d.key, class = %d.error_class, reason = %d.reason, "dead-lettered an ERP change");
             let entity = d
                 .context
                 .as_ref()
@@ -519,18 +546,22 @@ impl Processor {
                 .and_then(|e| e.as_str())
                 .unwrap_or("")
                 .to_owned();
-            *classes.entry((entity, d.error_class.clone())).or_default() += 1;
-            tracing::warn!(key = %d.key, class = %d.error_class, reason = %d.reason, "dead-lettered an ERP change");
+            let ack = self.producer.enqueue(d.to_record()?).await?;
+            acks.push(
+                async move {
+                    ack.await?;
+                    metrics
+                        .dead_letters
+                        .with_label_values(&[&entity, &d.error_class])
+                        .inc();
+                    Ok(())
+                }
+                .boxed(),
+            );
         }
-        let (sent, dlq) = futures::join!(try_join_all(sends), try_join_all(dlq_sends));
-        sent?;
-        dlq?;
-        for ((entity, class), n) in classes {
-            metrics
-                .dead_letters
-                .with_label_values(&[&entity, &class])
-                .inc_by(n);
-        }
-        Ok(())
+        Ok(async move {
+            try_join_all(acks).await?;
+            Ok(())
+        })
     }
 }
