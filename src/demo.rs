@@ -88,7 +88,7 @@ pub async fn run(
     let source_shutdown = shutdown.child_token();
     let mut source = tokio::spawn({
         let token = source_shutdown.clone();
-        async move { flywheel::erp::source::run(&source_config, token).await }
+        async move { flywheel::erp::source::run_with_retries(&source_config, token).await }
     });
     readiness.set(true);
 

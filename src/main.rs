@@ -103,7 +103,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 ops::http::serve(addr, readiness.clone(), shutdown.clone()).await?;
             }
             readiness.set(true);
-            flywheel::erp::source::run(&config, shutdown).await?;
+            flywheel::erp::source::run_with_retries(&config, shutdown).await?;
         }
         Command::Topics => {
             let connector =

@@ -355,29 +355,50 @@ async fn prices_follow_list_price_and_pricelist_changes() {
     source.stop().await;
 }
 
-/// Starts `flywheel source` as a child process configured for `env`.
-fn spawn_source_process(env: &TestEnv) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
-        .arg("source")
-        .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
-        .env("FLYWHEEL_ERP__SLOT", &env.config.erp.slot)
-        .env("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "100")
-        .env("FLYWHEEL_KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
-        .env(
-            "FLYWHEEL_KAFKA__TOPIC_PREFIX",
-            &env.config.kafka.topic_prefix,
-        )
-        .env("FLYWHEEL_KAFKA__PARTITIONS", "3")
-        .env("FLYWHEEL_METRICS__LISTEN", "")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawning flywheel source")
+/// `flywheel source` as a child process; killed when dropped, so a failing
+/// test does not leave it running.
+struct SourceProcess(std::process::Child);
+
+impl SourceProcess {
+    /// Starts it configured for `env`; `extra_env` overrides those settings.
+    fn spawn(env: &TestEnv, extra_env: &[(&str, &str)]) -> SourceProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
+            .arg("source")
+            .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
+            .env("FLYWHEEL_ERP__SLOT", &env.config.erp.slot)
+            .env("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "100")
+            .env("FLYWHEEL_KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
+            .env(
+                "FLYWHEEL_KAFKA__TOPIC_PREFIX",
+                &env.config.kafka.topic_prefix,
+            )
+            .env("FLYWHEEL_KAFKA__PARTITIONS", "3")
+            .env("FLYWHEEL_METRICS__LISTEN", "")
+            .envs(extra_env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning flywheel source");
+        SourceProcess(child)
+    }
+
+    fn kill_9(&mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().expect("reaping the killed source");
+    }
+}
+
+impl Drop for SourceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let env = TestEnv::new("kill_nine", small()).await;
-    let mut child = spawn_source_process(&env);
+    let mut child = SourceProcess::spawn(&env, &[]);
     wait_for("the snapshot", T, || env.snapshot_done()).await;
 
     // A writer changes stock of 10 SKUs across warehouses in many small
@@ -407,8 +428,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     });
     let mut stock = env.reader("erp.stock.v1");
     stock.read_until(T, |r| r.len() >= 60 + 200).await;
-    child.kill().expect("kill -9");
-    child.wait().expect("reaping the killed source");
+    child.kill_9();
     // Everything produced by the first run, and where it ends per partition.
     let first_run_ends: HashMap<i32, i64> = {
         let records = stock.drain(Duration::from_secs(2)).await;
@@ -420,7 +440,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         ends
     };
     tokio::time::sleep(Duration::from_millis(500)).await; // the writer keeps writing while the source is down
-    let mut child = spawn_source_process(&env);
+    let mut child = SourceProcess::spawn(&env, &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let writes = writer.await.expect("writer");
@@ -444,8 +464,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
                 .all(|(k, v)| latest.get(k).and_then(|e| e.str("on_hand")) == Some(v.as_str()))
         })
         .await;
-    child.kill().expect("stopping the second source");
-    child.wait().expect("reaping");
+    child.kill_9();
 
     // Within each run, versions per key only grow; a restart may replay (older
     // versions again), which consumers skip as stale.
@@ -464,4 +483,92 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         );
         *prev = r.version();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_cleanly_and_confirms_what_was_produced() {
+    let mut env = TestEnv::new("sigterm", small()).await;
+    // Status reports every 60 s and no heartbeat: only the shutdown path can
+    // confirm the change below in time.
+    let mut child = SourceProcess::spawn(
+        &env,
+        &[
+            ("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "60000"),
+            ("FLYWHEEL_ERP__HEARTBEAT_INTERVAL_MS", "0"),
+        ],
+    );
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+    let (lo, _) = commit_bracketed(
+        &mut env,
+        "UPDATE stock_quant SET quantity = 555 WHERE product_id = 5",
+    )
+    .await;
+    let mut stock = env.reader("erp.stock.v1");
+    stock
+        .read_until(T, |r| r.iter().any(|e| e.version() >= lo))
+        .await;
+    assert!(
+        env.confirmed_flush().await.unwrap_or(0) <= lo,
+        "already confirmed before shutdown: the test would prove nothing"
+    );
+
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("waiting for the source") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let confirmed = env.confirmed_flush().await.unwrap_or(0);
+    assert!(
+        confirmed > lo,
+        "confirmed {confirmed} does not cover the commit at {lo}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_started_before_its_broker_catches_up_once_the_broker_is_there() {
+    let env = TestEnv::new("broker_late", small()).await;
+    let port = flywheel::local_infra::free_port().expect("a free port");
+    let mut config = env.config.clone();
+    config.kafka.bootstrap = format!("127.0.0.1:{port}");
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn({
+        let token = token.clone();
+        async move { flywheel::erp::source::run_with_retries(&config, token).await }
+    });
+    // The outage under test: no broker for three seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !handle.is_finished(),
+        "the source gave up while the broker was away"
+    );
+
+    let broker = flywheel::local_infra::LocalBroker::start_on_port(port)
+        .await
+        .expect("starting the late broker");
+    wait_for("the snapshot", Duration::from_secs(120), || {
+        env.snapshot_done()
+    })
+    .await;
+    let mut stock = common::TopicReader::new(
+        &broker.bootstrap(),
+        &env.config.kafka.topic("erp.stock.v1"),
+        "erp.stock.v1",
+    );
+    stock.read_until(T, |r| r.len() >= 60).await;
+    token.cancel();
+    handle
+        .await
+        .expect("source task")
+        .expect("the source ended with an error");
 }

@@ -14,6 +14,10 @@ use super::replication::quote_ident;
 pub enum SetupError {
     #[error("{problem}\n  fix: {fix}")]
     Misconfigured { problem: String, fix: String },
+    /// The slot is held by another connection: after a crash its walsender may
+    /// hold it until `wal_sender_timeout`, so this is worth waiting out.
+    #[error("{problem}\n  fix: {fix}")]
+    SlotBusy { problem: String, fix: String },
     #[error("checking the ERP database failed: {0}")]
     Query(String),
 }
@@ -232,13 +236,14 @@ pub async fn inspect_slot(client: &Client, slot: &str) -> Result<SlotState, Setu
         ));
     }
     if active {
-        return Err(misconfigured(
-            format!(
-                "slot `{slot}` is in use by backend pid {}: another source is streaming from it",
+        return Err(SetupError::SlotBusy {
+            problem: format!(
+                "slot `{slot}` is in use by backend pid {}: another source is streaming from it \
+                 (or a crashed one's connection has not timed out yet)",
                 pid.unwrap_or(0)
             ),
-            "stop the other `flywheel source`, or give this one its own erp.slot",
-        ));
+            fix: "stop the other `flywheel source`, or give this one its own erp.slot".into(),
+        });
     }
     if wal_status == "lost" {
         return Err(misconfigured(

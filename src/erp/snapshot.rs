@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::entity_model::EntityModels;
 use super::lsn::Lsn;
 use super::replication::CreatedSlot;
-use super::source::{SourceError, connect_client, now_micros};
+use super::source::{SourceError, connect_client, invalid_model_row, now_micros};
 use super::source_metrics::SourceMetrics;
 use crate::bus::producer::EventProducer;
 
@@ -56,18 +56,21 @@ pub async fn take_snapshot(
         let mut last_log = Instant::now();
         for chunk in keys.chunks(batch_keys) {
             let values = models.read(&tx, &prepared, i, chunk).await?;
-            let records = values
-                .iter()
-                .map(|v| {
-                    entity.to_record(v, version, source_ts).map_err(|reason| {
-                        SourceError::Snapshot(format!(
-                            "entity `{}` key {}: {reason}",
-                            entity.name,
-                            v.key.kafka_key()
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut records = Vec::with_capacity(values.len());
+            for v in &values {
+                match entity.to_record(v, version, source_ts) {
+                    Ok(r) => records.push(r),
+                    Err(reason) => {
+                        let letter = invalid_model_row(entity, v, version, reason);
+                        tracing::warn!(key = %letter.key, reason = %letter.reason, "dead-lettered a snapshot row");
+                        metrics
+                            .dead_letters
+                            .with_label_values(&[&entity.name, &letter.error_class])
+                            .inc();
+                        records.push(letter.to_record()?);
+                    }
+                }
+            }
             let n = records.len() as u64;
             try_join_all(records.into_iter().map(|r| producer.send(r))).await?;
             metrics

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use super::capture::{Capture, CaptureError, Captured, CommittedTxn};
 use super::connector::{Connector, ConnectorError};
 use super::entity_model::{
-    EntityKey, EntityModels, ModelError, PreparedModels, Unmappable, db_error_text,
+    Entity, EntityKey, EntityModels, EntityValue, ModelError, PreparedModels, Unmappable,
+    db_error_text,
 };
 use super::lsn::Lsn;
 use super::pgoutput::{self, DecodeError};
@@ -65,10 +66,78 @@ pub enum SourceError {
     Capture { lsn: Lsn, source: CaptureError },
     #[error("Kafka: {0}")]
     Bus(#[from] BusError),
-    #[error("snapshot: {0}")]
-    Snapshot(String),
     #[error("the {0} task stopped unexpectedly")]
     TaskGone(&'static str),
+}
+
+/// The dead letter for a model row that does not fit the entity's schema.
+pub(crate) fn invalid_model_row(
+    entity: &Entity,
+    value: &EntityValue,
+    version: Lsn,
+    reason: String,
+) -> DeadLetter {
+    DeadLetter {
+        key: value.key.kafka_key(),
+        error_class: "invalid_model_row".into(),
+        reason: format!(
+            "entity `{}`: {reason}; fix the connector's model SQL",
+            entity.name
+        ),
+        stage: STAGE.into(),
+        occurred_at_micros: now_micros(),
+        attempts: 1,
+        source_position: Some(version.to_string()),
+        context: Some(serde_json::json!({"entity": entity.name, "fields": value.fields})),
+        ..Default::default()
+    }
+}
+
+impl SourceError {
+    /// Whether trying again later can help (a server away, a slot briefly in
+    /// use), as opposed to something an operator must fix first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Config(_)
+            | SourceError::Connector(_)
+            | SourceError::Setup(SetupError::Misconfigured { .. })
+            | SourceError::Model(ModelError::Invalid { .. })
+            // The same bytes would arrive again: a decoder bug, not a hiccup.
+            | SourceError::Decode { .. }
+            | SourceError::Capture { .. } => false,
+            SourceError::Replication(ReplicationError::Auth(_)) => false,
+            SourceError::Bus(BusError::Avro(_)) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Runs the source as a long-lived worker: transient failures restart it from
+/// the slot's confirmed position after a backoff (1 s doubling to 30 s; reset
+/// after a minute of health); failures an operator must fix end it.
+pub async fn run_with_retries(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(), SourceError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        match run(config, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "source failed; restarting from the slot's confirmed position");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub(crate) async fn connect_client(pg: &tokio_postgres::Config) -> Result<Client, SourceError> {
@@ -498,22 +567,9 @@ impl Processor {
                 let touch = touched[entity][&value.key];
                 match e.to_record(&value, touch.version, touch.commit_ts_micros) {
                     Ok(r) => records.push((entity, touch, r)),
-                    Err(reason) => dead_letters.push(DeadLetter {
-                        key: value.key.kafka_key(),
-                        error_class: "invalid_model_row".into(),
-                        reason: format!(
-                            "entity `{}`: {reason}; fix the connector's model SQL",
-                            e.name
-                        ),
-                        stage: STAGE.into(),
-                        occurred_at_micros: now_micros(),
-                        attempts: 1,
-                        source_position: Some(touch.version.to_string()),
-                        context: Some(
-                            serde_json::json!({"entity": e.name, "fields": value.fields}),
-                        ),
-                        ..Default::default()
-                    }),
+                    Err(reason) => {
+                        dead_letters.push(invalid_model_row(e, &value, touch.version, reason))
+                    }
                 }
             }
         }
@@ -563,5 +619,38 @@ impl Processor {
             try_join_all(acks).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_message_names_its_lsn() {
+        let source = pgoutput::decode(&bytes::Bytes::from_static(b"Z")).unwrap_err();
+        let e = SourceError::Decode {
+            lsn: Lsn(0x16_B374_D848),
+            source,
+        };
+        let text = e.to_string();
+        assert!(text.contains("at LSN 16/B374D848"), "{text}");
+        assert!(text.contains("unknown message type 'Z'"), "{text}");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn operator_problems_are_final_and_outages_are_retried() {
+        let misconfigured = SourceError::Setup(SetupError::Misconfigured {
+            problem: "p".into(),
+            fix: "f".into(),
+        });
+        assert!(!misconfigured.is_retryable());
+        let busy = SourceError::Setup(SetupError::SlotBusy {
+            problem: "p".into(),
+            fix: "f".into(),
+        });
+        assert!(busy.is_retryable());
+        assert!(SourceError::Replication(ReplicationError::Closed).is_retryable());
     }
 }

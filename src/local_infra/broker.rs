@@ -22,11 +22,16 @@ impl LocalBroker {
     /// Starts tansu on a free port from an empty working directory (it reads a
     /// `.env` from there) and waits until it answers a metadata request.
     pub async fn start() -> Result<Self, LocalInfraError> {
+        Self::start_on_port(free_port()?).await
+    }
+
+    /// Like [`start`](Self::start) on a given port, e.g. one a client was told
+    /// about before the broker existed.
+    pub async fn start_on_port(port: u16) -> Result<Self, LocalInfraError> {
         let bin = find_tansu()?;
         let dir = tempfile::Builder::new()
             .prefix("flywheel-tansu-")
             .tempdir()?;
-        let port = free_port()?;
         let mut broker = LocalBroker {
             port,
             dir,
