@@ -572,3 +572,16 @@ async fn a_source_started_before_its_broker_catches_up_once_the_broker_is_there(
         .expect("source task")
         .expect("the source ended with an error");
 }
+
+#[test]
+fn the_shop_simulator_names_skus_and_warehouses_like_the_demo_erp() {
+    for i in [1, 42, 9_999, 10_000] {
+        assert_eq!(shopsim::catalog::sku(i), flywheel::erp::demo_erp::sku(i));
+    }
+    for w in 1..=5 {
+        assert_eq!(
+            shopsim::catalog::location_name(w),
+            flywheel::erp::demo_erp::warehouse_code(w)
+        );
+    }
+}

@@ -1,0 +1,625 @@
+//! The shop's state: products with variants, inventory items and levels per
+//! location, orders with fulfillments. Plain data behind one lock; every change
+//! goes through a method that also returns the webhooks it triggers.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::webhooks::Topic;
+
+pub fn gid(kind: &str, id: u64) -> String {
+    format!("gid://shopify/{kind}/{id}")
+}
+
+/// The numeric id of a `gid://shopify/Kind/123`, checking the kind.
+pub fn parse_gid(kind: &str, gid: &str) -> Option<u64> {
+    gid.strip_prefix("gid://shopify/")?
+        .strip_prefix(kind)?
+        .strip_prefix('/')?
+        .parse()
+        .ok()
+}
+
+/// RFC 3339 UTC with milliseconds, as Shopify formats timestamps.
+pub fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_millis() as i64)
+}
+
+pub fn rfc3339(unix_millis: i64) -> String {
+    let secs = unix_millis.div_euclid(1000);
+    let ms = unix_millis.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Variant {
+    pub id: u64,
+    pub product_id: u64,
+    pub sku: String,
+    pub price: String,
+    pub compare_at_price: Option<String>,
+    pub inventory_item_id: u64,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Product {
+    pub id: u64,
+    pub title: String,
+    pub variant_ids: Vec<u64>,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Location {
+    pub id: u64,
+    pub name: String,
+}
+
+/// Quantities of one inventory item at one location.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Level {
+    pub available: i64,
+    /// Reserved by unfulfilled orders; on_hand = available + committed.
+    pub committed: i64,
+}
+
+impl Level {
+    pub fn on_hand(&self) -> i64 {
+        self.available + self.committed
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LineItem {
+    pub id: u64,
+    pub variant_id: u64,
+    pub sku: String,
+    pub title: String,
+    pub quantity: i64,
+    pub price: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Address {
+    pub first_name: String,
+    pub last_name: String,
+    pub address1: String,
+    pub city: String,
+    pub zip: String,
+    pub country_code: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: u64,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fulfillment {
+    pub id: u64,
+    pub status: String,
+    pub tracking_number: Option<String>,
+    pub tracking_company: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    pub id: u64,
+    pub name: String,
+    pub email: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub cancelled_at: Option<String>,
+    pub cancel_reason: Option<String>,
+    /// pending, paid, refunded, voided
+    pub financial_status: String,
+    /// None (unfulfilled) or "fulfilled"
+    pub fulfillment_status: Option<String>,
+    pub currency: String,
+    pub line_items: Vec<LineItem>,
+    pub customer: Customer,
+    pub shipping_address: Address,
+    pub billing_address: Address,
+    pub fulfillments: Vec<Fulfillment>,
+    /// Location the order's stock was committed at.
+    pub location_id: u64,
+}
+
+impl Order {
+    pub fn total_price(&self) -> String {
+        let cents: i64 = self
+            .line_items
+            .iter()
+            .map(|l| parse_cents(&l.price) * l.quantity)
+            .sum();
+        format_cents(cents)
+    }
+}
+
+pub fn parse_cents(amount: &str) -> i64 {
+    let (whole, frac) = amount.split_once('.').unwrap_or((amount, "0"));
+    let whole: i64 = whole.parse().unwrap_or(0);
+    let frac: String = format!("{frac:0<2}").chars().take(2).collect();
+    whole * 100 + frac.parse::<i64>().unwrap_or(0)
+}
+
+pub fn format_cents(c: i64) -> String {
+    format!("{}.{:02}", c / 100, (c % 100).abs())
+}
+
+/// A change that Shopify would announce by webhook.
+#[derive(Clone, Debug)]
+pub struct Emitted {
+    pub topic: Topic,
+    pub payload: Value,
+}
+
+#[derive(Default, Debug, Serialize, Deserialize)]
+pub struct ShopState {
+    pub products: BTreeMap<u64, Product>,
+    pub variants: BTreeMap<u64, Variant>,
+    pub locations: BTreeMap<u64, Location>,
+    /// (inventory item, location) → level
+    pub levels: BTreeMap<(u64, u64), Level>,
+    pub orders: BTreeMap<u64, Order>,
+    next_id: u64,
+}
+
+/// What to create a shop with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Seed {
+    /// (sku, price) for each product (one variant each).
+    pub products: Vec<(String, String)>,
+    pub locations: Vec<String>,
+    /// Initial available quantity of every item at every location.
+    pub initial_available: i64,
+}
+
+impl ShopState {
+    pub fn new(seed: &Seed) -> ShopState {
+        let mut s = ShopState {
+            next_id: 1000,
+            ..Default::default()
+        };
+        let now = now_rfc3339();
+        let location_ids: Vec<u64> = seed
+            .locations
+            .iter()
+            .map(|name| {
+                let id = s.new_id();
+                s.locations.insert(
+                    id,
+                    Location {
+                        id,
+                        name: name.clone(),
+                    },
+                );
+                id
+            })
+            .collect();
+        for (sku, price) in &seed.products {
+            let product_id = s.new_id();
+            let variant_id = s.new_id();
+            let item_id = s.new_id();
+            s.products.insert(
+                product_id,
+                Product {
+                    id: product_id,
+                    title: format!("Product {sku}"),
+                    variant_ids: vec![variant_id],
+                    updated_at: now.clone(),
+                },
+            );
+            s.variants.insert(
+                variant_id,
+                Variant {
+                    id: variant_id,
+                    product_id,
+                    sku: sku.clone(),
+                    price: price.clone(),
+                    compare_at_price: None,
+                    inventory_item_id: item_id,
+                    updated_at: now.clone(),
+                },
+            );
+            for &loc in &location_ids {
+                s.levels.insert(
+                    (item_id, loc),
+                    Level {
+                        available: seed.initial_available,
+                        committed: 0,
+                    },
+                );
+            }
+        }
+        s
+    }
+
+    pub fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn variant_by_sku(&self, sku: &str) -> Option<&Variant> {
+        self.variants.values().find(|v| v.sku == sku)
+    }
+
+    pub fn variant_by_item(&self, item_id: u64) -> Option<&Variant> {
+        self.variants
+            .values()
+            .find(|v| v.inventory_item_id == item_id)
+    }
+
+    pub fn location_by_name(&self, name: &str) -> Option<&Location> {
+        self.locations.values().find(|l| l.name == name)
+    }
+
+    pub fn inventory_level_payload(&self, item: u64, location: u64) -> Value {
+        let level = self
+            .levels
+            .get(&(item, location))
+            .copied()
+            .unwrap_or_default();
+        json!({
+            "inventory_item_id": item,
+            "location_id": location,
+            "available": level.available,
+            "updated_at": now_rfc3339(),
+            "admin_graphql_api_id": gid("InventoryLevel", item * 1_000_000 + location),
+        })
+    }
+
+    pub fn product_payload(&self, product_id: u64) -> Value {
+        let Some(p) = self.products.get(&product_id) else {
+            return Value::Null;
+        };
+        let variants: Vec<Value> = p
+            .variant_ids
+            .iter()
+            .filter_map(|id| self.variants.get(id))
+            .map(|v| {
+                json!({
+                    "id": v.id,
+                    "product_id": v.product_id,
+                    "sku": v.sku,
+                    "price": v.price,
+                    "compare_at_price": v.compare_at_price,
+                    "inventory_item_id": v.inventory_item_id,
+                    "updated_at": v.updated_at,
+                    "admin_graphql_api_id": gid("ProductVariant", v.id),
+                })
+            })
+            .collect();
+        json!({
+            "id": p.id,
+            "title": p.title,
+            "updated_at": p.updated_at,
+            "admin_graphql_api_id": gid("Product", p.id),
+            "variants": variants,
+        })
+    }
+
+    /// An order as Shopify's `orders/*` webhooks carry it.
+    pub fn order_payload(&self, order_id: u64) -> Value {
+        let Some(o) = self.orders.get(&order_id) else {
+            return Value::Null;
+        };
+        let address = |a: &Address| {
+            json!({
+                "first_name": a.first_name, "last_name": a.last_name, "address1": a.address1,
+                "city": a.city, "zip": a.zip, "country_code": a.country_code,
+            })
+        };
+        json!({
+            "id": o.id,
+            "admin_graphql_api_id": gid("Order", o.id),
+            "name": o.name,
+            "email": o.email,
+            "created_at": o.created_at,
+            "updated_at": o.updated_at,
+            "cancelled_at": o.cancelled_at,
+            "cancel_reason": o.cancel_reason,
+            "financial_status": o.financial_status,
+            "fulfillment_status": o.fulfillment_status,
+            "currency": o.currency,
+            "total_price": o.total_price(),
+            "subtotal_price": o.total_price(),
+            "total_tax": "0.00",
+            "line_items": o.line_items.iter().map(|l| json!({
+                "id": l.id,
+                "admin_graphql_api_id": gid("LineItem", l.id),
+                "variant_id": l.variant_id,
+                "sku": l.sku,
+                "title": l.title,
+                "quantity": l.quantity,
+                "price": l.price,
+            })).collect::<Vec<_>>(),
+            "customer": {
+                "id": o.customer.id,
+                "email": o.customer.email,
+                "first_name": o.customer.first_name,
+                "last_name": o.customer.last_name,
+            },
+            "shipping_address": address(&o.shipping_address),
+            "billing_address": address(&o.billing_address),
+            "fulfillments": o.fulfillments.iter().map(|f| json!({
+                "id": f.id,
+                "order_id": o.id,
+                "status": f.status,
+                "tracking_number": f.tracking_number,
+                "tracking_numbers": f.tracking_number.iter().collect::<Vec<_>>(),
+                "tracking_company": f.tracking_company,
+                "created_at": f.created_at,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Places an order: commits its stock at `location_id` and returns the
+    /// webhooks (orders/create, orders/paid when paid, inventory_levels/update).
+    pub fn place_order(
+        &mut self,
+        lines: &[(u64, i64)],
+        customer_email: &str,
+        location_id: u64,
+        paid: bool,
+    ) -> Option<(u64, Vec<Emitted>)> {
+        let now = now_rfc3339();
+        let mut items = Vec::new();
+        for &(variant_id, qty) in lines {
+            let v = self.variants.get(&variant_id)?.clone();
+            items.push((v, qty));
+        }
+        let id = self.new_id();
+        let mut line_items = Vec::new();
+        let mut emitted = Vec::new();
+        for (v, qty) in items {
+            let line_id = self.new_id();
+            line_items.push(LineItem {
+                id: line_id,
+                variant_id: v.id,
+                sku: v.sku.clone(),
+                title: format!("Product {}", v.sku),
+                quantity: qty,
+                price: v.price.clone(),
+            });
+            let level = self
+                .levels
+                .entry((v.inventory_item_id, location_id))
+                .or_default();
+            level.available -= qty;
+            level.committed += qty;
+            emitted.push(Emitted {
+                topic: Topic::InventoryLevelsUpdate,
+                payload: self.inventory_level_payload(v.inventory_item_id, location_id),
+            });
+        }
+        let customer_id = self.new_id();
+        let n = self.orders.len() + 1001;
+        let address = Address {
+            first_name: "Ada".into(),
+            last_name: format!("Customer{customer_id}"),
+            address1: format!("{n} Market Street"),
+            city: "Springfield".into(),
+            zip: "10115".into(),
+            country_code: "DE".into(),
+        };
+        self.orders.insert(
+            id,
+            Order {
+                id,
+                name: format!("#{n}"),
+                email: customer_email.into(),
+                created_at: now.clone(),
+                updated_at: now,
+                cancelled_at: None,
+                cancel_reason: None,
+                financial_status: if paid { "paid" } else { "pending" }.into(),
+                fulfillment_status: None,
+                currency: "EUR".into(),
+                line_items,
+                customer: Customer {
+                    id: customer_id,
+                    email: customer_email.into(),
+                    first_name: "Ada".into(),
+                    last_name: format!("Customer{customer_id}"),
+                },
+                shipping_address: address.clone(),
+                billing_address: address,
+                fulfillments: Vec::new(),
+                location_id,
+            },
+        );
+        let payload = self.order_payload(id);
+        let mut out = vec![Emitted {
+            topic: Topic::OrdersCreate,
+            payload: payload.clone(),
+        }];
+        if paid {
+            out.push(Emitted {
+                topic: Topic::OrdersPaid,
+                payload,
+            });
+        }
+        out.extend(emitted);
+        Some((id, out))
+    }
+
+    fn touch_order(&mut self, id: u64) {
+        if let Some(o) = self.orders.get_mut(&id) {
+            o.updated_at = now_rfc3339();
+        }
+    }
+
+    /// Fulfils the whole order with tracking; releases its committed stock.
+    pub fn fulfil(
+        &mut self,
+        order_id: u64,
+        tracking_number: Option<String>,
+        company: Option<String>,
+    ) -> Result<(u64, Vec<Emitted>), String> {
+        let fid = self.new_id();
+        let o = self
+            .orders
+            .get_mut(&order_id)
+            .ok_or_else(|| "order not found".to_string())?;
+        if o.cancelled_at.is_some() {
+            return Err("the order is cancelled".into());
+        }
+        if o.fulfillment_status.as_deref() == Some("fulfilled") {
+            return Err("the order is already fulfilled".into());
+        }
+        o.fulfillments.push(Fulfillment {
+            id: fid,
+            status: "success".into(),
+            tracking_number,
+            tracking_company: company,
+            created_at: now_rfc3339(),
+        });
+        o.fulfillment_status = Some("fulfilled".into());
+        let (loc, lines) = (o.location_id, o.line_items.clone());
+        for l in lines {
+            if let Some(item) = self
+                .variants
+                .get(&l.variant_id)
+                .map(|v| v.inventory_item_id)
+            {
+                let level = self.levels.entry((item, loc)).or_default();
+                level.committed -= l.quantity;
+            }
+        }
+        self.touch_order(order_id);
+        let payload = self.order_payload(order_id);
+        Ok((
+            fid,
+            vec![
+                Emitted {
+                    topic: Topic::OrdersFulfilled,
+                    payload: payload.clone(),
+                },
+                Emitted {
+                    topic: Topic::OrdersUpdated,
+                    payload,
+                },
+            ],
+        ))
+    }
+
+    /// Cancels the order; with `restock`, its committed stock is available again.
+    pub fn cancel(
+        &mut self,
+        order_id: u64,
+        reason: &str,
+        restock: bool,
+    ) -> Result<Vec<Emitted>, String> {
+        let o = self
+            .orders
+            .get_mut(&order_id)
+            .ok_or_else(|| "order not found".to_string())?;
+        if o.cancelled_at.is_some() {
+            return Err("the order is already cancelled".into());
+        }
+        if o.fulfillment_status.as_deref() == Some("fulfilled") {
+            return Err("a fulfilled order cannot be cancelled".into());
+        }
+        o.cancelled_at = Some(now_rfc3339());
+        o.cancel_reason = Some(reason.to_lowercase());
+        if o.financial_status == "paid" {
+            o.financial_status = "refunded".into();
+        } else {
+            o.financial_status = "voided".into();
+        }
+        let (loc, lines) = (o.location_id, o.line_items.clone());
+        let mut out = Vec::new();
+        for l in lines {
+            if let Some(item) = self
+                .variants
+                .get(&l.variant_id)
+                .map(|v| v.inventory_item_id)
+            {
+                let level = self.levels.entry((item, loc)).or_default();
+                level.committed -= l.quantity;
+                if restock {
+                    level.available += l.quantity;
+                    out.push(Emitted {
+                        topic: Topic::InventoryLevelsUpdate,
+                        payload: self.inventory_level_payload(item, loc),
+                    });
+                }
+            }
+        }
+        self.touch_order(order_id);
+        let payload = self.order_payload(order_id);
+        out.insert(
+            0,
+            Emitted {
+                topic: Topic::OrdersCancelled,
+                payload: payload.clone(),
+            },
+        );
+        out.insert(
+            1,
+            Emitted {
+                topic: Topic::OrdersUpdated,
+                payload,
+            },
+        );
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gids_round_trip() {
+        assert_eq!(
+            parse_gid("ProductVariant", &gid("ProductVariant", 42)),
+            Some(42)
+        );
+        assert_eq!(parse_gid("Location", &gid("ProductVariant", 42)), None);
+        assert_eq!(parse_gid("Location", "garbage"), None);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+    }
+
+    #[test]
+    fn money() {
+        assert_eq!(parse_cents("12.5"), 1250);
+        assert_eq!(parse_cents("3"), 300);
+        assert_eq!(format_cents(1999), "19.99");
+    }
+}
