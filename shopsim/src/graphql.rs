@@ -821,6 +821,17 @@ pub struct OrderCancelPayload {
 }
 
 #[derive(InputObject)]
+pub struct OrderMarkAsPaidInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct OrderMarkAsPaidPayload {
+    order: Option<OrderGql>,
+    user_errors: Vec<UserError>,
+}
+
+#[derive(InputObject)]
 pub struct WebhookSubscriptionInput {
     /// 2026-04 name of the endpoint.
     uri: Option<String>,
@@ -1094,6 +1105,30 @@ impl MutationRoot {
                         done: true,
                     }),
                     order_cancel_user_errors: vec![],
+                    user_errors: vec![],
+                })
+            }
+        }
+    }
+
+    async fn order_mark_as_paid(
+        &self,
+        ctx: &Context<'_>,
+        input: OrderMarkAsPaidInput,
+    ) -> Result<OrderMarkAsPaidPayload> {
+        let s = shop(ctx);
+        let oid = parse_gid("Order", &input.id).ok_or_else(|| bad_id("Order", &input.id))?;
+        let result = s.state.lock().mark_paid(oid);
+        match result {
+            Err(message) => Ok(OrderMarkAsPaidPayload {
+                order: None,
+                user_errors: vec![user_error(&["id"], message, "INVALID")],
+            }),
+            Ok(emitted) => {
+                s.emit_all(emitted);
+                let order = s.state.lock().orders.get(&oid).cloned().map(OrderGql);
+                Ok(OrderMarkAsPaidPayload {
+                    order,
                     user_errors: vec![],
                 })
             }

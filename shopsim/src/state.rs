@@ -533,6 +533,30 @@ impl ShopState {
         ))
     }
 
+    /// Marks a pending order paid (orders/paid, orders/updated).
+    pub fn mark_paid(&mut self, order_id: u64) -> Result<Vec<Emitted>, String> {
+        let o = self
+            .orders
+            .get_mut(&order_id)
+            .ok_or_else(|| "order not found".to_string())?;
+        if o.financial_status != "pending" {
+            return Err(format!("the order is {}, not pending", o.financial_status));
+        }
+        o.financial_status = "paid".into();
+        self.touch_order(order_id);
+        let payload = self.order_payload(order_id);
+        Ok(vec![
+            Emitted {
+                topic: Topic::OrdersPaid,
+                payload: payload.clone(),
+            },
+            Emitted {
+                topic: Topic::OrdersUpdated,
+                payload,
+            },
+        ])
+    }
+
     /// Cancels the order; with `restock`, its committed stock is available again.
     pub fn cancel(
         &mut self,

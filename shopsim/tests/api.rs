@@ -760,3 +760,38 @@ async fn the_order_generator_places_orders_at_its_rate() {
     }
     sim.stop_order_generator();
 }
+
+#[tokio::test]
+async fn marking_a_pending_order_paid_emits_orders_paid() {
+    let sim = start(small(1000.0, 1000.0)).await;
+    let (addr, mut rx) = receiver(vec![]).await;
+    subscribe(&sim, "ORDERS_PAID", addr).await;
+    let placed: Value = reqwest::Client::new()
+        .post(format!("{}/_sim/orders", sim.base_url()))
+        .json(&json!({"count": 1, "paid": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = placed["order_ids"][0].as_u64().unwrap();
+    let mark = "mutation($id: ID!) { orderMarkAsPaid(input: {id: $id}) { order { displayFinancialStatus } userErrors { message } } }";
+    let vars = json!({"id": format!("gid://shopify/Order/{id}")});
+    let r = gql(&sim, mark, vars.clone()).await;
+    assert_eq!(
+        r["data"]["orderMarkAsPaid"]["order"]["displayFinancialStatus"], "PAID",
+        "{r}"
+    );
+    let w = next(&mut rx).await;
+    assert_eq!(w.headers["x-shopify-topic"], "orders/paid");
+    let body: Value = serde_json::from_slice(&w.body).unwrap();
+    assert_eq!(body["id"], id);
+    assert_eq!(body["financial_status"], "paid");
+    // Paying twice is a user error, not a second webhook.
+    let again = gql(&sim, mark, vars).await;
+    assert_eq!(
+        again["data"]["orderMarkAsPaid"]["userErrors"][0]["message"],
+        "the order is paid, not pending"
+    );
+}
