@@ -74,6 +74,11 @@ fn shop<'a>(ctx: &Context<'a>) -> &'a Arc<Shop> {
     ctx.data_unchecked::<Arc<Shop>>()
 }
 
+/// Reads from the shop's state under its lock.
+fn read<T>(ctx: &Context<'_>, f: impl FnOnce(&ShopState) -> T) -> T {
+    f(&shop(ctx).state.lock())
+}
+
 fn bad_id(kind: &str, id: &ID) -> Error {
     Error::new(format!("Invalid global id '{}' for {kind}", id.as_str()))
         .extend_with(|_, e| e.set("code", "BAD_REQUEST"))
@@ -611,37 +616,22 @@ impl QueryRoot {
         after: Option<String>,
         last: Option<i32>,
     ) -> Result<Connection<usize, LocationGql>> {
-        let locations: Vec<LocationGql> = shop(ctx)
-            .state
-            .lock()
-            .locations
-            .values()
-            .cloned()
-            .map(LocationGql)
-            .collect();
+        let locations = read(ctx, |st| {
+            st.locations.values().cloned().map(LocationGql).collect()
+        });
         paginate(locations, after, first, last).await
     }
 
     async fn location(&self, ctx: &Context<'_>, id: ID) -> Result<Option<LocationGql>> {
         let loc = parse_gid("Location", &id).ok_or_else(|| bad_id("Location", &id))?;
-        Ok(shop(ctx)
-            .state
-            .lock()
-            .locations
-            .get(&loc)
-            .cloned()
-            .map(LocationGql))
+        Ok(read(ctx, |st| {
+            st.locations.get(&loc).cloned().map(LocationGql)
+        }))
     }
 
     async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<OrderGql>> {
         let oid = parse_gid("Order", &id).ok_or_else(|| bad_id("Order", &id))?;
-        Ok(shop(ctx)
-            .state
-            .lock()
-            .orders
-            .get(&oid)
-            .cloned()
-            .map(OrderGql))
+        Ok(read(ctx, |st| st.orders.get(&oid).cloned().map(OrderGql)))
     }
 
     async fn orders(
@@ -651,14 +641,9 @@ impl QueryRoot {
         after: Option<String>,
         last: Option<i32>,
     ) -> Result<Connection<usize, OrderGql>> {
-        let orders: Vec<OrderGql> = shop(ctx)
-            .state
-            .lock()
-            .orders
-            .values()
-            .cloned()
-            .map(OrderGql)
-            .collect();
+        let orders = read(ctx, |st| {
+            st.orders.values().cloned().map(OrderGql).collect()
+        });
         paginate(orders, after, first, last).await
     }
 }

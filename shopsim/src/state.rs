@@ -473,10 +473,48 @@ impl ShopState {
         Some((id, out))
     }
 
-    fn touch_order(&mut self, id: u64) {
+    /// Takes the order's lines out of committed stock; returns (item, location, quantity).
+    fn release_committed(&mut self, order_id: u64) -> Vec<(u64, u64, i64)> {
+        let Some(o) = self.orders.get(&order_id) else {
+            return Vec::new();
+        };
+        let (loc, lines) = (o.location_id, o.line_items.clone());
+        let mut released = Vec::new();
+        for l in lines {
+            if let Some(item) = self
+                .variants
+                .get(&l.variant_id)
+                .map(|v| v.inventory_item_id)
+            {
+                self.levels.entry((item, loc)).or_default().committed -= l.quantity;
+                released.push((item, loc, l.quantity));
+            }
+        }
+        released
+    }
+
+    fn order_mut(&mut self, id: u64) -> Result<&mut Order, String> {
+        self.orders
+            .get_mut(&id)
+            .ok_or_else(|| "order not found".to_string())
+    }
+
+    /// Stamps `updated_at` and returns `topic` plus `orders/updated` for the order.
+    fn order_changed(&mut self, id: u64, topic: Topic) -> Vec<Emitted> {
         if let Some(o) = self.orders.get_mut(&id) {
             o.updated_at = now_rfc3339();
         }
+        let payload = self.order_payload(id);
+        vec![
+            Emitted {
+                topic,
+                payload: payload.clone(),
+            },
+            Emitted {
+                topic: Topic::OrdersUpdated,
+                payload,
+            },
+        ]
     }
 
     /// Fulfils the whole order with tracking; releases its committed stock.
@@ -487,10 +525,7 @@ impl ShopState {
         company: Option<String>,
     ) -> Result<(u64, Vec<Emitted>), String> {
         let fid = self.new_id();
-        let o = self
-            .orders
-            .get_mut(&order_id)
-            .ok_or_else(|| "order not found".to_string())?;
+        let o = self.order_mut(order_id)?;
         if o.cancelled_at.is_some() {
             return Err("the order is cancelled".into());
         }
@@ -505,56 +540,18 @@ impl ShopState {
             created_at: now_rfc3339(),
         });
         o.fulfillment_status = Some("fulfilled".into());
-        let (loc, lines) = (o.location_id, o.line_items.clone());
-        for l in lines {
-            if let Some(item) = self
-                .variants
-                .get(&l.variant_id)
-                .map(|v| v.inventory_item_id)
-            {
-                let level = self.levels.entry((item, loc)).or_default();
-                level.committed -= l.quantity;
-            }
-        }
-        self.touch_order(order_id);
-        let payload = self.order_payload(order_id);
-        Ok((
-            fid,
-            vec![
-                Emitted {
-                    topic: Topic::OrdersFulfilled,
-                    payload: payload.clone(),
-                },
-                Emitted {
-                    topic: Topic::OrdersUpdated,
-                    payload,
-                },
-            ],
-        ))
+        self.release_committed(order_id);
+        Ok((fid, self.order_changed(order_id, Topic::OrdersFulfilled)))
     }
 
     /// Marks a pending order paid (orders/paid, orders/updated).
     pub fn mark_paid(&mut self, order_id: u64) -> Result<Vec<Emitted>, String> {
-        let o = self
-            .orders
-            .get_mut(&order_id)
-            .ok_or_else(|| "order not found".to_string())?;
+        let o = self.order_mut(order_id)?;
         if o.financial_status != "pending" {
             return Err(format!("the order is {}, not pending", o.financial_status));
         }
         o.financial_status = "paid".into();
-        self.touch_order(order_id);
-        let payload = self.order_payload(order_id);
-        Ok(vec![
-            Emitted {
-                topic: Topic::OrdersPaid,
-                payload: payload.clone(),
-            },
-            Emitted {
-                topic: Topic::OrdersUpdated,
-                payload,
-            },
-        ])
+        Ok(self.order_changed(order_id, Topic::OrdersPaid))
     }
 
     /// Cancels the order; with `restock`, its committed stock is available again.
@@ -564,10 +561,7 @@ impl ShopState {
         reason: &str,
         restock: bool,
     ) -> Result<Vec<Emitted>, String> {
-        let o = self
-            .orders
-            .get_mut(&order_id)
-            .ok_or_else(|| "order not found".to_string())?;
+        let o = self.order_mut(order_id)?;
         if o.cancelled_at.is_some() {
             return Err("the order is already cancelled".into());
         }
@@ -581,42 +575,19 @@ impl ShopState {
         } else {
             o.financial_status = "voided".into();
         }
-        let (loc, lines) = (o.location_id, o.line_items.clone());
         let mut out = Vec::new();
-        for l in lines {
-            if let Some(item) = self
-                .variants
-                .get(&l.variant_id)
-                .map(|v| v.inventory_item_id)
-            {
-                let level = self.levels.entry((item, loc)).or_default();
-                level.committed -= l.quantity;
-                if restock {
-                    level.available += l.quantity;
-                    out.push(Emitted {
-                        topic: Topic::InventoryLevelsUpdate,
-                        payload: self.inventory_level_payload(item, loc),
-                    });
-                }
+        for (item, loc, qty) in self.release_committed(order_id) {
+            if restock {
+                self.levels.entry((item, loc)).or_default().available += qty;
+                out.push(Emitted {
+                    topic: Topic::InventoryLevelsUpdate,
+                    payload: self.inventory_level_payload(item, loc),
+                });
             }
         }
-        self.touch_order(order_id);
-        let payload = self.order_payload(order_id);
-        out.insert(
-            0,
-            Emitted {
-                topic: Topic::OrdersCancelled,
-                payload: payload.clone(),
-            },
-        );
-        out.insert(
-            1,
-            Emitted {
-                topic: Topic::OrdersUpdated,
-                payload,
-            },
-        );
-        Ok(out)
+        let mut events = self.order_changed(order_id, Topic::OrdersCancelled);
+        events.extend(out);
+        Ok(events)
     }
 }
 
