@@ -22,6 +22,7 @@ pub enum ConfigError {
 pub struct Config {
     pub erp: ErpConfig,
     pub kafka: KafkaConfig,
+    pub gateway: GatewayConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -117,6 +118,76 @@ impl Default for KafkaConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where the webhook gateway listens.
+    pub listen: String,
+    /// Larger request bodies are refused with 413.
+    pub body_limit_bytes: usize,
+    /// Answer 503 when Kafka has not acknowledged by then. Shopify waits 5 s.
+    pub ack_deadline_ms: u64,
+    /// Redeliveries of a webhook id within this window are answered 200 and not produced again.
+    pub dedupe_window_secs: u64,
+    /// File remembering delivered webhook ids across restarts.
+    pub dedupe_path: PathBuf,
+    pub shops: Vec<ShopConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8080".into(),
+            body_limit_bytes: 1024 * 1024,
+            ack_deadline_ms: 3_000,
+            dedupe_window_secs: 24 * 3600,
+            dedupe_path: PathBuf::from("flywheel-gateway-seen.log"),
+            shops: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Shopify,
+    Woocommerce,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Shopify => "shopify",
+            Platform::Woocommerce => "woocommerce",
+        }
+    }
+}
+
+/// A shop whose webhooks the gateway accepts.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopConfig {
+    /// The `{shop}` in the webhook URL, and the channel in event keys.
+    pub name: String,
+    pub platform: Platform,
+    /// Webhook signing secrets; several at once to rotate without downtime.
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for ShopConfig {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShopConfig")
+            .field("name", &self.name)
+            .field("platform", &self.platform)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Where `/metrics` is served; empty disables it.
     pub listen: String,
@@ -195,6 +266,17 @@ impl Config {
         if self.kafka.replication_factor < 1 {
             return bad("kafka.replication_factor must be at least 1");
         }
+        for shop in &self.gateway.shops {
+            if shop.secrets.iter().all(|s| s.is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "gateway shop `{}` has no secret: webhooks could not be verified",
+                    shop.name
+                )));
+            }
+        }
+        if self.gateway.ack_deadline_ms >= 5_000 {
+            return bad("gateway.ack_deadline_ms must stay under Shopify's 5 s webhook timeout");
+        }
         if self.erp.batch_keys == 0 || self.erp.max_batch_transactions == 0 {
             return bad("erp.batch_keys and erp.max_batch_transactions must be at least 1");
         }
@@ -260,5 +342,8 @@ mod example_file {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/flywheel.example.toml");
         let c = super::Config::load(Some(std::path::Path::new(path))).unwrap();
         assert_eq!(c.kafka.replication_factor, 3);
+        assert_eq!(c.gateway.shops.len(), 2);
+        // Secrets never show in Debug output (and so never in logs).
+        assert!(!format!("{:?}", c.gateway.shops[0]).contains("current-app-secret"));
     }
 }

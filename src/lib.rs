@@ -9,3 +9,4 @@ pub mod config;
 pub mod erp;
 pub mod local_infra;
 pub mod ops;
+pub mod shop;

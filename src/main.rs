@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run the ERP source: logical replication → entity events in Kafka.
     Source,
+    /// Run the webhook gateway: shop webhooks → Kafka, 200 only once durable.
+    Gateway,
     /// Create the Kafka topics Flywheel writes (idempotent).
     Topics,
     /// Everything locally: its own PostgreSQL with the demo ERP, a tansu broker,
@@ -105,11 +107,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             readiness.set(true);
             flywheel::erp::source::run_with_retries(&config, shutdown).await?;
         }
+        Command::Gateway => {
+            let running = flywheel::shop::gateway::start(
+                &config,
+                ops::http::metrics_router(),
+                shutdown.clone(),
+            )
+            .await?;
+            eprintln!("gateway listening on http://{}", running.addr);
+            running.done.await?;
+        }
         Command::Topics => {
             let connector =
                 flywheel::erp::connector::Connector::load(config.erp.connector.as_deref())?;
             let mut topics = connector.topics();
             topics.push(flywheel::bus::topics::DEAD_LETTERS.into());
+            topics.extend(
+                flywheel::shop::gateway::TOPICS
+                    .iter()
+                    .map(|t| t.to_string()),
+            );
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             flywheel::bus::topics::ensure_topics(&config.kafka, &names).await?;
             println!("topics ready: {}", names.join(", "));

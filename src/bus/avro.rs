@@ -25,6 +25,14 @@ const SCHEMAS: &[(&str, &str)] = &[
         "flywheel.dlq.v1",
         include_str!("../../schemas/flywheel.dlq.v1.avsc"),
     ),
+    (
+        "shop.orders.v1",
+        include_str!("../../schemas/shop.orders.v1.avsc"),
+    ),
+    (
+        "shop.inventory.v1",
+        include_str!("../../schemas/shop.inventory.v1.avsc"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +129,31 @@ impl AvroCodec {
                 source: Box::new(e),
             })?;
         Ok(out)
+    }
+
+    /// Encodes a serde value (Rust structs mirroring the schema; `Option`s
+    /// become the schema's `["null", …]` unions by schema resolution).
+    pub fn encode_serde<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, AvroError> {
+        let encode_err = |e: apache_avro::Error| AvroError::Encode {
+            topic: self.topic.clone(),
+            source: Box::new(e),
+        };
+        let v = apache_avro::to_value(value)
+            .and_then(|v| v.resolve(&self.schema))
+            .map_err(encode_err)?;
+        self.encode(&v)
+    }
+
+    /// Decodes into a serde type mirroring the schema.
+    pub fn decode_serde<T: serde::de::DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<T, AvroError> {
+        let v = self.decode(bytes)?;
+        apache_avro::from_value(&v).map_err(|e| AvroError::Decode {
+            topic: self.topic.clone(),
+            source: Box::new(e),
+        })
     }
 
     pub fn decode(&self, mut bytes: &[u8]) -> Result<Value, AvroError> {

@@ -114,6 +114,35 @@ impl EventProducer {
         })
     }
 
+    /// A fatal error leaves an idempotent producer unusable (e.g. after the
+    /// broker lost its state); the owner should replace it.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner.client().fatal_error().map(|(_, reason)| reason)
+    }
+
+    /// The cluster's topic names, proving the broker answers.
+    pub async fn topic_names(&self, timeout: Duration) -> Result<Vec<String>, BusError> {
+        let producer = self.inner.clone();
+        let bootstrap = self.bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+                .map_err(|source| BusError::Client {
+                    bootstrap,
+                    source: Box::new(source),
+                })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(BusError::CreateTopic {
+                topic: String::new(),
+                reason: e.to_string(),
+            })
+        })
+    }
+
     /// Waits for every queued record to be delivered, up to `timeout`.
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.inner.flush(timeout) {

@@ -52,6 +52,11 @@ pub async fn serve(
     Ok(bound)
 }
 
+/// `/metrics` alone, for roles that serve it from their own HTTP server.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(metrics))
+}
+
 async fn metrics() -> impl IntoResponse {
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();

@@ -1,0 +1,177 @@
+//! Webhook gateway benchmark: sustained webhooks/s and time to a durable 200,
+//! against a bare axum handler that does no work, in the same run.
+//!
+//! `cargo bench --bench gateway` (env: BENCH_REQUESTS=4000, BENCH_CONCURRENCY=16).
+//! Starts its own tansu broker. Every request is a distinct, signed Shopify
+//! `orders/create` (so none is deduplicated); the gateway answers 200 only after
+//! Kafka acknowledged the raw record and the canonical event.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use flywheel::config::{Config, Platform, ShopConfig};
+use flywheel::local_infra::LocalBroker;
+use flywheel::shop::signature::sign;
+use tokio_util::sync::CancellationToken;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn body(i: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": 1_000_000 + i, "name": format!("#{i}"), "email": "bench@example.com",
+        "updated_at": "2026-11-23T10:00:00Z", "currency": "EUR", "total_price": "20.00",
+        "financial_status": "paid", "fulfillment_status": null,
+        "customer": {"id": 7, "email": "bench@example.com", "first_name": "B", "last_name": "Ench"},
+        "line_items": [{"id": i, "sku": "SKU-000001", "quantity": 2, "price": "10.00", "title": "T"}]
+    }))
+    .unwrap()
+}
+
+struct Run {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    non_200: usize,
+}
+
+async fn drive(url: String, requests: usize, concurrency: usize) -> Run {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut non_200 = 0;
+            let mut i = worker;
+            while i < requests {
+                let b = body(i);
+                let sig = sign("bench-secret", &b);
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("X-Shopify-Topic", "orders/create")
+                    .header("X-Shopify-Hmac-Sha256", sig)
+                    .header("X-Shopify-Webhook-Id", format!("bench-{i}"))
+                    .header("X-Shopify-Triggered-At", "2026-11-23T10:00:00Z")
+                    .body(b)
+                    .send()
+                    .await;
+                latencies.push(t.elapsed());
+                if !matches!(r, Ok(ref r) if r.status() == 200) {
+                    non_200 += 1;
+                }
+                i += concurrency;
+            }
+            (latencies, non_200)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut non_200 = 0;
+    for t in tasks {
+        let (l, n) = t.await.expect("worker");
+        all.extend(l);
+        non_200 += n;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let q = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Run {
+        per_second: all.len() as f64 / elapsed,
+        p50: q(0.5),
+        p99: q(0.99),
+        non_200,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let requests: usize = env_or("BENCH_REQUESTS", 4000);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
+    let broker = LocalBroker::start().await.expect("tansu");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.kafka.bootstrap = broker.bootstrap();
+    config.gateway.listen = "127.0.0.1:0".into();
+    config.gateway.dedupe_path = dir.path().join("seen.log");
+    config.gateway.shops = vec![ShopConfig {
+        name: "bench".into(),
+        platform: Platform::Shopify,
+        secrets: vec!["bench-secret".into()],
+    }];
+    let token = CancellationToken::new();
+    let gw = flywheel::shop::gateway::start(&config, Router::new(), token.clone())
+        .await
+        .expect("gateway");
+    let ready = format!("http://{}/readyz", gw.addr);
+    while reqwest::get(&ready)
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The baseline: the same HTTP stack answering 200 without doing anything.
+    let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_addr = bare.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            bare,
+            Router::new().route("/webhooks/shopify/bench", post(|| async { "ok" })),
+        )
+        .await
+    });
+
+    // Warm both up, then measure the bare handler first, the gateway second.
+    drive(
+        format!("http://{bare_addr}/webhooks/shopify/bench"),
+        200,
+        concurrency,
+    )
+    .await;
+    let base = drive(
+        format!("http://{bare_addr}/webhooks/shopify/bench"),
+        requests,
+        concurrency,
+    )
+    .await;
+    let ours = drive(
+        format!("http://{}/webhooks/shopify/bench", gw.addr),
+        requests,
+        concurrency,
+    )
+    .await;
+
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "{requests} signed orders/create webhooks, {concurrency} concurrent clients, one process, one tansu broker"
+    );
+    println!(
+        "  bare axum handler : {:>7.0} req/s  p50 {:>9}  p99 {:>9}",
+        base.per_second,
+        ms(base.p50),
+        ms(base.p99)
+    );
+    println!(
+        "  flywheel gateway  : {:>7.0} req/s  p50 {:>9}  p99 {:>9}  (non-200: {})",
+        ours.per_second,
+        ms(ours.p50),
+        ms(ours.p99),
+        ours.non_200
+    );
+    println!(
+        "  ratio gateway/bare: throughput {:.2}x, p50 {:.1}x, p99 {:.1}x",
+        ours.per_second / base.per_second,
+        ours.p50.as_secs_f64() / base.p50.as_secs_f64(),
+        ours.p99.as_secs_f64() / base.p99.as_secs_f64()
+    );
+    assert_eq!(base.non_200, 0);
+    token.cancel();
+}

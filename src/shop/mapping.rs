@@ -1,0 +1,462 @@
+//! Webhook payloads → canonical shop events (`shop.orders.v1`,
+//! `shop.inventory.v1`). Pure functions over JSON: a missing required field is
+//! a [`MappingError`] naming it (the gateway answers 400).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::Platform;
+
+pub const SHOP_ORDERS: &str = "shop.orders.v1";
+pub const SHOP_INVENTORY: &str = "shop.inventory.v1";
+/// Every verified webhook, byte for byte, with its headers.
+pub const SHOP_WEBHOOKS_RAW: &str = "shop.webhooks.raw.v1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MappingError {
+    #[error("missing or invalid field `{0}`")]
+    Field(&'static str),
+}
+
+/// What the gateway knows about one delivery besides its body.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub platform: Platform,
+    pub channel: String,
+    pub topic: String,
+    pub webhook_id: String,
+    /// RFC 3339 event time (`X-Shopify-Triggered-At`), or the arrival time.
+    pub event_time: String,
+}
+
+/// What a topic becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Order,
+    Inventory,
+    /// Kept in the raw topic only (no canonical event yet).
+    RawOnly,
+}
+
+pub fn kind_of(platform: Platform, topic: &str) -> Option<Kind> {
+    match (platform, topic) {
+        (
+            Platform::Shopify,
+            "orders/create" | "orders/updated" | "orders/paid" | "orders/cancelled"
+            | "orders/fulfilled",
+        ) => Some(Kind::Order),
+        (Platform::Shopify, "inventory_levels/update") => Some(Kind::Inventory),
+        (Platform::Shopify, "products/update") => Some(Kind::RawOnly),
+        (Platform::Woocommerce, "order.created" | "order.updated") => Some(Kind::Order),
+        (Platform::Woocommerce, "product.updated") => Some(Kind::RawOnly),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Address {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub address1: Option<String>,
+    pub address2: Option<String>,
+    pub city: Option<String>,
+    pub zip: Option<String>,
+    pub country_code: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub line_id: String,
+    pub sku: Option<String>,
+    pub title: Option<String>,
+    pub quantity: i64,
+    pub price: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Shipment {
+    pub status: Option<String>,
+    pub tracking_number: Option<String>,
+    pub tracking_company: Option<String>,
+}
+
+/// `shop.orders.v1` (field order and names mirror the Avro schema).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShopOrderEvent {
+    pub key: String,
+    pub version: i64,
+    pub version_tiebreak: String,
+    pub source_ts: i64,
+    pub event_id: String,
+    pub topic: String,
+    pub platform: String,
+    pub channel: String,
+    pub order_id: String,
+    pub order_name: Option<String>,
+    pub email: Option<String>,
+    pub currency: Option<String>,
+    pub total_price: Option<String>,
+    pub financial_status: Option<String>,
+    pub fulfillment_status: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: String,
+    pub customer: Option<Customer>,
+    pub shipping_address: Option<Address>,
+    pub billing_address: Option<Address>,
+    pub lines: Vec<Line>,
+    pub fulfillments: Vec<Shipment>,
+}
+
+/// `shop.inventory.v1`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShopInventoryEvent {
+    pub key: String,
+    pub version: i64,
+    pub version_tiebreak: String,
+    pub source_ts: i64,
+    pub event_id: String,
+    pub platform: String,
+    pub channel: String,
+    pub inventory_item_id: String,
+    pub location_id: String,
+    pub available: Option<i64>,
+    pub updated_at: String,
+}
+
+/// A string, or a number rendered as one (Shopify ids are JSON numbers).
+fn text(v: &Value, field: &str) -> Option<String> {
+    match v.get(field)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn required(v: &Value, field: &'static str) -> Result<String, MappingError> {
+    text(v, field).ok_or(MappingError::Field(field))
+}
+
+/// Unix microseconds of an RFC 3339 timestamp; a zone-less one is UTC
+/// (WooCommerce's `*_gmt` fields).
+pub fn micros(ts: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) {
+        return Some(t.timestamp_micros());
+    }
+    chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+fn versioned(updated_at: &str, d: &Delivery) -> Result<(i64, String, i64), MappingError> {
+    let version = micros(updated_at).ok_or(MappingError::Field("updated_at"))?;
+    let source_ts = micros(&d.event_time).unwrap_or(version);
+    Ok((
+        version,
+        format!("{}/{}", d.event_time, d.webhook_id),
+        source_ts,
+    ))
+}
+
+fn address(v: Option<&Value>) -> Option<Address> {
+    let v = v.filter(|v| v.is_object())?;
+    Some(Address {
+        first_name: text(v, "first_name"),
+        last_name: text(v, "last_name"),
+        address1: text(v, "address1").or_else(|| text(v, "address_1")),
+        address2: text(v, "address2").or_else(|| text(v, "address_2")),
+        city: text(v, "city"),
+        zip: text(v, "zip").or_else(|| text(v, "postcode")),
+        country_code: text(v, "country_code").or_else(|| text(v, "country")),
+        phone: text(v, "phone"),
+    })
+}
+
+fn lines(
+    items: &Value,
+    unit_price: impl Fn(&Value) -> Option<String>,
+) -> Result<Vec<Line>, MappingError> {
+    let items = items.as_array().ok_or(MappingError::Field("line_items"))?;
+    items
+        .iter()
+        .map(|l| {
+            Ok(Line {
+                line_id: required(l, "id").map_err(|_| MappingError::Field("line_items[].id"))?,
+                sku: text(l, "sku"),
+                title: text(l, "title").or_else(|| text(l, "name")),
+                quantity: l
+                    .get("quantity")
+                    .and_then(Value::as_i64)
+                    .ok_or(MappingError::Field("line_items[].quantity"))?,
+                price: unit_price(l).ok_or(MappingError::Field("line_items[].price"))?,
+            })
+        })
+        .collect()
+}
+
+/// A Shopify `orders/*` payload.
+pub fn shopify_order(body: &Value, d: &Delivery) -> Result<ShopOrderEvent, MappingError> {
+    let order_id = required(body, "id")?;
+    let updated_at = required(body, "updated_at")?;
+    let (version, version_tiebreak, source_ts) = versioned(&updated_at, d)?;
+    let customer = body
+        .get("customer")
+        .filter(|c| c.is_object())
+        .map(|c| Customer {
+            id: text(c, "id"),
+            email: text(c, "email"),
+            first_name: text(c, "first_name"),
+            last_name: text(c, "last_name"),
+        });
+    let fulfillments = body
+        .get("fulfillments")
+        .and_then(Value::as_array)
+        .map(|fs| {
+            fs.iter()
+                .map(|f| Shipment {
+                    status: text(f, "status"),
+                    tracking_number: text(f, "tracking_number"),
+                    tracking_company: text(f, "tracking_company"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ShopOrderEvent {
+        key: format!("{}/{order_id}", d.channel),
+        version,
+        version_tiebreak,
+        source_ts,
+        event_id: d.webhook_id.clone(),
+        topic: d.topic.clone(),
+        platform: d.platform.as_str().into(),
+        channel: d.channel.clone(),
+        order_name: text(body, "name"),
+        email: text(body, "email").or_else(|| text(body, "contact_email")),
+        currency: text(body, "currency"),
+        total_price: text(body, "total_price"),
+        financial_status: text(body, "financial_status"),
+        fulfillment_status: text(body, "fulfillment_status"),
+        cancelled_at: text(body, "cancelled_at"),
+        cancel_reason: text(body, "cancel_reason"),
+        created_at: text(body, "created_at"),
+        updated_at,
+        customer,
+        shipping_address: address(body.get("shipping_address")),
+        billing_address: address(body.get("billing_address")),
+        lines: lines(body.get("line_items").unwrap_or(&Value::Null), |l| {
+            text(l, "price")
+        })?,
+        fulfillments,
+        order_id,
+    })
+}
+
+/// A WooCommerce `order.created` / `order.updated` payload.
+pub fn woocommerce_order(body: &Value, d: &Delivery) -> Result<ShopOrderEvent, MappingError> {
+    let order_id = required(body, "id")?;
+    let updated_at = text(body, "date_modified_gmt")
+        .or_else(|| text(body, "date_modified"))
+        .ok_or(MappingError::Field("date_modified_gmt"))?;
+    let (version, version_tiebreak, source_ts) = versioned(&updated_at, d)?;
+    let status = text(body, "status").unwrap_or_default();
+    // WooCommerce has one status; Shopify (and the canonical event) two.
+    let (financial, fulfillment) = match status.as_str() {
+        "processing" => ("paid", None),
+        "completed" => ("paid", Some("fulfilled")),
+        "refunded" => ("refunded", None),
+        "cancelled" | "failed" => ("voided", None),
+        _ => ("pending", None),
+    };
+    let billing = body.get("billing");
+    Ok(ShopOrderEvent {
+        key: format!("{}/{order_id}", d.channel),
+        version,
+        version_tiebreak,
+        source_ts,
+        event_id: d.webhook_id.clone(),
+        topic: d.topic.clone(),
+        platform: d.platform.as_str().into(),
+        channel: d.channel.clone(),
+        order_name: text(body, "number"),
+        email: billing.and_then(|b| text(b, "email")),
+        currency: text(body, "currency"),
+        total_price: text(body, "total"),
+        financial_status: Some(financial.into()),
+        fulfillment_status: fulfillment.map(Into::into),
+        cancelled_at: (status == "cancelled").then(|| updated_at.clone()),
+        cancel_reason: None,
+        created_at: text(body, "date_created_gmt"),
+        updated_at: updated_at.clone(),
+        customer: billing.map(|b| Customer {
+            id: text(body, "customer_id"),
+            email: text(b, "email"),
+            first_name: text(b, "first_name"),
+            last_name: text(b, "last_name"),
+        }),
+        shipping_address: address(body.get("shipping")),
+        billing_address: address(billing),
+        lines: lines(body.get("line_items").unwrap_or(&Value::Null), |l| {
+            text(l, "price").or_else(|| text(l, "subtotal"))
+        })?,
+        fulfillments: Vec::new(),
+        order_id,
+    })
+}
+
+/// A Shopify `inventory_levels/update` payload.
+pub fn shopify_inventory(body: &Value, d: &Delivery) -> Result<ShopInventoryEvent, MappingError> {
+    let item = required(body, "inventory_item_id")?;
+    let location = required(body, "location_id")?;
+    let updated_at = required(body, "updated_at")?;
+    let (version, version_tiebreak, source_ts) = versioned(&updated_at, d)?;
+    Ok(ShopInventoryEvent {
+        key: format!("{}/{item}/{location}", d.channel),
+        version,
+        version_tiebreak,
+        source_ts,
+        event_id: d.webhook_id.clone(),
+        platform: d.platform.as_str().into(),
+        channel: d.channel.clone(),
+        inventory_item_id: item,
+        location_id: location,
+        available: body.get("available").and_then(Value::as_i64),
+        updated_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn delivery(platform: Platform, topic: &str) -> Delivery {
+        Delivery {
+            platform,
+            channel: "demo".into(),
+            topic: topic.into(),
+            webhook_id: "w-1".into(),
+            event_time: "2026-11-23T10:00:01.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn shopify_order_maps_lines_customer_and_version() {
+        let body = json!({"id": 820982911946154508u64, "name": "#9999", "email": "jon@example.com",
+            "updated_at": "2026-11-23T05:00:00-05:00", "currency": "EUR", "total_price": "199.65",
+            "financial_status": "paid", "fulfillment_status": null,
+            "customer": {"id": 115310627314723954u64, "email": "jon@example.com", "first_name": "Jon", "last_name": "Doe"},
+            "shipping_address": {"address1": "123 Street", "city": "Berlin", "zip": "10115", "country_code": "DE"},
+            "line_items": [{"id": 1, "sku": "SKU-000001", "quantity": 2, "price": "99.00", "title": "T"}]});
+        let e = shopify_order(&body, &delivery(Platform::Shopify, "orders/paid")).unwrap();
+        assert_eq!(e.key, "demo/820982911946154508");
+        assert_eq!(e.version, micros("2026-11-23T10:00:00Z").unwrap());
+        assert_eq!(e.version_tiebreak, "2026-11-23T10:00:01.000Z/w-1");
+        assert_eq!(e.lines[0].sku.as_deref(), Some("SKU-000001"));
+        assert_eq!(e.lines[0].quantity, 2);
+        assert_eq!(e.customer.unwrap().first_name.as_deref(), Some("Jon"));
+        assert_eq!(e.shipping_address.unwrap().city.as_deref(), Some("Berlin"));
+        assert_eq!(e.fulfillment_status, None);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let d = delivery(Platform::Shopify, "orders/create");
+        assert_eq!(
+            shopify_order(&json!({"id": 1}), &d).unwrap_err(),
+            MappingError::Field("updated_at")
+        );
+        assert_eq!(
+            shopify_order(&json!({"id": 1, "updated_at": "yesterday"}), &d).unwrap_err(),
+            MappingError::Field("updated_at")
+        );
+        assert_eq!(
+            shopify_order(&json!({"id": 1, "updated_at": "2026-11-23T10:00:00Z"}), &d).unwrap_err(),
+            MappingError::Field("line_items")
+        );
+        assert_eq!(
+            shopify_inventory(&json!({"inventory_item_id": 1}), &d).unwrap_err(),
+            MappingError::Field("location_id")
+        );
+    }
+
+    #[test]
+    fn woocommerce_status_splits_into_financial_and_fulfillment() {
+        let body = json!({"id": 727, "number": "727", "status": "completed", "currency": "EUR", "total": "29.35",
+            "date_modified_gmt": "2026-11-23T10:00:00",
+            "billing": {"first_name": "John", "last_name": "Doe", "email": "john@example.com", "address_1": "969 Market", "postcode": "94103", "country": "US"},
+            "line_items": [{"id": 315, "sku": "SKU-000002", "quantity": 2, "price": 9.0, "name": "Woo"}]});
+        let e =
+            woocommerce_order(&body, &delivery(Platform::Woocommerce, "order.updated")).unwrap();
+        assert_eq!(e.financial_status.as_deref(), Some("paid"));
+        assert_eq!(e.fulfillment_status.as_deref(), Some("fulfilled"));
+        assert_eq!(e.email.as_deref(), Some("john@example.com"));
+        assert_eq!(e.lines[0].price, "9.0");
+        assert_eq!(e.billing_address.unwrap().zip.as_deref(), Some("94103"));
+        assert_eq!(e.version, micros("2026-11-23T10:00:00Z").unwrap());
+    }
+
+    #[test]
+    fn topics() {
+        assert_eq!(
+            kind_of(Platform::Shopify, "orders/fulfilled"),
+            Some(Kind::Order)
+        );
+        assert_eq!(
+            kind_of(Platform::Shopify, "inventory_levels/update"),
+            Some(Kind::Inventory)
+        );
+        assert_eq!(kind_of(Platform::Shopify, "carts/create"), None);
+        assert_eq!(
+            kind_of(Platform::Woocommerce, "order.created"),
+            Some(Kind::Order)
+        );
+        assert_eq!(kind_of(Platform::Woocommerce, "orders/create"), None);
+    }
+}
+
+#[cfg(test)]
+mod avro_tests {
+    use super::*;
+    use crate::bus::avro::AvroCodec;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_events_round_trip_through_their_schemas() {
+        let d = Delivery {
+            platform: Platform::Shopify,
+            channel: "demo".into(),
+            topic: "orders/create".into(),
+            webhook_id: "w".into(),
+            event_time: "2026-11-23T10:00:01Z".into(),
+        };
+        let body = json!({"id": 1, "updated_at": "2026-11-23T10:00:00Z",
+            "customer": {"email": "a@b.c"}, "shipping_address": {"city": "X"}, "billing_address": {"city": "Y"},
+            "fulfillments": [{"status": "success", "tracking_number": "T"}],
+            "line_items": [{"id": 1, "sku": "S", "quantity": 1, "price": "1.00"}]});
+        let e = shopify_order(&body, &d).unwrap();
+        let codec = AvroCodec::for_topic(SHOP_ORDERS).unwrap();
+        let bytes = codec.encode_serde(&e).map_err(|e| e.to_string()).unwrap();
+        let back: ShopOrderEvent = codec.decode_serde(&bytes).unwrap();
+        assert_eq!(back, e);
+        let inv = shopify_inventory(
+            &json!({"inventory_item_id": 1, "location_id": 2, "available": 3, "updated_at": "2026-11-23T10:00:00Z"}),
+            &d,
+        )
+        .unwrap();
+        let codec = AvroCodec::for_topic(SHOP_INVENTORY).unwrap();
+        let back: ShopInventoryEvent = codec
+            .decode_serde(&codec.encode_serde(&inv).unwrap())
+            .unwrap();
+        assert_eq!(back, inv);
+    }
+}
