@@ -411,22 +411,8 @@ async fn the_shop_simulator_s_webhooks_for_every_topic_are_accepted() {
     )
     .await
     .unwrap();
+    let ids = sim.place_orders(2, true);
     let client = reqwest::Client::new();
-    let placed: Value = client
-        .post(format!("{}/_sim/orders", sim.base_url()))
-        .json(&json!({"count": 2, "paid": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<u64> = placed["order_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
     let gql = |query: &str, variables: Value| {
         client
             .post(sim.graphql_url())

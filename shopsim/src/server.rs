@@ -210,6 +210,13 @@ impl ShopSim {
         stats_json(&self.app)
     }
 
+    /// Places `count` random orders now; returns their ids.
+    pub fn place_orders(&self, count: u32, paid: bool) -> Vec<u64> {
+        (0..count)
+            .filter_map(|_| place_random_order(&self.app.shop, paid))
+            .collect()
+    }
+
     /// Places orders at `per_second` until stopped (replaces a running generator).
     pub fn start_order_generator(&self, per_second: f64) {
         let shop = self.app.shop.clone();

@@ -766,16 +766,7 @@ async fn marking_a_pending_order_paid_emits_orders_paid() {
     let sim = start(small(1000.0, 1000.0)).await;
     let (addr, mut rx) = receiver(vec![]).await;
     subscribe(&sim, "ORDERS_PAID", addr).await;
-    let placed: Value = reqwest::Client::new()
-        .post(format!("{}/_sim/orders", sim.base_url()))
-        .json(&json!({"count": 1, "paid": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = placed["order_ids"][0].as_u64().unwrap();
+    let id = sim.place_orders(1, false)[0];
     let mark = "mutation($id: ID!) { orderMarkAsPaid(input: {id: $id}) { order { displayFinancialStatus } userErrors { message } } }";
     let vars = json!({"id": format!("gid://shopify/Order/{id}")});
     let r = gql(&sim, mark, vars.clone()).await;
