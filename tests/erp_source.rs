@@ -585,3 +585,27 @@ fn the_shop_simulator_names_skus_and_warehouses_like_the_demo_erp() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_logical_wal_is_refused_with_the_fix() {
+    // Its own cluster: the shared one runs with wal_level=logical.
+    let pg = flywheel::local_infra::LocalPostgres::start_with(&[
+        ("wal_level", "replica"),
+        ("max_replication_slots", "0"),
+    ])
+    .await
+    .expect("a replica-level cluster");
+    let mut config = flywheel::config::Config::default();
+    config.erp.dsn = pg.dsn("postgres");
+    config.metrics.listen = String::new();
+    let err = flywheel::erp::source::run(&config, Default::default())
+        .await
+        .expect_err("the source must refuse a server without logical WAL");
+    let text = err.to_string();
+    assert!(text.contains("wal_level is `replica`"), "{text}");
+    assert!(
+        text.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{text}"
+    );
+    assert!(!err.is_retryable(), "an operator must act");
+}

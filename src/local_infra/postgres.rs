@@ -20,6 +20,12 @@ impl LocalPostgres {
     /// initdb into a temporary directory and start a server on a free port. Fails
     /// (with the server log) if it does not accept connections within 30 s.
     pub async fn start() -> Result<Self, LocalInfraError> {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra `-c name=value` server settings
+    /// (applied last, so they override the defaults, e.g. `wal_level=replica`).
+    pub async fn start_with(settings: &[(&str, &str)]) -> Result<Self, LocalInfraError> {
         let initdb = find_pg_binary("initdb")?;
         let postgres = find_pg_binary("postgres")?;
         let dir = tempfile::Builder::new().prefix("flywheel-pg-").tempdir()?;
@@ -69,6 +75,11 @@ impl LocalPostgres {
             // A throwaway cluster: durability of the server itself is not under test.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "wal_sender_timeout=60s"])
+            .args(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_owned(), format!("{k}={v}")]),
+            )
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
