@@ -1,6 +1,7 @@
 //! The shop side: the webhook gateway (signature checks, deduplication,
-//! mapping to canonical events). The Admin API client comes with the processors.
+//! mapping to canonical events) and the Admin API client the processors use.
 
+pub mod admin_api;
 pub mod dedupe;
 pub mod gateway;
 pub mod gateway_metrics;
