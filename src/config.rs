@@ -23,6 +23,7 @@ pub struct Config {
     pub erp: ErpConfig,
     pub kafka: KafkaConfig,
     pub gateway: GatewayConfig,
+    pub processors: ProcessorsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -186,6 +187,53 @@ impl std::fmt::Debug for ShopConfig {
     }
 }
 
+/// A secret string: serialised as-is, never shown by Debug.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorsConfig {
+    /// Kafka consumer group of the processors: more workers, more partitions.
+    pub group_id: String,
+    /// Flywheel's state (applied versions); the ERP database when unset.
+    pub state_dsn: Option<String>,
+    /// The shop's Admin GraphQL endpoint.
+    pub shop_graphql_url: String,
+    pub shop_access_token: Secret,
+    /// Units kept back from the shop: sellable = max(0, available − safety_stock).
+    pub safety_stock: i64,
+    /// Most events applied together (and quantities per inventory call, ≤ 250).
+    pub batch_max: usize,
+    /// How long to gather a batch after its first event.
+    pub batch_wait_ms: u64,
+    /// ERP warehouse code → shop location name; a warehouse not listed maps to
+    /// the location of the same name.
+    pub warehouse_locations: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ProcessorsConfig {
+    fn default() -> Self {
+        ProcessorsConfig {
+            group_id: "flywheel-processors".into(),
+            state_dsn: None,
+            shop_graphql_url: "http://127.0.0.1:8089/admin/api/2026-04/graphql.json".into(),
+            shop_access_token: Secret("shpat_flywheel_local".into()),
+            safety_stock: 0,
+            batch_max: 250,
+            batch_wait_ms: 200,
+            warehouse_locations: Default::default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -276,6 +324,11 @@ impl Config {
         }
         if self.gateway.ack_deadline_ms >= 5_000 {
             return bad("gateway.ack_deadline_ms must stay under Shopify's 5 s webhook timeout");
+        }
+        if !(1..=250).contains(&self.processors.batch_max) {
+            return bad(
+                "processors.batch_max must be between 1 and 250 (Shopify's limit per call)",
+            );
         }
         if self.erp.batch_keys == 0 || self.erp.max_batch_transactions == 0 {
             return bad("erp.batch_keys and erp.max_batch_transactions must be at least 1");

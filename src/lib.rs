@@ -10,3 +10,4 @@ pub mod erp;
 pub mod local_infra;
 pub mod ops;
 pub mod shop;
+pub mod sync;

@@ -35,6 +35,8 @@ enum Command {
     Source,
     /// Run the webhook gateway: shop webhooks → Kafka, 200 only once durable.
     Gateway,
+    /// Run the processors (so far: ERP stock → shop inventory).
+    Processors,
     /// Create the Kafka topics Flywheel writes (idempotent).
     Topics,
     /// Everything locally: its own PostgreSQL with the demo ERP, a tansu broker,
@@ -116,6 +118,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             .await?;
             eprintln!("gateway listening on http://{}", running.addr);
             running.done.await?;
+        }
+        Command::Processors => {
+            let readiness = ops::http::Readiness::default();
+            if let Some(addr) = config.metrics.addr()? {
+                ops::http::serve(addr, readiness.clone(), shutdown.clone()).await?;
+            }
+            readiness.set(true);
+            flywheel::sync::stock_to_shop::run(&config, shutdown).await?;
         }
         Command::Topics => {
             let connector =

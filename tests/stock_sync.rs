@@ -1,0 +1,201 @@
+//! ERP stock → shop, end to end: real PostgreSQL (demo ERP), the source, a
+//! real broker, the stock processor, and the shop simulator.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{TestEnv, small, wait_for};
+use serde_json::Value;
+use shopsim::{ShopSim, SimConfig};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(90);
+const SAFETY: i64 = 2;
+
+/// (sku, location) → available, as the shop has it now.
+async fn shop_stock(sim: &ShopSim) -> HashMap<(String, String), i64> {
+    let state: Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
+        .await
+        .expect("simulator state")
+        .json()
+        .await
+        .expect("JSON");
+    state["stock"]
+        .as_array()
+        .expect("stock list")
+        .iter()
+        .map(|l| {
+            (
+                (
+                    l["sku"].as_str().unwrap().to_owned(),
+                    l["location"].as_str().unwrap().to_owned(),
+                ),
+                l["available"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// What the shop should show for a SKU in a warehouse: ERP available − safety stock.
+async fn expected(env: &TestEnv, sku: &str, wh: &str) -> i64 {
+    let (_, _, available) = env.stock_of(sku, wh).await;
+    (available.parse::<f64>().unwrap().floor() as i64 - SAFETY).max(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
+    let env = TestEnv::new("stock_sync", small()).await;
+    let sim = ShopSim::start(
+        SimConfig {
+            seed: shopsim::catalog::demo_seed(20, 3),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let source = env.start_streaming().await;
+
+    let mut config = env.config.clone();
+    config.processors.batch_wait_ms = 100;
+    config.processors.group_id = "stock_sync-processors".into();
+    config.processors.shop_graphql_url = sim.graphql_url();
+    config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    config.processors.safety_stock = SAFETY;
+    let token = CancellationToken::new();
+    let processor = tokio::spawn({
+        let (config, token) = (config.clone(), token.clone());
+        async move { flywheel::sync::stock_to_shop::run(&config, token).await }
+    });
+
+    // The snapshot converges: every SKU in every warehouse.
+    let mut want = HashMap::new();
+    for p in 1..=20 {
+        for w in 1..=3 {
+            let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
+            want.insert((sku.clone(), wh.clone()), expected(&env, &sku, &wh).await);
+        }
+    }
+    assert!(
+        want.values().any(|v| *v > 0),
+        "the demo ERP has stock to sync"
+    );
+    wait_for("the shop to match the ERP snapshot", T, || async {
+        shop_stock(&sim).await == want
+    })
+    .await;
+
+    // A change in the ERP follows.
+    env.set_stock(7, "WH2", 321).await;
+    let now = expected(&env, "SKU-000007", "WH2").await;
+    wait_for("the shop to follow the ERP change", T, || async {
+        shop_stock(&sim)
+            .await
+            .get(&("SKU-000007".to_string(), "WH2".to_string()))
+            == Some(&now)
+    })
+    .await;
+
+    // A SKU the shop does not sell: dead-lettered, and the processor goes on.
+    env.erp
+        .batch_execute(
+            "INSERT INTO product_template (id, name, list_price) VALUES (901, 'ERP only', 1);
+             INSERT INTO product_product (id, product_tmpl_id, default_code) VALUES (901, 901, 'SKU-ERP-ONLY');
+             INSERT INTO stock_quant (product_id, location_id, quantity)
+             SELECT 901, lot_stock_id, 4 FROM stock_warehouse WHERE code = 'WH1';",
+        )
+        .await
+        .unwrap();
+    let mut dlq = env.reader("flywheel.dlq.v1");
+    let records = dlq
+        .read_until(T, |r| {
+            r.iter()
+                .any(|d| d.str("error_class") == Some("unknown_sku"))
+        })
+        .await;
+    let letter = records
+        .iter()
+        .find(|d| d.str("error_class") == Some("unknown_sku"))
+        .unwrap();
+    assert!(letter.str("reason").unwrap().contains("SKU-ERP-ONLY"));
+    assert_eq!(letter.str("original_topic"), Some("erp.stock.v1"));
+    assert_eq!(letter.headers["flywheel.original.topic"], "erp.stock.v1");
+    env.set_stock(8, "WH3", 99).await;
+    let now = expected(&env, "SKU-000008", "WH3").await;
+    wait_for("sync to continue after a dead letter", T, || async {
+        shop_stock(&sim)
+            .await
+            .get(&("SKU-000008".to_string(), "WH3".to_string()))
+            == Some(&now)
+    })
+    .await;
+
+    assert!(
+        !processor.is_finished(),
+        "the processor stopped: {:?}",
+        processor.await
+    );
+    assert_eq!(sim.stats()["api"]["throttled"], 0);
+    token.cancel();
+    processor
+        .await
+        .unwrap()
+        .expect("the processor ends cleanly");
+
+    // Replay: a new consumer group reads the topic from the start; the version
+    // store says it was all applied, so nothing reaches the shop.
+    let mut stock = env.reader("erp.stock.v1");
+    let total = stock.drain(Duration::from_secs(1)).await.len() as u64;
+    let mutations = || {
+        sim.stats()["api"]["operations"]["inventorySetQuantities"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (writes_before, before) = (mutations(), outcomes());
+    let state_before = shop_stock(&sim).await;
+    config.processors.group_id = "stock_sync-replay".into();
+    let token = CancellationToken::new();
+    let replay = tokio::spawn({
+        let (config, token) = (config.clone(), token.clone());
+        async move { flywheel::sync::stock_to_shop::run(&config, token).await }
+    });
+    wait_for("the replay to handle every record", T, || async {
+        let now = outcomes();
+        let handled: u64 = ["applied", "skipped_stale", "coalesced", "dead_lettered"]
+            .iter()
+            .map(|o| now.get(*o).unwrap_or(&0) - before.get(*o).unwrap_or(&0))
+            .sum();
+        handled >= total
+    })
+    .await;
+    let now = outcomes();
+    assert_eq!(
+        now.get("applied"),
+        before.get("applied"),
+        "a replay applied something"
+    );
+    assert!(now["skipped_stale"] > before.get("skipped_stale").copied().unwrap_or(0));
+    assert_eq!(mutations(), writes_before, "the replay wrote to the shop");
+    assert_eq!(shop_stock(&sim).await, state_before);
+    token.cancel();
+    replay.await.unwrap().expect("the replay ends cleanly");
+    source.stop().await;
+}
+
+/// The processors' outcome counters (this binary runs one test, so only ours).
+fn outcomes() -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for family in prometheus::gather() {
+        if family.name() != "flywheel_processor_events_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            if let Some(l) = m.get_label().iter().find(|l| l.name() == "outcome") {
+                *out.entry(l.value().to_owned()).or_default() += m.get_counter().value() as u64;
+            }
+        }
+    }
+    out
+}
