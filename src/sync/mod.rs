@@ -1,5 +1,8 @@
 //! Processors: consume Kafka topics and apply them to the other side,
-//! idempotently and version-guarded.
+//! idempotently and version-guarded. `apply_loop` is the loop they share;
+//! each entity implements its `Applier`.
 
+pub mod apply_loop;
+pub mod shop_catalog;
 pub mod stock_to_shop;
 pub mod version_store;
