@@ -217,6 +217,10 @@ pub struct ProcessorsConfig {
     /// ERP warehouse code → shop location name; a warehouse not listed maps to
     /// the location of the same name.
     pub warehouse_locations: std::collections::BTreeMap<String, String>,
+    /// The ERP price list that is the shop's variant price (`list` = list price).
+    pub shop_price_list: String,
+    /// The shop's currency; prices in other currencies are not applied.
+    pub shop_currency: String,
 }
 
 impl Default for ProcessorsConfig {
@@ -230,6 +234,8 @@ impl Default for ProcessorsConfig {
             batch_max: 250,
             batch_wait_ms: 200,
             warehouse_locations: Default::default(),
+            shop_price_list: "list".into(),
+            shop_currency: "EUR".into(),
         }
     }
 }

@@ -35,7 +35,7 @@ enum Command {
     Source,
     /// Run the webhook gateway: shop webhooks → Kafka, 200 only once durable.
     Gateway,
-    /// Run the processors (so far: ERP stock → shop inventory).
+    /// Run the processors (so far: ERP stock and prices → the shop).
     Processors,
     /// Create the Kafka topics Flywheel writes (idempotent).
     Topics,
@@ -125,7 +125,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 ops::http::serve(addr, readiness.clone(), shutdown.clone()).await?;
             }
             readiness.set(true);
-            flywheel::sync::stock_to_shop::run(&config, shutdown).await?;
+            tokio::try_join!(
+                flywheel::sync::stock_to_shop::run(&config, shutdown.clone()),
+                flywheel::sync::price_to_shop::run(&config, shutdown),
+            )?;
         }
         Command::Topics => {
             let connector =

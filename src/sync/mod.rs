@@ -3,6 +3,7 @@
 //! each entity implements its `Applier`.
 
 pub mod apply_loop;
+pub mod price_to_shop;
 pub mod shop_catalog;
 pub mod stock_to_shop;
 pub mod version_store;

@@ -1,0 +1,139 @@
+//! ERP prices → shop, end to end (real PostgreSQL, source, broker, price
+//! processor, shop simulator). Its own binary: it reads process-wide metrics.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{TestEnv, small, wait_for};
+use serde_json::Value;
+use shopsim::{ShopSim, SimConfig};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(90);
+
+async fn shop_prices(sim: &ShopSim) -> HashMap<String, (String, Option<String>)> {
+    let state: Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    state["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["sku"].as_str().unwrap().to_owned(),
+                (
+                    p["price"].as_str().unwrap().to_owned(),
+                    p["compare_at_price"].as_str().map(str::to_owned),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn erp_list_prices(env: &TestEnv) -> HashMap<String, (String, Option<String>)> {
+    env.erp
+        .query(
+            "SELECT p.default_code, t.list_price::text FROM product_product p JOIN product_template t ON t.id = p.product_tmpl_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), None)))
+        .collect()
+}
+
+fn not_applicable() -> u64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == "flywheel_processor_events_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "outcome" && l.value() == "not_applicable")
+        })
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erp_list_prices_converge_in_the_shop_and_other_price_lists_do_not_touch_it() {
+    let env = TestEnv::new("price_sync", small()).await;
+    let sim = ShopSim::start(
+        SimConfig {
+            seed: shopsim::catalog::demo_seed(20, 3),
+            ..SimConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let before = shop_prices(&sim).await;
+    let source = env.start_streaming().await;
+    let mut config = env.config.clone();
+    config.processors.group_id = "price_sync-processors".into();
+    config.processors.batch_wait_ms = 100;
+    config.processors.shop_graphql_url = sim.graphql_url();
+    config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    let token = CancellationToken::new();
+    let processor = tokio::spawn({
+        let (config, token) = (config.clone(), token.clone());
+        async move { flywheel::sync::price_to_shop::run(&config, token).await }
+    });
+
+    let want = erp_list_prices(&env).await;
+    assert_ne!(
+        before, want,
+        "the shop starts with other prices than the ERP"
+    );
+    wait_for("shop prices to match the ERP list prices", T, || async {
+        shop_prices(&sim).await == want
+    })
+    .await;
+    assert!(
+        not_applicable() > 0,
+        "the Wholesale and US Retail lists were seen and left alone"
+    );
+
+    // A list price change follows; a Wholesale change does not touch the shop.
+    let seen_before = not_applicable();
+    env.erp
+        .batch_execute(
+            "UPDATE product_template SET list_price = 77.70 WHERE id = 6;
+             UPDATE product_pricelist_item SET fixed_price = 1.00 WHERE pricelist_id = 2 AND product_id = 3;",
+        )
+        .await
+        .unwrap();
+    wait_for("the list price change", T, || async {
+        shop_prices(&sim)
+            .await
+            .get("SKU-000006")
+            .map(|p| p.0.as_str())
+            == Some("77.70")
+    })
+    .await;
+    wait_for("the Wholesale change to be handled", T, || async {
+        not_applicable() > seen_before
+    })
+    .await;
+    assert_eq!(shop_prices(&sim).await["SKU-000003"], want["SKU-000003"]);
+
+    assert!(
+        !processor.is_finished(),
+        "the processor stopped: {:?}",
+        processor.await
+    );
+    token.cancel();
+    processor
+        .await
+        .unwrap()
+        .expect("the processor ends cleanly");
+    source.stop().await;
+}
