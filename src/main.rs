@@ -35,7 +35,7 @@ enum Command {
     Source,
     /// Run the webhook gateway: shop webhooks → Kafka, 200 only once durable.
     Gateway,
-    /// Run the processors (so far: ERP stock and prices → the shop).
+    /// Run the processors (so far: ERP stock and prices → the shop; shop orders → the ERP).
     Processors,
     /// Create the Kafka topics Flywheel writes (idempotent).
     Topics,
@@ -127,7 +127,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             readiness.set(true);
             tokio::try_join!(
                 flywheel::sync::stock_to_shop::run(&config, shutdown.clone()),
-                flywheel::sync::price_to_shop::run(&config, shutdown),
+                flywheel::sync::price_to_shop::run(&config, shutdown.clone()),
+                flywheel::sync::orders_to_erp::run(&config, shutdown),
             )?;
         }
         Command::Topics => {

@@ -3,6 +3,7 @@
 //! each entity implements its `Applier`.
 
 pub mod apply_loop;
+pub mod orders_to_erp;
 pub mod price_to_shop;
 pub mod shop_catalog;
 pub mod stock_to_shop;
