@@ -62,9 +62,8 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
             delay_ms: 0,
         },
     );
-    let processor = tokio::spawn({
-        let (config, token) = (config.clone(), token.clone());
-        async move { flywheel::sync::orders_to_erp::run(&config, token).await }
+    let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::orders_to_erp::run(&c, t).await
     });
     wait_for("the gateway to be ready", T, || async {
         reqwest::get(format!("http://{}/readyz", gw.addr))
@@ -171,14 +170,6 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
         .get(0);
     assert_eq!(written, 0, "never a half-written order");
 
-    assert!(
-        !processor.is_finished(),
-        "the processor stopped: {:?}",
-        processor.await
-    );
+    processor.stop().await;
     token.cancel();
-    processor
-        .await
-        .unwrap()
-        .expect("the processor ends cleanly");
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::{TestEnv, small, wait_for};
 use serde_json::Value;
-use shopsim::{ShopSim, SimConfig};
-use tokio_util::sync::CancellationToken;
+use shopsim::ShopSim;
 
 const T: Duration = Duration::from_secs(90);
 
@@ -66,26 +65,12 @@ fn not_applicable() -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn erp_list_prices_converge_in_the_shop_and_other_price_lists_do_not_touch_it() {
     let env = TestEnv::new("price_sync", small()).await;
-    let sim = ShopSim::start(
-        SimConfig {
-            seed: shopsim::catalog::demo_seed(20, 3),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = common::start_shop(20).await;
     let before = shop_prices(&sim).await;
     let source = env.start_streaming().await;
-    let mut config = env.config.clone();
-    config.processors.group_id = "price_sync-processors".into();
-    config.processors.batch_wait_ms = 100;
-    config.processors.shop_graphql_url = sim.graphql_url();
-    config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
-    let token = CancellationToken::new();
-    let processor = tokio::spawn({
-        let (config, token) = (config.clone(), token.clone());
-        async move { flywheel::sync::price_to_shop::run(&config, token).await }
+    let config = common::processor_config(&env, &sim, "price_sync-processors");
+    let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::price_to_shop::run(&c, t).await
     });
 
     let want = erp_list_prices(&env).await;
@@ -125,15 +110,6 @@ async fn erp_list_prices_converge_in_the_shop_and_other_price_lists_do_not_touch
     .await;
     assert_eq!(shop_prices(&sim).await["SKU-000003"], want["SKU-000003"]);
 
-    assert!(
-        !processor.is_finished(),
-        "the processor stopped: {:?}",
-        processor.await
-    );
-    token.cancel();
-    processor
-        .await
-        .unwrap()
-        .expect("the processor ends cleanly");
+    processor.stop().await;
     source.stop().await;
 }

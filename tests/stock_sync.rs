@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use common::{TestEnv, small, wait_for};
 use serde_json::Value;
-use shopsim::{ShopSim, SimConfig};
-use tokio_util::sync::CancellationToken;
+use shopsim::ShopSim;
 
 const T: Duration = Duration::from_secs(90);
 const SAFETY: i64 = 2;
@@ -47,27 +46,13 @@ async fn expected(env: &TestEnv, sku: &str, wh: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     let env = TestEnv::new("stock_sync", small()).await;
-    let sim = ShopSim::start(
-        SimConfig {
-            seed: shopsim::catalog::demo_seed(20, 3),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = common::start_shop(20).await;
     let source = env.start_streaming().await;
 
-    let mut config = env.config.clone();
-    config.processors.batch_wait_ms = 100;
-    config.processors.group_id = "stock_sync-processors".into();
-    config.processors.shop_graphql_url = sim.graphql_url();
-    config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    let mut config = common::processor_config(&env, &sim, "stock_sync-processors");
     config.processors.safety_stock = SAFETY;
-    let token = CancellationToken::new();
-    let processor = tokio::spawn({
-        let (config, token) = (config.clone(), token.clone());
-        async move { flywheel::sync::stock_to_shop::run(&config, token).await }
+    let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::stock_to_shop::run(&c, t).await
     });
 
     // The snapshot converges: every SKU in every warehouse.
@@ -132,17 +117,8 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     })
     .await;
 
-    assert!(
-        !processor.is_finished(),
-        "the processor stopped: {:?}",
-        processor.await
-    );
     assert_eq!(sim.stats()["api"]["throttled"], 0);
-    token.cancel();
-    processor
-        .await
-        .unwrap()
-        .expect("the processor ends cleanly");
+    processor.stop().await;
 
     // Replay: a new consumer group reads the topic from the start; the version
     // store says it was all applied, so nothing reaches the shop.
@@ -156,10 +132,8 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     let (writes_before, before) = (mutations(), outcomes());
     let state_before = shop_stock(&sim).await;
     config.processors.group_id = "stock_sync-replay".into();
-    let token = CancellationToken::new();
-    let replay = tokio::spawn({
-        let (config, token) = (config.clone(), token.clone());
-        async move { flywheel::sync::stock_to_shop::run(&config, token).await }
+    let replay = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::stock_to_shop::run(&c, t).await
     });
     wait_for("the replay to handle every record", T, || async {
         let now = outcomes();
@@ -179,8 +153,7 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     assert!(now["skipped_stale"] > before.get("skipped_stale").copied().unwrap_or(0));
     assert_eq!(mutations(), writes_before, "the replay wrote to the shop");
     assert_eq!(shop_stock(&sim).await, state_before);
-    token.cancel();
-    replay.await.unwrap().expect("the replay ends cleanly");
+    replay.stop().await;
     source.stop().await;
 }
 

@@ -400,3 +400,63 @@ pub fn small() -> DemoSize {
         seed: 0.1,
     }
 }
+
+/// The shop simulator in-process on a free port, with the demo catalogue
+/// (`skus` products, WH1..WH3).
+pub async fn start_shop(skus: u32) -> shopsim::ShopSim {
+    shopsim::ShopSim::start(
+        shopsim::SimConfig {
+            seed: shopsim::catalog::demo_seed(skus, 3),
+            ..shopsim::SimConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("the shop simulator starts")
+}
+
+/// `env`'s configuration with processors pointed at `sim`, in consumer group `group`.
+pub fn processor_config(env: &TestEnv, sim: &shopsim::ShopSim, group: &str) -> Config {
+    let mut config = env.config.clone();
+    config.processors.group_id = group.to_owned();
+    config.processors.batch_wait_ms = 100;
+    config.processors.shop_graphql_url = sim.graphql_url();
+    config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    config
+}
+
+/// A processor running in-process until [`RunningProcessor::stop`].
+pub struct RunningProcessor {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), flywheel::sync::apply_loop::SyncError>>,
+}
+
+impl RunningProcessor {
+    pub fn spawn<Fut>(
+        config: &Config,
+        run: impl FnOnce(Config, CancellationToken) -> Fut,
+    ) -> RunningProcessor
+    where
+        Fut: Future<Output = Result<(), flywheel::sync::apply_loop::SyncError>> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(run(config.clone(), token.clone()));
+        RunningProcessor { token, handle }
+    }
+
+    /// Stops it; panics if it had stopped on its own or ends with an error.
+    pub async fn stop(self) {
+        assert!(
+            !self.handle.is_finished(),
+            "the processor stopped on its own: {:?}",
+            self.handle.await
+        );
+        self.token.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("processor failed: {e}"),
+            Ok(Err(e)) => panic!("processor task panicked: {e}"),
+            Err(_) => panic!("processor did not stop within 30 s"),
+        }
+    }
+}
