@@ -10,4 +10,5 @@ pub mod erp;
 pub mod local_infra;
 pub mod ops;
 pub mod shop;
+pub mod supervise;
 pub mod sync;

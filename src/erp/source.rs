@@ -112,32 +112,16 @@ impl SourceError {
     }
 }
 
-/// Runs the source as a long-lived worker: transient failures restart it from
-/// the slot's confirmed position after a backoff (1 s doubling to 30 s; reset
-/// after a minute of health); failures an operator must fix end it.
+/// Runs the source as a long-lived worker (see [`crate::supervise`]): transient
+/// failures restart it from the slot's confirmed position.
 pub async fn run_with_retries(
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<(), SourceError> {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let started = std::time::Instant::now();
-        match run(config, shutdown.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_secs(1);
-                }
-                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "source failed; restarting from the slot's confirmed position");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    crate::supervise::with_restarts("source", &shutdown, SourceError::is_retryable, || {
+        run(config, shutdown.clone())
+    })
+    .await
 }
 
 pub(crate) async fn connect_client(pg: &tokio_postgres::Config) -> Result<Client, SourceError> {

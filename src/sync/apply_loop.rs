@@ -43,6 +43,19 @@ pub enum SyncError {
     ShopAnswer(String),
 }
 
+impl SyncError {
+    /// Worth restarting for (a server away), as opposed to something an
+    /// operator must fix (an unmapped warehouse, an answer the shop should not give).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Consumer(_) | SyncError::State(_) => true,
+            SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
+            SyncError::Shop(e) => e.is_transient(),
+            SyncError::UnknownLocation { .. } | SyncError::ShopAnswer(_) => false,
+        }
+    }
+}
+
 /// An event that passed the version guard.
 #[derive(Clone, Debug)]
 pub struct Pending<E> {
