@@ -13,29 +13,18 @@
 //! decodes the very same WAL range from its own slot (to /dev/null). Reported
 //! as rates and the ratio of the two, because the machine is shared and noisy.
 
+mod common;
+
+use common::{connect, env_or};
 use std::time::{Duration, Instant};
 
 use flywheel::config::Config;
 use flywheel::erp::demo_erp::{self, DemoSize, SplitMix64};
-use flywheel::erp::source_metrics::{BucketCounts, SourceMetrics};
+use flywheel::erp::source_metrics::SourceMetrics;
 use flywheel::local_infra::{LocalBroker, LocalPostgres};
+use flywheel::ops::quantiles::BucketCounts;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn connect(dsn: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    c
-}
 
 async fn wal_lsn(c: &Client) -> i64 {
     c.query_one(

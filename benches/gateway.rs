@@ -6,6 +6,9 @@
 //! `orders/create` (so none is deduplicated); the gateway answers 200 only after
 //! Kafka acknowledged the raw record and the canonical event.
 
+mod common;
+
+use common::env_or;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -14,13 +17,6 @@ use flywheel::config::{Config, Platform, ShopConfig};
 use flywheel::local_infra::LocalBroker;
 use flywheel::shop::signature::sign;
 use tokio_util::sync::CancellationToken;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn body(i: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

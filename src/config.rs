@@ -26,6 +26,23 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub lifecycle: LifecycleConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// After SIGTERM/SIGINT, how long the roles get to finish in-flight work,
+    /// commit and confirm before the process gives up and exits 1.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            shutdown_timeout_secs: 30,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -221,6 +238,37 @@ pub struct ProcessorsConfig {
     pub shop_price_list: String,
     /// The shop's currency; prices in other currencies are not applied.
     pub shop_currency: String,
+    /// The shop's name at the gateway (the channel of its orders): order
+    /// statuses of other channels are not applied to this shop.
+    pub shop_channel: String,
+    /// Where a consumer group without committed offsets starts: `earliest`
+    /// (everything the topics hold) or `latest` (only what comes next, e.g. for
+    /// a shop already in sync).
+    pub new_group_start: GroupStart,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupStart {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+impl GroupStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupStart::Earliest => "earliest",
+            GroupStart::Latest => "latest",
+        }
+    }
+}
+
+impl ProcessorsConfig {
+    /// Where Flywheel's processor state lives: `state_dsn`, or the ERP database.
+    pub fn state_database(&self, erp: &ErpConfig) -> String {
+        self.state_dsn.clone().unwrap_or_else(|| erp.dsn.clone())
+    }
 }
 
 impl Default for ProcessorsConfig {
@@ -236,6 +284,8 @@ impl Default for ProcessorsConfig {
             warehouse_locations: Default::default(),
             shop_price_list: "list".into(),
             shop_currency: "EUR".into(),
+            shop_channel: "demo".into(),
+            new_group_start: GroupStart::Earliest,
         }
     }
 }

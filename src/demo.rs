@@ -1,9 +1,11 @@
 //! `flywheel demo`: the main job on a local default setup.
 //!
-//! Starts what is not configured (PostgreSQL with the demo ERP, a tansu broker),
-//! runs the ERP source against them, generates ERP activity, and prints a status
-//! line every second. Ctrl-C stops the activity, lets the source confirm what it
-//! produced, and stops the servers it started.
+//! Starts what is not configured (PostgreSQL with the demo ERP, a tansu broker,
+//! the shop simulator throttled like Shopify), runs every role against them
+//! (source, gateway, processors), generates ERP activity (stock moves, price
+//! changes, shipments) and shop orders, and prints a status line every second.
+//! Ctrl-C stops the activity, lets the roles finish what they hold, and stops
+//! the servers it started.
 
 use std::time::{Duration, Instant};
 
@@ -11,16 +13,24 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use flywheel::config::{Config, ErpConfig, KafkaConfig};
+use flywheel::config::{
+    Config, ErpConfig, KafkaConfig, Platform, ProcessorsConfig, Secret, ShopConfig,
+};
 use flywheel::erp::demo_erp::{self, DemoSize, ErpActivity};
-use flywheel::erp::source_metrics::{BucketCounts, SourceMetrics};
-use flywheel::local_infra::{LocalBroker, LocalPostgres};
-use flywheel::ops;
+use flywheel::erp::source_metrics::SourceMetrics;
+use flywheel::local_infra::{LocalBroker, LocalPostgres, free_port};
+use flywheel::ops::quantiles::BucketCounts;
+use flywheel::sync::apply_loop::freshness_histogram;
+use prometheus::proto::MetricFamily;
+use shopsim::{ShopSim, SimConfig, Topic};
+
+use crate::roles;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// SKUs in the demo ERP.
-    #[arg(long, default_value_t = 2000)]
+    /// SKUs in the demo ERP (the first sync maps each SKU in the shop, about
+    /// three API points apiece under Shopify's cost model).
+    #[arg(long, default_value_t = 500)]
     skus: u32,
     /// Warehouses in the demo ERP.
     #[arg(long, default_value_t = 3)]
@@ -28,6 +38,12 @@ pub struct DemoArgs {
     /// ERP transactions per second (stock moves and some price changes).
     #[arg(long, default_value_t = 20)]
     rate: u32,
+    /// Shop orders per second placed in the simulator.
+    #[arg(long, default_value_t = 0.5)]
+    orders_per_second: f64,
+    /// The simulated shop's GraphQL restore rate (points/s; Shopify's standard plan: 100).
+    #[arg(long, default_value_t = 100.0)]
+    shop_restore_rate: f64,
     /// Stop after this many seconds (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
@@ -40,6 +56,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut local_pg = None;
     let mut local_broker = None;
+    let mut local_shop = None;
     let size = DemoSize {
         skus: args.skus,
         warehouses: args.warehouses,
@@ -65,32 +82,64 @@ pub async fn run(
         config.kafka.bootstrap = broker.bootstrap();
         local_broker = Some(broker);
     }
+    let workdir = tempfile::tempdir().context("a temporary directory for the gateway")?;
+    if config.processors.shop_graphql_url == ProcessorsConfig::default().shop_graphql_url {
+        // The gateway's port is chosen first so the shop can be told where
+        // to send its webhooks before either runs.
+        let gateway_port = free_port()?;
+        config.gateway.listen = format!("127.0.0.1:{gateway_port}");
+        config.gateway.dedupe_path = workdir.path().join("gateway-seen.log");
+        let sim_config = SimConfig {
+            seed: shop_seed_from_erp(&config.erp.dsn, args.warehouses).await?,
+            restore_rate: args.shop_restore_rate,
+            subscriptions: [
+                Topic::OrdersCreate,
+                Topic::OrdersPaid,
+                Topic::OrdersUpdated,
+                Topic::OrdersCancelled,
+                Topic::OrdersFulfilled,
+                Topic::InventoryLevelsUpdate,
+            ]
+            .iter()
+            .map(|t| {
+                (
+                    *t,
+                    format!("http://127.0.0.1:{gateway_port}/webhooks/shopify/demo"),
+                )
+            })
+            .collect(),
+            ..SimConfig::default()
+        };
+        eprintln!(
+            "starting the shop simulator ({} points, {}/s restore)…",
+            sim_config.bucket_size, sim_config.restore_rate
+        );
+        let sim = ShopSim::start(sim_config, "127.0.0.1:0".parse()?).await?;
+        config.gateway.shops = vec![ShopConfig {
+            name: "demo".into(),
+            platform: Platform::Shopify,
+            secrets: vec![sim.config.webhook_secret.clone()],
+        }];
+        config.processors.shop_graphql_url = sim.graphql_url();
+        config.processors.shop_access_token = Secret(sim.config.access_token.clone());
+        config.processors.shop_channel = "demo".into();
+        local_shop = Some(sim);
+    }
 
-    let readiness = ops::http::Readiness::default();
-    let metrics_addr = match config.metrics.addr()? {
-        Some(addr) => Some(
-            ops::http::serve(addr, readiness.clone(), shutdown.clone())
-                .await
-                .with_context(|| {
-                    format!("serving /metrics on {addr} (set metrics.listen to change it)")
-                })?,
-        ),
-        None => None,
-    };
+    let roles_shutdown = shutdown.child_token();
+    let started = roles::start(&config, &roles::ALL, &roles_shutdown).await?;
     eprintln!(
-        "ERP: {}\nKafka: {}\nmetrics: {}\n",
+        "ERP: {}\nKafka: {}\nshop: {}\ngateway: {}\nmetrics: {}\n",
         config.erp.dsn,
         config.kafka.bootstrap,
-        metrics_addr.map_or("off".into(), |a| format!("http://{a}/metrics"))
+        config.processors.shop_graphql_url,
+        started
+            .gateway
+            .map_or("-".into(), |a| format!("http://{a}/webhooks/…")),
+        started
+            .metrics
+            .map_or("off".into(), |a| format!("http://{a}/metrics"))
     );
-
-    let source_config = config.clone();
-    let source_shutdown = shutdown.child_token();
-    let mut source = tokio::spawn({
-        let token = source_shutdown.clone();
-        async move { flywheel::erp::source::run_with_retries(&source_config, token).await }
-    });
-    readiness.set(true);
 
     let activity_stop = CancellationToken::new();
     let activity = tokio::spawn(generate_activity(
@@ -99,38 +148,70 @@ pub async fn run(
         args.rate,
         activity_stop.clone(),
     ));
+    if let Some(sim) = &local_shop {
+        sim.start_order_generator(args.orders_per_second);
+    }
 
-    let started = Instant::now();
+    let started_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Snapshot::take();
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            r = &mut source => break r.context("source task").and_then(|r| r.map_err(Into::into)).and(Err(anyhow::anyhow!("the source stopped"))),
             _ = tick.tick() => {
+                if !started.all_running() {
+                    break Err(anyhow::anyhow!("a role stopped"));
+                }
                 let now = Snapshot::take();
                 print_status(&last, &now);
                 last = now;
-                if args.seconds > 0 && started.elapsed() >= Duration::from_secs(args.seconds) {
+                if args.seconds > 0 && started_at.elapsed() >= Duration::from_secs(args.seconds) {
                     break Ok(());
                 }
             }
         }
     };
+    if let Some(sim) = &local_shop {
+        sim.stop_order_generator();
+    }
     activity_stop.cancel();
     let _ = activity.await;
-    source_shutdown.cancel();
-    if !source.is_finished() {
-        match tokio::time::timeout(Duration::from_secs(30), &mut source).await {
-            Ok(Ok(Err(e))) => eprintln!("source stopped with: {e}"),
-            Err(_) => eprintln!("source did not stop within 30 s"),
-            _ => {}
-        }
-    }
+    roles_shutdown.cancel();
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(30), started.wait(&roles_shutdown)).await;
+    let outcome = match stopped {
+        Err(_) => outcome.and(Err(anyhow::anyhow!("the roles did not stop within 30 s"))),
+        Ok(r) => outcome.and(r),
+    };
+    drop(local_shop);
     drop(local_broker);
     drop(local_pg);
     eprintln!("demo stopped; local servers removed");
     outcome
+}
+
+/// A shop that already sells the ERP's products at their list prices, as a
+/// merchant's shop does when Flywheel is introduced: the first sync then
+/// finds most prices in place and spends its budget on what differs.
+async fn shop_seed_from_erp(dsn: &str, warehouses: u32) -> anyhow::Result<shopsim::state::Seed> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let products = client
+        .query(
+            "SELECT p.default_code, t.list_price::text FROM product_product p
+             JOIN product_template t ON t.id = p.product_tmpl_id
+             WHERE p.default_code IS NOT NULL ORDER BY p.id",
+            &[],
+        )
+        .await
+        .context("reading the demo ERP's catalogue")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(shopsim::state::Seed {
+        products,
+        ..shopsim::catalog::demo_seed(0, warehouses)
+    })
 }
 
 async fn generate_activity(dsn: String, size: DemoSize, rate: u32, stop: CancellationToken) {
@@ -147,8 +228,11 @@ async fn generate_activity(dsn: String, size: DemoSize, rate: u32, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 n += 1;
+                // Mostly stock moves; every 10th a price change, every 5th a shipment.
                 let r = if n.is_multiple_of(10) {
                     activity.price_change(&client).await
+                } else if n.is_multiple_of(5) {
+                    activity.ship_shop_order(&client).await
                 } else {
                     activity.stock_move(&client).await
                 };
@@ -164,26 +248,53 @@ async fn generate_activity(dsn: String, size: DemoSize, rate: u32, stop: Cancell
 struct Snapshot {
     at: Instant,
     txns: u64,
-    events: u64,
+    applied: u64,
+    throttle_wait_secs: f64,
     dead: u64,
+    to_shop: BucketCounts,
+    to_erp: BucketCounts,
+}
+
+/// Sum of a metric's series (counters) whose labels pass `keep`.
+fn sum(families: &[MetricFamily], name: &str, keep: impl Fn(&[(&str, &str)]) -> bool) -> f64 {
+    families
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            let labels: Vec<(&str, &str)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            keep(&labels)
+        })
+        .map(|m| m.get_counter().value())
+        .sum()
 }
 
 impl Snapshot {
     fn take() -> Snapshot {
-        let m = SourceMetrics::get();
-        let sum = |families: Vec<prometheus::proto::MetricFamily>| -> u64 {
-            families
-                .iter()
-                .flat_map(|f| f.get_metric())
-                .map(|m| m.get_counter().value() as u64)
-                .sum()
-        };
+        let families = prometheus::gather();
+        let all = |_: &[(&str, &str)]| true;
+        let freshness = freshness_histogram();
         Snapshot {
             at: Instant::now(),
-            txns: m.transactions.get(),
-            events: sum(prometheus::core::Collector::collect(&m.events))
-                + sum(prometheus::core::Collector::collect(&m.snapshot_events)),
-            dead: sum(prometheus::core::Collector::collect(&m.dead_letters)),
+            txns: SourceMetrics::get().transactions.get(),
+            applied: sum(&families, "flywheel_processor_events_total", |l| {
+                l.contains(&("outcome", "applied"))
+            }) as u64,
+            throttle_wait_secs: sum(
+                &families,
+                "flywheel_shop_api_throttle_wait_seconds_total",
+                all,
+            ),
+            dead: (sum(&families, "flywheel_source_dead_letters_total", all)
+                + sum(&families, "flywheel_processor_events_total", |l| {
+                    l.contains(&("outcome", "dead_lettered"))
+                })) as u64,
+            to_shop: BucketCounts::take_where(freshness, |l| l != ["order_in"]),
+            to_erp: BucketCounts::take_where(freshness, |l| l == ["order_in"]),
         }
     }
 }
@@ -191,16 +302,19 @@ impl Snapshot {
 fn print_status(before: &Snapshot, now: &Snapshot) {
     let m = SourceMetrics::get();
     let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
-    let latency = BucketCounts::take(&m.commit_to_ack_seconds);
-    let (p50, p99) = (latency.quantile(0.5), latency.quantile(0.99));
+    let to_shop = now.to_shop.since(&before.to_shop);
+    let to_erp = now.to_erp.since(&before.to_erp);
     println!(
-        "captured {:>6.0} tx/s | produced {:>6.0} events/s (total {:>7}) | slot lag {:>8} B | commit→ack p50 {:>6} p99 {:>6} | dead letters {}",
+        "captured {:>4.0} tx/s | applied {:>5.0}/s (total {:>6}) | slot lag {:>7} B | fresh ERP→shop p50 {:>6} p99 {:>6}, shop→ERP p50 {:>6} p99 {:>6} | throttled {:>4.1} s/s | dead letters {}",
         (now.txns - before.txns) as f64 / secs,
-        (now.events - before.events) as f64 / secs,
-        now.events,
+        (now.applied - before.applied) as f64 / secs,
+        now.applied,
         m.replication_lag_bytes.get(),
-        fmt_secs(p50),
-        fmt_secs(p99),
+        fmt_secs(to_shop.quantile(0.5)),
+        fmt_secs(to_shop.quantile(0.99)),
+        fmt_secs(to_erp.quantile(0.5)),
+        fmt_secs(to_erp.quantile(0.99)),
+        (now.throttle_wait_secs - before.throttle_wait_secs) / secs,
         now.dead
     );
 }

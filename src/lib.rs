@@ -9,6 +9,8 @@ pub mod config;
 pub mod erp;
 pub mod local_infra;
 pub mod ops;
+pub mod own_schema;
+pub mod pg_error;
 pub mod shop;
 pub mod supervise;
 pub mod sync;

@@ -11,6 +11,7 @@ use flywheel::erp::demo_erp::{self, DemoSize};
 use flywheel::ops;
 
 mod demo;
+mod roles;
 
 #[derive(Parser)]
 #[command(
@@ -35,12 +36,29 @@ enum Command {
     Source,
     /// Run the webhook gateway: shop webhooks → Kafka, 200 only once durable.
     Gateway,
-    /// Run the processors (so far: ERP stock and prices → the shop; shop orders → the ERP).
+    /// Run the processors: ERP stock, prices and order status → the shop; shop orders → the ERP.
     Processors,
+    /// Run several roles in one process against the configured infrastructure.
+    Run {
+        /// The roles to run (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = roles::ALL)]
+        roles: Vec<roles::Role>,
+    },
     /// Create the Kafka topics Flywheel writes (idempotent).
     Topics,
-    /// Everything locally: its own PostgreSQL with the demo ERP, a tansu broker,
-    /// the source, and ERP activity, with a live status line. Ctrl-C stops it all.
+    /// Print every processor group's lag per topic and partition, and the slot's lag.
+    Lag,
+    /// Move a stopped consumer group's offsets (its processor then re-applies
+    /// from there; what was applied already is skipped as stale).
+    Replay(ReplayArgs),
+    /// Inspect the dead-letter topic and redrive letters after fixing their cause.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Everything locally: its own PostgreSQL with the demo ERP, a tansu broker and
+    /// a shop simulator (unless configured), all roles, ERP activity and shop
+    /// orders, with a live status line. Ctrl-C stops it all.
     Demo(demo::DemoArgs),
     /// Create and fill the demo ERP schema in the database of `erp.dsn`.
     SeedDemoErp {
@@ -51,6 +69,46 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         orders: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// One line per dead letter: id (partition:offset), stage, class, key, reason.
+    List,
+    /// Everything one dead letter holds.
+    Show { id: String },
+    /// Produce the original records of these dead letters to their topics again.
+    Redrive {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_earliest", "to_offset", "to_time", "by_duration"])))]
+struct ReplayArgs {
+    /// The consumer group, e.g. `flywheel-processors.stock`.
+    #[arg(long)]
+    group: String,
+    /// The topic (without `kafka.topic_prefix`), e.g. `erp.stock.v1`.
+    #[arg(long)]
+    topic: String,
+    /// Back to the first record each partition holds.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To this offset on every partition.
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// To the first record at or after this RFC 3339 time (needs a broker with
+    /// reliable time indexes; tansu's is not).
+    #[arg(long)]
+    to_time: Option<String>,
+    /// To the first record of this long ago: `90s`, `30m`, `1h`, `2d`.
+    #[arg(long)]
+    by_duration: Option<String>,
+    /// Show the moves without committing them.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> ExitCode {
@@ -101,36 +159,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     match command {
-        Command::Source => {
-            let readiness = ops::http::Readiness::default();
-            if let Some(addr) = config.metrics.addr()? {
-                ops::http::serve(addr, readiness.clone(), shutdown.clone()).await?;
-            }
-            readiness.set(true);
-            flywheel::erp::source::run_with_retries(&config, shutdown).await?;
-        }
-        Command::Gateway => {
-            let running = flywheel::shop::gateway::start(
-                &config,
-                ops::http::metrics_router(),
-                shutdown.clone(),
-            )
-            .await?;
-            eprintln!("gateway listening on http://{}", running.addr);
-            running.done.await?;
-        }
-        Command::Processors => {
-            let readiness = ops::http::Readiness::default();
-            if let Some(addr) = config.metrics.addr()? {
-                ops::http::serve(addr, readiness.clone(), shutdown.clone()).await?;
-            }
-            readiness.set(true);
-            tokio::try_join!(
-                flywheel::sync::stock_to_shop::run(&config, shutdown.clone()),
-                flywheel::sync::price_to_shop::run(&config, shutdown.clone()),
-                flywheel::sync::orders_to_erp::run(&config, shutdown),
-            )?;
-        }
+        Command::Source => run_roles(&config, &[roles::Role::Source], shutdown).await?,
+        Command::Gateway => run_roles(&config, &[roles::Role::Gateway], shutdown).await?,
+        Command::Processors => run_roles(&config, &[roles::Role::Processors], shutdown).await?,
+        Command::Run { roles } => run_roles(&config, &roles, shutdown).await?,
+        Command::Lag => print_lag(&config).await?,
+        Command::Replay(args) => replay(&config, args).await?,
+        Command::Dlq { action } => dlq(&config, action).await?,
         Command::Topics => {
             let connector =
                 flywheel::erp::connector::Connector::load(config.erp.connector.as_deref())?;
@@ -168,6 +203,189 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn dlq(config: &Config, action: DlqAction) -> anyhow::Result<()> {
+    use flywheel::ops::dlq::{read_all, redrive, select};
+    let kafka = config.kafka.clone();
+    let all = tokio::task::spawn_blocking(move || read_all(&kafka)).await??;
+    match action {
+        DlqAction::List => {
+            for p in &all {
+                let l = &p.letter;
+                let reason: String = l.reason.chars().take(100).collect();
+                println!(
+                    "{:<10} {:<22} {:<18} {:<28} {}",
+                    p.id(),
+                    l.stage,
+                    l.error_class,
+                    l.key,
+                    reason
+                );
+            }
+            println!("{} dead letters", all.len());
+        }
+        DlqAction::Show { id } => {
+            let p = select(&all, &[id])?.remove(0);
+            let l = &p.letter;
+            println!("id:          {}", p.id());
+            println!("key:         {}", l.key);
+            println!("stage:       {}", l.stage);
+            println!("error_class: {}", l.error_class);
+            println!("reason:      {}", l.reason);
+            println!(
+                "occurred_at: {}",
+                chrono::DateTime::from_timestamp_micros(l.occurred_at_micros)
+                    .map_or("?".into(), |t| t.to_rfc3339())
+            );
+            println!("attempts:    {}", l.attempts);
+            if let Some(t) = &l.original_topic {
+                println!(
+                    "original:    {t} partition {} offset {}",
+                    l.original_partition.map_or("?".into(), |v| v.to_string()),
+                    l.original_offset.map_or("?".into(), |v| v.to_string())
+                );
+            }
+            if let Some(pos) = &l.source_position {
+                println!("source at:   {pos}");
+            }
+            if let Some(c) = &l.context {
+                println!("context:     {c}");
+            }
+            println!(
+                "record:      {}",
+                l.payload
+                    .as_ref()
+                    .map_or("none".into(), |b| format!("{} bytes (redrivable)", b.len()))
+            );
+        }
+        DlqAction::Redrive { ids } => {
+            let chosen = select(&all, &ids)?;
+            redrive(&config.kafka, &chosen).await?;
+            for p in &chosen {
+                println!(
+                    "redriven {} → {}",
+                    p.id(),
+                    p.letter.original_topic.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
+    use flywheel::ops::replay::{Target, parse_duration};
+    let target = if args.to_earliest {
+        Target::Earliest
+    } else if let Some(n) = args.to_offset {
+        Target::Offset(n)
+    } else if let Some(t) = &args.to_time {
+        let at = chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--to-time {t:?} is not an RFC 3339 time: {e}"))?;
+        Target::TimeMillis(at.timestamp_millis())
+    } else if let Some(d) = &args.by_duration {
+        let ago = parse_duration(d)
+            .ok_or_else(|| anyhow::anyhow!("--by-duration {d:?}: use e.g. 90s, 30m, 1h, 2d"))?;
+        Target::TimeMillis(chrono::Utc::now().timestamp_millis() - ago.as_millis() as i64)
+    } else {
+        anyhow::bail!("say where to: --to-earliest, --to-offset, --to-time or --by-duration");
+    };
+    let kafka = config.kafka.clone();
+    let (group, topic, dry_run) = (args.group.clone(), args.topic.clone(), args.dry_run);
+    let moves = tokio::task::spawn_blocking(move || {
+        flywheel::ops::replay::replay(&kafka, &group, &topic, target, dry_run)
+    })
+    .await??;
+    println!("{:>9} {:>12} {:>12}", "partition", "before", "after");
+    for m in &moves {
+        println!(
+            "{:>9} {:>12} {:>12}",
+            m.partition,
+            m.before.map_or("-".into(), |b| b.to_string()),
+            m.after
+        );
+    }
+    if args.dry_run {
+        println!("dry run: nothing committed");
+    } else {
+        println!(
+            "committed: group {} re-reads {} from these offsets when it starts",
+            args.group, args.topic
+        );
+    }
+    Ok(())
+}
+
+async fn print_lag(config: &Config) -> anyhow::Result<()> {
+    let c = config.clone();
+    let lags = tokio::task::spawn_blocking(move || flywheel::ops::lag::consumer_lag(&c))
+        .await?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "reading consumer offsets from {}: {e}",
+                config.kafka.bootstrap
+            )
+        })?;
+    println!(
+        "{:<36} {:<32} {:>9} {:>12} {:>12} {:>9}",
+        "group", "topic", "partition", "committed", "high", "lag"
+    );
+    for l in &lags {
+        println!(
+            "{:<36} {:<32} {:>9} {:>12} {:>12} {:>9}",
+            l.group,
+            l.topic,
+            l.partition,
+            l.committed.map_or("-".into(), |c| c.to_string()),
+            l.high_watermark,
+            l.lag
+        );
+    }
+    println!(
+        "total consumer lag: {} records",
+        lags.iter().map(|l| l.lag).sum::<i64>()
+    );
+    match flywheel::ops::lag::slot_lag(config).await {
+        Ok(Some((active, bytes))) => println!(
+            "slot {}: {}, {bytes} bytes of WAL not yet confirmed",
+            config.erp.slot,
+            if active { "active" } else { "inactive" }
+        ),
+        Ok(None) => println!("slot {}: does not exist", config.erp.slot),
+        Err(e) => println!("slot {}: cannot read ({e})", config.erp.slot),
+    }
+    Ok(())
+}
+
+async fn run_roles(
+    config: &Config,
+    roles: &[roles::Role],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let started = roles::start(config, roles, &shutdown).await?;
+    if let Some(addr) = started.gateway {
+        eprintln!("gateway listening on http://{addr}");
+    }
+    if let Some(addr) = started.metrics {
+        eprintln!("metrics on http://{addr}/metrics");
+    }
+    let bound = std::time::Duration::from_secs(config.lifecycle.shutdown_timeout_secs);
+    let stopping = shutdown.clone();
+    let wait = started.wait(&shutdown);
+    tokio::pin!(wait);
+    tokio::select! {
+        r = &mut wait => return r,
+        _ = stopping.cancelled() => {}
+    }
+    // Stopping: the roles finish in-flight work, commit and confirm, within the bound.
+    match tokio::time::timeout(bound, wait).await {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "the roles did not stop within lifecycle.shutdown_timeout_secs = {}s; exiting without them (work not committed is replayed at the next start)",
+            bound.as_secs()
+        ),
+    }
 }
 
 /// SIGINT/SIGTERM cancel `shutdown`; a second signal exits at once.

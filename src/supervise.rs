@@ -11,6 +11,20 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+fn restarts() -> &'static prometheus::IntCounterVec {
+    static M: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        prometheus::register_int_counter_vec!(
+            prometheus::Opts::new(
+                "flywheel_role_restarts_total",
+                "Restarts of a long-lived role after a transient failure (a server away), by role"
+            ),
+            &["role"]
+        )
+        .expect("registering the restarts counter")
+    })
+}
+
 /// Runs `start()` until it returns `Ok`, `shutdown` is cancelled, or it fails
 /// with an error `retryable` rejects.
 pub async fn with_restarts<E, Fut>(
@@ -23,12 +37,20 @@ where
     E: std::fmt::Display,
     Fut: Future<Output = Result<(), E>>,
 {
+    // Exported at 0 from the start, so an alert on its rate sees the series.
+    restarts().with_label_values(&[role]);
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
         match start().await {
             Ok(()) => return Ok(()),
-            Err(e) if retryable(&e) && !shutdown.is_cancelled() => {
+            // Stopping anyway: what did not complete replays at the next start.
+            Err(e) if retryable(&e) && shutdown.is_cancelled() => {
+                tracing::warn!(role, error = %e, "failed while stopping; uncommitted work replays at the next start");
+                return Ok(());
+            }
+            Err(e) if retryable(&e) => {
+                restarts().with_label_values(&[role]).inc();
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_secs(1);
                 }

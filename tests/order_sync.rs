@@ -1,59 +1,39 @@
-//! Shop orders → ERP, end to end: the shop simulator's signed webhooks (each
+//! Orders both ways, end to end: the shop simulator's signed webhooks (each
 //! delivered twice and out of order) → the gateway → Kafka → the order
-//! processor → the demo ERP's sale_order.
+//! processor → the demo ERP's sale_order; and the ERP's shipments and
+//! cancellations → the source → `erp.order_status.v1` → the status processor →
+//! the shop. Flywheel's own ERP writes must not come back (no echoes).
 
 mod common;
 
 use std::time::Duration;
 
+use common::WIRED_SECRET as SECRET;
 use common::{TestEnv, small, wait_for};
-use flywheel::config::{Platform, ShopConfig};
-use flywheel::shop::signature::sign;
 use serde_json::json;
-use shopsim::{ApiFaults, ShopSim, SimConfig, Topic, WebhookFaults};
-use tokio_util::sync::CancellationToken;
+use shopsim::{ApiFaults, Topic, WebhookFaults};
 
 const T: Duration = Duration::from_secs(60);
-const SECRET: &str = "order-sync-secret";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
+async fn orders_flow_both_ways_once_and_without_echoes() {
     let env = TestEnv::new("order_sync", small()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = env.config.clone();
-    config.gateway.listen = "127.0.0.1:0".into();
-    config.gateway.dedupe_path = dir.path().join("seen.log");
-    config.gateway.shops = vec![ShopConfig {
-        name: "demo".into(),
-        platform: Platform::Shopify,
-        secrets: vec![SECRET.into()],
-    }];
-    config.processors.group_id = "order_sync-processors".into();
-    config.processors.batch_wait_ms = 100;
-    let token = CancellationToken::new();
-    let gw = flywheel::shop::gateway::start(&config, axum::Router::new(), token.clone())
-        .await
-        .expect("gateway");
-    let callback = format!("http://{}/webhooks/shopify/demo", gw.addr);
-    let sim = ShopSim::start(
-        SimConfig {
-            webhook_secret: SECRET.into(),
-            seed: shopsim::catalog::demo_seed(20, 3),
-            subscriptions: [
-                Topic::OrdersCreate,
-                Topic::OrdersPaid,
-                Topic::OrdersUpdated,
-                Topic::OrdersCancelled,
-            ]
-            .iter()
-            .map(|t| (*t, callback.clone()))
-            .collect(),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().unwrap(),
+    let source = env.start_streaming().await;
+    let wired = common::WiredShop::start(
+        &env,
+        "order_sync-processors",
+        20,
+        &[
+            Topic::OrdersCreate,
+            Topic::OrdersPaid,
+            Topic::OrdersUpdated,
+            Topic::OrdersCancelled,
+            Topic::OrdersFulfilled,
+        ],
     )
-    .await
-    .unwrap();
+    .await;
+    let (sim, config) = (&wired.sim, &wired.config);
+    let callback = format!("http://{}/webhooks/shopify/demo", wired.gateway.addr);
     sim.set_faults(
         ApiFaults::default(),
         WebhookFaults {
@@ -62,45 +42,48 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
             delay_ms: 0,
         },
     );
-    let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
+    let processor = common::RunningProcessor::spawn(config, |c, t| async move {
         flywheel::sync::orders_to_erp::run(&c, t).await
     });
-    wait_for("the gateway to be ready", T, || async {
-        reqwest::get(format!("http://{}/readyz", gw.addr))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let status_processor = common::RunningProcessor::spawn(config, |c, t| async move {
+        flywheel::sync::status_to_shop::run(&c, t).await
+    });
 
-    let id = sim.place_orders(1, true)[0];
-    let shop_order = sim.shop().state.lock().orders[&id].clone();
-    let order_state = || async {
-        env.erp
-            .query(
-                "SELECT o.state, (SELECT count(*) FROM sale_order_line l WHERE l.order_id = o.id),
+    let ids = sim.place_orders(3, true);
+    let (shipped, shop_cancelled, erp_cancelled) = (ids[0], ids[1], ids[2]);
+    let shop_order = sim.shop().state.lock().orders[&shipped].clone();
+    let erp = &env.erp;
+    let order_state = |id: u64| async move {
+        erp.query(
+            "SELECT o.state, (SELECT count(*) FROM sale_order_line l WHERE l.order_id = o.id),
                         p.email, o.amount_total::text
                  FROM sale_order o JOIN res_partner p ON p.id = o.partner_id
                  WHERE o.channel = 'demo' AND o.shop_order_id = $1",
-                &[&id.to_string()],
+            &[&id.to_string()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, Option<String>>(2),
+                r.get::<_, String>(3),
             )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, i64>(1),
-                    r.get::<_, Option<String>>(2),
-                    r.get::<_, String>(3),
-                )
-            })
-            .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
     };
-    wait_for("the order in the ERP, paid", T, || async {
-        order_state().await.first().is_some_and(|o| o.0 == "sale")
-    })
-    .await;
-    let rows = order_state().await;
+    for id in &ids {
+        wait_for("the order in the ERP, paid", T, || async {
+            order_state(*id)
+                .await
+                .first()
+                .is_some_and(|o| o.0 == "sale")
+        })
+        .await;
+    }
+    let rows = order_state(shipped).await;
     assert_eq!(rows.len(), 1, "one sale_order for one shop order");
     assert_eq!(
         rows[0].1,
@@ -115,7 +98,7 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
         .post(sim.graphql_url())
         .header("X-Shopify-Access-Token", &sim.config.access_token)
         .json(&json!({"query": "mutation($id: ID!) { orderCancel(orderId: $id, reason: CUSTOMER, restock: true) { userErrors { message } } }",
-                      "variables": {"id": format!("gid://shopify/Order/{id}")}}))
+                      "variables": {"id": format!("gid://shopify/Order/{shop_cancelled}")}}))
         .send()
         .await
         .unwrap()
@@ -124,10 +107,75 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
         .unwrap();
     assert_eq!(r["data"]["orderCancel"]["userErrors"], json!([]));
     wait_for("the cancellation in the ERP", T, || async {
-        order_state().await.first().is_some_and(|o| o.0 == "cancel")
+        order_state(shop_cancelled)
+            .await
+            .first()
+            .is_some_and(|o| o.0 == "cancel")
     })
     .await;
-    assert_eq!(order_state().await.len(), 1);
+    assert_eq!(order_state(shop_cancelled).await.len(), 1);
+
+    // Shipped in the ERP → fulfilled in the shop, with carrier and tracking.
+    env.erp
+        .execute(
+            "INSERT INTO stock_picking (name, sale_id, state, carrier_name, carrier_tracking_ref, date_done)
+             SELECT 'WH/OUT/' || id, id, 'done', 'DHL', 'JJD0099887766', now()
+             FROM sale_order WHERE channel = 'demo' AND shop_order_id = $1",
+            &[&shipped.to_string()],
+        )
+        .await
+        .unwrap();
+    // Cancelled in the ERP → cancelled in the shop.
+    env.erp
+        .execute(
+            "UPDATE sale_order SET state = 'cancel' WHERE channel = 'demo' AND shop_order_id = $1",
+            &[&erp_cancelled.to_string()],
+        )
+        .await
+        .unwrap();
+    let shop_order_of = |id: u64| sim.shop().state.lock().orders[&id].clone();
+    wait_for("the shipment fulfilled in the shop", T, || async {
+        shop_order_of(shipped).fulfillment_status.as_deref() == Some("fulfilled")
+    })
+    .await;
+    let fulfilled = shop_order_of(shipped);
+    assert_eq!(fulfilled.fulfillments.len(), 1, "fulfilled once");
+    assert_eq!(
+        fulfilled.fulfillments[0].tracking_number.as_deref(),
+        Some("JJD0099887766")
+    );
+    assert_eq!(
+        fulfilled.fulfillments[0].tracking_company.as_deref(),
+        Some("DHL")
+    );
+    wait_for("the ERP cancellation in the shop", T, || async {
+        shop_order_of(erp_cancelled).cancelled_at.is_some()
+    })
+    .await;
+
+    // No echoes: the ERP writes of the order processor (creating all three
+    // orders, cancelling the second) were not captured; only the ERP's own
+    // changes (the shipment, the ERP cancellation) became status events.
+    let mut statuses = env.reader("erp.order_status.v1");
+    statuses.read_until(T, |r| r.len() >= 2).await;
+    let statuses = statuses.drain(Duration::from_secs(2)).await;
+    let seen: Vec<(String, Option<&str>)> = statuses
+        .iter()
+        .map(|r| (r.key.clone(), r.str("status")))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        2,
+        "exactly the two ERP-side changes, no echo of Flywheel's writes: {seen:?}"
+    );
+    assert!(seen.contains(&(format!("demo/{shipped}"), Some("shipped"))));
+    assert!(seen.contains(&(format!("demo/{erp_cancelled}"), Some("cancelled"))));
+    let shipped_rec = statuses
+        .iter()
+        .find(|r| r.str("status") == Some("shipped"))
+        .unwrap();
+    assert_eq!(shipped_rec.str("tracking_ref"), Some("JJD0099887766"));
+    assert_eq!(shipped_rec.str("carrier"), Some("DHL"));
 
     // An order with a SKU the ERP does not know: dead-lettered, nothing written.
     let body = serde_json::to_vec(&json!({"id": 777001, "updated_at": "2026-11-23T10:00:00Z",
@@ -135,16 +183,7 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
         "line_items": [{"id": 1, "sku": "SKU-000001", "quantity": 1, "price": "2.50"},
                        {"id": 2, "sku": "NOT-IN-ERP", "quantity": 1, "price": "2.50"}]}))
     .unwrap();
-    let status = reqwest::Client::new()
-        .post(&callback)
-        .header("X-Shopify-Topic", "orders/create")
-        .header("X-Shopify-Hmac-Sha256", sign(SECRET, &body))
-        .header("X-Shopify-Webhook-Id", "unknown-sku-1")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = common::post_shopify_order(&callback, SECRET, "unknown-sku-1", body).await;
     assert_eq!(status, 200);
     let mut dlq = env.reader("flywheel.dlq.v1");
     let letters = dlq
@@ -171,5 +210,7 @@ async fn a_shop_order_appears_once_in_the_erp_and_follows_cancellation() {
     assert_eq!(written, 0, "never a half-written order");
 
     processor.stop().await;
-    token.cancel();
+    status_processor.stop().await;
+    source.stop().await;
+    wired.stop();
 }

@@ -6,41 +6,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestEnv, small, wait_for};
-use serde_json::Value;
-use shopsim::ShopSim;
+use common::{TestEnv, shop_stock, small, wait_for};
 
 const T: Duration = Duration::from_secs(90);
 const SAFETY: i64 = 2;
 
-/// (sku, location) → available, as the shop has it now.
-async fn shop_stock(sim: &ShopSim) -> HashMap<(String, String), i64> {
-    let state: Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
-        .await
-        .expect("simulator state")
-        .json()
-        .await
-        .expect("JSON");
-    state["stock"]
-        .as_array()
-        .expect("stock list")
-        .iter()
-        .map(|l| {
-            (
-                (
-                    l["sku"].as_str().unwrap().to_owned(),
-                    l["location"].as_str().unwrap().to_owned(),
-                ),
-                l["available"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// What the shop should show for a SKU in a warehouse: ERP available − safety stock.
 async fn expected(env: &TestEnv, sku: &str, wh: &str) -> i64 {
-    let (_, _, available) = env.stock_of(sku, wh).await;
-    (available.parse::<f64>().unwrap().floor() as i64 - SAFETY).max(0)
+    env.shop_should_show(sku, wh, SAFETY).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,15 +56,7 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     .await;
 
     // A SKU the shop does not sell: dead-lettered, and the processor goes on.
-    env.erp
-        .batch_execute(
-            "INSERT INTO product_template (id, name, list_price) VALUES (901, 'ERP only', 1);
-             INSERT INTO product_product (id, product_tmpl_id, default_code) VALUES (901, 901, 'SKU-ERP-ONLY');
-             INSERT INTO stock_quant (product_id, location_id, quantity)
-             SELECT 901, lot_stock_id, 4 FROM stock_warehouse WHERE code = 'WH1';",
-        )
-        .await
-        .unwrap();
+    env.add_erp_product(901, Some("SKU-ERP-ONLY")).await;
     let mut dlq = env.reader("flywheel.dlq.v1");
     let records = dlq
         .read_until(T, |r| {
@@ -129,14 +93,14 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
             .as_u64()
             .unwrap_or(0)
     };
-    let (writes_before, before) = (mutations(), outcomes());
+    let (writes_before, before) = (mutations(), common::processor_outcomes());
     let state_before = shop_stock(&sim).await;
     config.processors.group_id = "stock_sync-replay".into();
     let replay = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::stock_to_shop::run(&c, t).await
     });
     wait_for("the replay to handle every record", T, || async {
-        let now = outcomes();
+        let now = common::processor_outcomes();
         let handled: u64 = ["applied", "skipped_stale", "coalesced", "dead_lettered"]
             .iter()
             .map(|o| now.get(*o).unwrap_or(&0) - before.get(*o).unwrap_or(&0))
@@ -144,7 +108,7 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
         handled >= total
     })
     .await;
-    let now = outcomes();
+    let now = common::processor_outcomes();
     assert_eq!(
         now.get("applied"),
         before.get("applied"),
@@ -155,20 +119,4 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     assert_eq!(shop_stock(&sim).await, state_before);
     replay.stop().await;
     source.stop().await;
-}
-
-/// The processors' outcome counters (this binary runs one test, so only ours).
-fn outcomes() -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for family in prometheus::gather() {
-        if family.name() != "flywheel_processor_events_total" {
-            continue;
-        }
-        for m in family.get_metric() {
-            if let Some(l) = m.get_label().iter().find(|l| l.name() == "outcome") {
-                *out.entry(l.value().to_owned()).or_default() += m.get_counter().value() as u64;
-            }
-        }
-    }
-    out
 }

@@ -1249,6 +1249,10 @@ fn apply_set_quantities(
     let mut changes = Vec::new();
     let mut emitted = Vec::new();
     for (item, loc, quantity, before) in targets {
+        st.set_history
+            .entry((item, loc))
+            .or_default()
+            .push(quantity);
         let level = st.levels.entry((item, loc)).or_default();
         if input.name == "available" {
             level.available = quantity;

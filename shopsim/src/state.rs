@@ -190,6 +190,11 @@ pub struct ShopState {
     pub locations: BTreeMap<u64, Location>,
     /// (inventory item, location) → level
     pub levels: BTreeMap<(u64, u64), Level>,
+    /// (inventory item, location) → every quantity `inventorySetQuantities`
+    /// set, in order, including sets to the value already there: tests read
+    /// it to prove a write was never applied twice or out of order.
+    #[serde(skip)]
+    pub set_history: BTreeMap<(u64, u64), Vec<i64>>,
     pub orders: BTreeMap<u64, Order>,
     next_id: u64,
 }
@@ -210,58 +215,61 @@ impl ShopState {
             next_id: 1000,
             ..Default::default()
         };
-        let now = now_rfc3339();
-        let location_ids: Vec<u64> = seed
-            .locations
-            .iter()
-            .map(|name| {
-                let id = s.new_id();
-                s.locations.insert(
+        for name in &seed.locations {
+            let id = s.new_id();
+            s.locations.insert(
+                id,
+                Location {
                     id,
-                    Location {
-                        id,
-                        name: name.clone(),
-                    },
-                );
-                id
-            })
-            .collect();
+                    name: name.clone(),
+                },
+            );
+        }
         for (sku, price) in &seed.products {
-            let product_id = s.new_id();
-            let variant_id = s.new_id();
-            let item_id = s.new_id();
-            s.products.insert(
-                product_id,
-                Product {
-                    id: product_id,
-                    title: format!("Product {sku}"),
-                    variant_ids: vec![variant_id],
-                    updated_at: now.clone(),
-                },
-            );
-            s.variants.insert(
-                variant_id,
-                Variant {
-                    id: variant_id,
-                    product_id,
-                    sku: sku.clone(),
-                    price: price.clone(),
-                    compare_at_price: None,
-                    inventory_item_id: item_id,
-                    updated_at: now.clone(),
-                },
-            );
-            for &loc in &location_ids {
-                s.levels.insert(
-                    (item_id, loc),
-                    Level {
-                        available: seed.initial_available,
-                        committed: 0,
-                    },
-                );
-            }
+            s.add_product(sku, price, seed.initial_available);
         }
         s
+    }
+
+    /// A product with one variant (and inventory item) stocked with
+    /// `available` at every location; returns the inventory item id.
+    pub fn add_product(&mut self, sku: &str, price: &str, available: i64) -> u64 {
+        let now = now_rfc3339();
+        let product_id = self.new_id();
+        let variant_id = self.new_id();
+        let item_id = self.new_id();
+        self.products.insert(
+            product_id,
+            Product {
+                id: product_id,
+                title: format!("Product {sku}"),
+                variant_ids: vec![variant_id],
+                updated_at: now.clone(),
+            },
+        );
+        self.variants.insert(
+            variant_id,
+            Variant {
+                id: variant_id,
+                product_id,
+                sku: sku.to_owned(),
+                price: price.to_owned(),
+                compare_at_price: None,
+                inventory_item_id: item_id,
+                updated_at: now,
+            },
+        );
+        let locations: Vec<u64> = self.locations.keys().copied().collect();
+        for loc in locations {
+            self.levels.insert(
+                (item_id, loc),
+                Level {
+                    available,
+                    committed: 0,
+                },
+            );
+        }
+        item_id
     }
 
     pub fn new_id(&mut self) -> u64 {

@@ -22,6 +22,10 @@ const SCHEMAS: &[(&str, &str)] = &[
         include_str!("../../schemas/erp.price.v1.avsc"),
     ),
     (
+        "erp.order_status.v1",
+        include_str!("../../schemas/erp.order_status.v1.avsc"),
+    ),
+    (
         "flywheel.dlq.v1",
         include_str!("../../schemas/flywheel.dlq.v1.avsc"),
     ),

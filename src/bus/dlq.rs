@@ -92,6 +92,43 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// Reads a `flywheel.dlq.v1` record back; `None` if it is not one.
+    pub fn from_value(v: &Value) -> Option<DeadLetter> {
+        use super::avro::{field, field_i64, field_str};
+        let inner = |name: &str| match field(v, name)? {
+            Value::Union(_, b) => Some(b.as_ref().clone()),
+            other => Some(other.clone()),
+        };
+        Some(DeadLetter {
+            key: field_str(v, "key")?.to_owned(),
+            error_class: field_str(v, "error_class")?.to_owned(),
+            reason: field_str(v, "reason")?.to_owned(),
+            stage: field_str(v, "stage")?.to_owned(),
+            occurred_at_micros: field_i64(v, "occurred_at")?,
+            attempts: match inner("attempts")? {
+                Value::Int(n) => n,
+                _ => 1,
+            },
+            original_topic: field_str(v, "original_topic").map(str::to_owned),
+            original_partition: match inner("original_partition") {
+                Some(Value::Int(n)) => Some(n),
+                _ => None,
+            },
+            original_offset: match inner("original_offset") {
+                Some(Value::Long(n)) => Some(n),
+                _ => None,
+            },
+            source_position: field_str(v, "source_position").map(str::to_owned),
+            context: field_str(v, "context").and_then(|c| serde_json::from_str(c).ok()),
+            payload: match inner("payload") {
+                Some(Value::Bytes(b)) => Some(b),
+                _ => None,
+            },
+        })
+    }
+}
+
 fn nullable(v: Option<Value>) -> Value {
     match v {
         Some(v) => Value::Union(1, Box::new(v)),
@@ -127,5 +164,35 @@ mod tests {
             .unwrap();
         assert_eq!(field_str(&back, "reason"), Some("product 7 has no SKU"));
         assert_eq!(field_str(&back, "context"), Some(r#"{"product_id":"7"}"#));
+    }
+
+    #[test]
+    fn reads_back_what_it_wrote() {
+        let dl = DeadLetter {
+            key: "SKU-9/WH1".into(),
+            error_class: "unknown_sku".into(),
+            reason: "no variant".into(),
+            stage: "processor.stock".into(),
+            occurred_at_micros: 42,
+            attempts: 2,
+            original_topic: Some("erp.stock.v1".into()),
+            original_partition: Some(1),
+            original_offset: Some(77),
+            payload: Some(vec![1, 2, 3]),
+            ..Default::default()
+        };
+        let rec = dl.to_record().unwrap();
+        let v = AvroCodec::for_topic(DEAD_LETTERS)
+            .unwrap()
+            .decode(&rec.payload)
+            .unwrap();
+        let back = DeadLetter::from_value(&v).expect("a dead letter");
+        assert_eq!(back.key, dl.key);
+        assert_eq!(back.attempts, 2);
+        assert_eq!(back.original_topic, dl.original_topic);
+        assert_eq!(back.original_partition, Some(1));
+        assert_eq!(back.original_offset, Some(77));
+        assert_eq!(back.payload, Some(vec![1, 2, 3]));
+        assert_eq!(back.occurred_at_micros, 42);
     }
 }

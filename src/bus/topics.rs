@@ -15,6 +15,7 @@ use crate::config::KafkaConfig;
 
 pub const ERP_STOCK: &str = "erp.stock.v1";
 pub const ERP_PRICE: &str = "erp.price.v1";
+pub const ERP_ORDER_STATUS: &str = "erp.order_status.v1";
 pub const DEAD_LETTERS: &str = "flywheel.dlq.v1";
 
 /// Creates each topic that does not exist yet, with the configured partitions

@@ -24,7 +24,14 @@ pub struct CommittedTxn {
     /// Entities whose trigger tables were truncated: every key is affected.
     pub truncated: HashSet<usize>,
     pub row_changes: u64,
+    /// Written by Flywheel itself (its replication origin): its rows are not
+    /// captured, or an order written into the ERP would echo back to the shop.
+    pub own_write: bool,
 }
+
+/// Replication origins Flywheel's ERP writers set up start with this; a
+/// transaction carrying one is Flywheel's own write.
+pub const OWN_ORIGIN_PREFIX: &str = "flywheel";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CaptureError {
@@ -101,7 +108,14 @@ impl Capture {
             Message::Relation(r) => {
                 self.relations.insert(r.id, r);
             }
-            Message::Type { .. } | Message::Origin { .. } => {}
+            Message::Type { .. } => {}
+            Message::Origin { name, .. } => {
+                let (_, txn) = self
+                    .current
+                    .as_mut()
+                    .ok_or(CaptureError::OutsideTransaction("Origin"))?;
+                txn.own_write = name.starts_with(OWN_ORIGIN_PREFIX);
+            }
             Message::Insert { relation_id, new } => {
                 self.row(models, relation_id, None, Some(&new))?;
             }
@@ -120,6 +134,10 @@ impl Capture {
                     .current
                     .as_mut()
                     .ok_or(CaptureError::OutsideTransaction("Truncate"))?;
+                txn.row_changes += relation_ids.len() as u64;
+                if txn.own_write {
+                    return Ok(Captured::Nothing);
+                }
                 for id in relation_ids {
                     let rel = self
                         .relations
@@ -128,7 +146,6 @@ impl Capture {
                     for (entity, _) in models.triggers_for(&rel.qualified_name()) {
                         txn.truncated.insert(*entity);
                     }
-                    txn.row_changes += 1;
                 }
             }
             Message::Message { transactional, .. } => {
@@ -156,6 +173,9 @@ impl Capture {
             .get(&relation_id)
             .ok_or(CaptureError::UnknownRelation(relation_id))?;
         txn.row_changes += 1;
+        if txn.own_write {
+            return Ok(());
+        }
         let old = old.map(OldTuple::tuple);
         for &(entity, trigger) in models.triggers_for(&rel.qualified_name()) {
             let columns = &models.entities[entity].def.triggers[trigger].columns;
@@ -271,6 +291,36 @@ mod tests {
         let rows = &txn.touched[&(stock, 0)];
         assert_eq!(rows.len(), 1);
         assert!(rows.contains(&vec![Some("7".into()), Some("12".into())]));
+    }
+
+    #[test]
+    fn flywheels_own_writes_are_not_captured() {
+        let m = models();
+        let mut c = Capture::new();
+        c.apply(&m, quant_relation()).unwrap();
+        let update = || Message::Update {
+            relation_id: 1,
+            old: None,
+            new: Tuple(vec![t("9"), t("7"), t("12"), t("1")]),
+        };
+        for (origin, captured) in [("flywheel.writer.0", false), ("other_replica", true)] {
+            c.apply(&m, begin(100)).unwrap();
+            c.apply(
+                &m,
+                Message::Origin {
+                    commit_lsn: Lsn(90),
+                    name: origin.into(),
+                },
+            )
+            .unwrap();
+            c.apply(&m, update()).unwrap();
+            let Captured::Committed(txn) = c.apply(&m, commit(100)).unwrap() else {
+                panic!("no commit")
+            };
+            assert_eq!(txn.own_write, !captured, "{origin}");
+            assert_eq!(txn.row_changes, 1);
+            assert_eq!(!txn.touched.is_empty(), captured, "{origin}");
+        }
     }
 
     #[test]

@@ -262,6 +262,25 @@ impl ErpActivity {
             )
             .await
     }
+
+    /// Ships the oldest confirmed shop order that has no delivery yet: a done
+    /// picking with a carrier and tracking reference. Returns the rows changed
+    /// (0 when nothing waits to be shipped).
+    pub async fn ship_shop_order(&mut self, client: &Client) -> Result<u64, tokio_postgres::Error> {
+        let carrier = ["DHL", "UPS", "DPD"][(self.rng.next_u64() % 3) as usize];
+        let tracking = format!("{carrier}{:012}", self.rng.next_u64() % 1_000_000_000_000);
+        client
+            .execute(
+                "INSERT INTO stock_picking (name, sale_id, state, carrier_name, carrier_tracking_ref, date_done)
+                 SELECT 'WH/OUT/' || o.id, o.id, 'done', $1, $2, now()
+                 FROM sale_order o
+                 WHERE o.channel IS NOT NULL AND o.state = 'sale'
+                   AND NOT EXISTS (SELECT 1 FROM stock_picking p WHERE p.sale_id = o.id)
+                 ORDER BY o.id LIMIT 1",
+                &[&carrier, &tracking],
+            )
+            .await
+    }
 }
 
 #[cfg(test)]

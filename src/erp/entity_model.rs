@@ -14,6 +14,7 @@ use super::connector::{Connector, EntityDef};
 use super::lsn::Lsn;
 use crate::bus::avro::{AvroCodec, FieldKind, nullable_string};
 use crate::bus::producer::OutRecord;
+use crate::pg_error::db_error_text;
 
 /// Fields every entity record carries that the model does not supply.
 const ENVELOPE: &[&str] = &["key", "version", "source_ts", "event_id", "deleted"];
@@ -471,23 +472,6 @@ fn row_context(row: &tokio_postgres::Row) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(map)
-}
-
-/// The server's message (with detail and hint) rather than tokio-postgres' "db error".
-pub fn db_error_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = db.message().to_owned();
-            if let Some(d) = db.detail() {
-                s.push_str(&format!(" ({d})"));
-            }
-            if let Some(h) = db.hint() {
-                s.push_str(&format!(" hint: {h}"));
-            }
-            s
-        }
-        None => e.to_string(),
-    }
 }
 
 #[cfg(test)]

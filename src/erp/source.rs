@@ -30,7 +30,6 @@ use super::capture::{Capture, CaptureError, Captured, CommittedTxn};
 use super::connector::{Connector, ConnectorError};
 use super::entity_model::{
     Entity, EntityKey, EntityModels, EntityValue, ModelError, PreparedModels, Unmappable,
-    db_error_text,
 };
 use super::lsn::Lsn;
 use super::pgoutput::{self, DecodeError};
@@ -43,6 +42,7 @@ use crate::bus::dlq::DeadLetter;
 use crate::bus::producer::{EventProducer, OutRecord};
 use crate::bus::topics::{DEAD_LETTERS, ensure_topics};
 use crate::config::{Config, ConfigError};
+use crate::pg_error::db_error_text;
 
 const STAGE: &str = "erp.source";
 
@@ -148,6 +148,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     let pg = erp.pg_config()?;
     let connector = Connector::load(erp.connector.as_deref())?;
     let models = Arc::new(EntityModels::new(&connector)?);
+    SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
     let client = connect_client(&pg).await?;
 
     let tables: Vec<(String, Vec<String>)> = connector
@@ -206,6 +207,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         SlotState::SnapshotIncomplete => unreachable!("handled above"),
     };
 
+    let _streaming = Streaming::start();
     let (txn_tx, txn_rx) = mpsc::channel::<CommittedTxn>(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(start);
     let reader = Reader {
@@ -233,17 +235,41 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
             // The reader ends first on shutdown (after the processor drained) or on error.
             r.unwrap_or(Err(SourceError::TaskGone("reader")))
         }
-        r = &mut processor => {
-            reader.abort();
-            match r.unwrap_or(Err(SourceError::TaskGone("processor"))) {
-                Ok(()) => Err(SourceError::TaskGone("processor")),
-                Err(e) => Err(e),
+        r = &mut processor => match r.unwrap_or(Err(SourceError::TaskGone("processor"))) {
+            // On shutdown the processor ends once it drained what the reader
+            // handed it; the reader then reports the final position.
+            Ok(()) if shutdown.is_cancelled() => {
+                (&mut reader).await.unwrap_or(Err(SourceError::TaskGone("reader")))
             }
-        }
+            Ok(()) => {
+                reader.abort();
+                Err(SourceError::TaskGone("processor"))
+            }
+            Err(e) => {
+                reader.abort();
+                Err(e)
+            }
+        },
     };
     processor.abort();
     side.abort();
     result
+}
+
+/// `flywheel_source_streaming` is 1 while this lives (the source's readiness).
+struct Streaming;
+
+impl Streaming {
+    fn start() -> Streaming {
+        SourceMetrics::get().streaming.set(1);
+        Streaming
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        SourceMetrics::get().streaming.set(0);
+    }
 }
 
 /// Heartbeat and lag polling on their own connection.
@@ -346,6 +372,9 @@ impl Reader {
                                 }
                                 Captured::Committed(txn) => {
                                     metrics.transactions.inc();
+                                    if txn.own_write {
+                                        metrics.own_write_transactions.inc();
+                                    }
                                     metrics.row_changes.inc_by(txn.row_changes);
                                     metrics.last_commit_unix_micros.set(txn.commit_ts_micros);
                                     forwarded = txn.end_lsn;
@@ -425,6 +454,9 @@ impl Processor {
     async fn run(self, mut txns: mpsc::Receiver<CommittedTxn>) -> Result<(), SourceError> {
         let metrics = SourceMetrics::get();
         let mut in_flight = FuturesOrdered::new();
+        // First commit time of each batch in flight, in order: the oldest is
+        // how far behind the source is (flywheel_source_replication_lag_seconds).
+        let mut oldest: std::collections::VecDeque<i64> = Default::default();
         let mut open = true;
         while open || !in_flight.is_empty() {
             tokio::select! {
@@ -432,6 +464,10 @@ impl Processor {
                 Some(acked) = in_flight.next(), if !in_flight.is_empty() => {
                     let end: Lsn = acked?;
                     self.confirmed.send_replace(end);
+                    oldest.pop_front();
+                    metrics
+                        .oldest_unconfirmed_commit_micros
+                        .set(oldest.front().copied().unwrap_or(0));
                 }
                 first = txns.recv(), if open && in_flight.len() < Self::MAX_BATCHES_IN_FLIGHT => {
                     let Some(first) = first else {
@@ -447,6 +483,10 @@ impl Processor {
                     }
                     metrics.batch_transactions.observe(batch.len() as f64);
                     let end = batch.last().map(|t| t.end_lsn).unwrap_or_default();
+                    oldest.push_back(batch[0].commit_ts_micros);
+                    metrics
+                        .oldest_unconfirmed_commit_micros
+                        .set(oldest.front().copied().unwrap_or(0));
                     let acks = self.process(&batch).await?;
                     in_flight.push_back(async move { acks.await.map(|()| end) });
                 }

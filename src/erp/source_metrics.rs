@@ -23,10 +23,16 @@ pub struct SourceMetrics {
     pub snapshot_events: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub transactions: IntCounter,
+    pub own_write_transactions: IntCounter,
     pub row_changes: IntCounter,
     pub replication_lag_bytes: IntGauge,
+    /// 1 while the source streams changes from its slot (snapshot done).
+    pub streaming: IntGauge,
     pub confirmed_flush_lsn: IntGauge,
     pub last_commit_unix_micros: IntGauge,
+    /// Commit time of the oldest transaction being processed and not yet
+    /// confirmed (0 when everything captured is confirmed).
+    pub oldest_unconfirmed_commit_micros: IntGauge,
     pub commit_to_ack_seconds: HistogramVec,
     pub batch_transactions: Histogram,
 }
@@ -64,6 +70,11 @@ impl SourceMetrics {
                 "Committed ERP transactions decoded from the replication stream"
             )
             .expect(REGISTER),
+            own_write_transactions: register_int_counter!(
+                "flywheel_source_own_write_transactions_total",
+                "ERP transactions written by Flywheel itself (its replication origin), not captured"
+            )
+            .expect(REGISTER),
             row_changes: register_int_counter!(
                 "flywheel_source_row_changes_total",
                 "Row changes (insert, update, delete, truncate) decoded"
@@ -72,6 +83,11 @@ impl SourceMetrics {
             replication_lag_bytes: register_int_gauge!(
                 "flywheel_source_replication_lag_bytes",
                 "Server WAL position minus the slot's confirmed flush position"
+            )
+            .expect(REGISTER),
+            streaming: register_int_gauge!(
+                "flywheel_source_streaming",
+                "1 while the source streams changes from its replication slot (initial snapshot done), else 0"
             )
             .expect(REGISTER),
             confirmed_flush_lsn: register_int_gauge!(
@@ -83,6 +99,11 @@ impl SourceMetrics {
                 "flywheel_source_last_commit_timestamp_micros",
                 "Commit time of the last captured ERP transaction (Unix microseconds); \
                      seconds since = time() - this / 1e6"
+            )
+            .expect(REGISTER),
+            oldest_unconfirmed_commit_micros: IntGauge::new(
+                "flywheel_source_oldest_unconfirmed_commit_micros",
+                "Commit time of the oldest transaction in flight (not registered; read by the lag collector)"
             )
             .expect(REGISTER),
             commit_to_ack_seconds: register_histogram_vec!(
@@ -106,6 +127,23 @@ impl SourceMetrics {
     }
 }
 
+impl SourceMetrics {
+    /// Exports every entity's series at 0 from the start, so a rate or an
+    /// alert sees them before the first change.
+    pub fn init_entities<'a>(&self, entities: impl IntoIterator<Item = &'a str>) {
+        for entity in entities {
+            self.events.with_label_values(&[entity]);
+            self.snapshot_events.with_label_values(&[entity]);
+            for class in DEAD_LETTER_CLASSES {
+                self.dead_letters.with_label_values(&[entity, class]);
+            }
+        }
+    }
+}
+
+/// The source's dead-letter classes (the `error_class` label).
+pub const DEAD_LETTER_CLASSES: [&str; 2] = ["invalid_model_row", "unmappable_row"];
+
 /// Seconds since the last captured commit, as a gauge computed at scrape time.
 pub fn register_seconds_since_last_commit() {
     static ONCE: OnceLock<()> = OnceLock::new();
@@ -118,6 +156,13 @@ pub fn register_seconds_since_last_commit() {
                 Default::default(),
             )
             .expect("valid descriptor"),
+            lag_desc: prometheus::core::Desc::new(
+                LAG_SECONDS.into(),
+                LAG_SECONDS_HELP.into(),
+                vec![],
+                Default::default(),
+            )
+            .expect("valid descriptor"),
         };
         if let Err(e) = prometheus::register(Box::new(collector)) {
             tracing::warn!(error = %e, "could not register seconds-since-last-commit");
@@ -125,13 +170,18 @@ pub fn register_seconds_since_last_commit() {
     });
 }
 
+const LAG_SECONDS: &str = "flywheel_source_replication_lag_seconds";
+const LAG_SECONDS_HELP: &str =
+    "Age of the oldest captured ERP transaction not yet confirmed (0 when caught up)";
+
 struct SinceLastCommit {
     desc: prometheus::core::Desc,
+    lag_desc: prometheus::core::Desc,
 }
 
 impl prometheus::core::Collector for SinceLastCommit {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        vec![&self.desc]
+        vec![&self.desc, &self.lag_desc]
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
@@ -151,87 +201,16 @@ impl prometheus::core::Collector for SinceLastCommit {
         ))
         .expect("valid gauge");
         gauge.set(value);
-        prometheus::core::Collector::collect(&gauge)
-    }
-}
-
-/// Cumulative bucket counts of a histogram vector, summed over its labels:
-/// enough to read quantiles, and to subtract an earlier reading to get the
-/// quantiles of an interval.
-#[derive(Clone, Debug, Default)]
-pub struct BucketCounts(Vec<(f64, u64)>);
-
-impl BucketCounts {
-    pub fn take(h: &prometheus::HistogramVec) -> BucketCounts {
-        let mut buckets: Vec<(f64, u64)> = Vec::new();
-        for family in prometheus::core::Collector::collect(h) {
-            for metric in family.get_metric() {
-                for (i, b) in metric.get_histogram().get_bucket().iter().enumerate() {
-                    if buckets.len() <= i {
-                        buckets.push((b.upper_bound(), 0));
-                    }
-                    buckets[i].1 += b.cumulative_count();
-                }
-            }
-        }
-        BucketCounts(buckets)
-    }
-
-    /// Observations since `earlier`.
-    pub fn since(&self, earlier: &BucketCounts) -> BucketCounts {
-        BucketCounts(
-            self.0
-                .iter()
-                .enumerate()
-                .map(|(i, (b, c))| (*b, c - earlier.0.get(i).map_or(0, |e| e.1)))
-                .collect(),
-        )
-    }
-
-    /// Observations counted in finite buckets.
-    pub fn count(&self) -> u64 {
-        self.0.last().map_or(0, |b| b.1)
-    }
-
-    /// The q-quantile, interpolated linearly inside its bucket as Prometheus'
-    /// `histogram_quantile` does. `None` without observations.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = q * total as f64;
-        let mut prev = (0.0, 0u64);
-        for &(bound, cum) in &self.0 {
-            if cum as f64 >= rank {
-                let in_bucket = (cum - prev.1) as f64;
-                let frac = if in_bucket > 0.0 {
-                    (rank - prev.1 as f64) / in_bucket
-                } else {
-                    1.0
-                };
-                return Some(prev.0 + (bound - prev.0) * frac);
-            }
-            prev = (bound, cum);
-        }
-        Some(prev.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_interpolate_within_buckets() {
-        let b = BucketCounts(vec![(0.01, 50), (0.02, 90), (0.1, 100)]);
-        assert!((b.quantile(0.5).unwrap() - 0.01).abs() < 1e-9);
-        assert!((b.quantile(0.7).unwrap() - 0.015).abs() < 1e-9);
-        assert!((b.quantile(0.99).unwrap() - 0.092).abs() < 1e-9);
-        let earlier = BucketCounts(vec![(0.01, 50), (0.02, 50), (0.1, 50)]);
-        let d = b.since(&earlier);
-        assert_eq!(d.count(), 50);
-        assert!((d.quantile(0.5).unwrap() - 0.01625).abs() < 1e-9);
-        assert_eq!(BucketCounts::default().quantile(0.5), None);
+        let oldest = SourceMetrics::get().oldest_unconfirmed_commit_micros.get();
+        let lag = prometheus::Gauge::with_opts(Opts::new(LAG_SECONDS, LAG_SECONDS_HELP))
+            .expect("valid gauge");
+        lag.set(if oldest == 0 {
+            0.0
+        } else {
+            ((now - oldest).max(0)) as f64 / 1e6
+        });
+        let mut families = prometheus::core::Collector::collect(&gauge);
+        families.extend(prometheus::core::Collector::collect(&lag));
+        families
     }
 }

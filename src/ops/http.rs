@@ -1,8 +1,8 @@
 //! `/metrics` (Prometheus text format), `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,17 +12,34 @@ use axum::routing::get;
 use prometheus::{Encoder, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
-/// Set by a role once it is doing its job (e.g. the source is streaming).
+/// Ready = the roles started and every role's check passes (e.g. the source
+/// streams from its slot; its initial snapshot can take a while).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    started: Arc<AtomicBool>,
+    checks: Arc<Mutex<Vec<ReadyCheck>>>,
+}
+
+type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.started.store(ready, Ordering::Relaxed);
+    }
+
+    /// Adds a condition for readiness.
+    pub fn require(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        if let Ok(mut checks) = self.checks.lock() {
+            checks.push(Box::new(check));
+        }
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed)
+            && self
+                .checks
+                .lock()
+                .is_ok_and(|checks| checks.iter().all(|c| c()))
     }
 }
 

@@ -1,5 +1,9 @@
 //! Operating Flywheel: the HTTP endpoint for `/metrics` and health. It observes
 //! the other modules through the default Prometheus registry; none imports it.
 
+pub mod dlq;
 pub mod http;
+pub mod lag;
 pub mod logging;
+pub mod quantiles;
+pub mod replay;

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use prometheus::{Counter, IntCounterVec, Opts, register_counter, register_int_counter_vec};
+use prometheus::{CounterVec, IntCounterVec, Opts, register_counter_vec, register_int_counter_vec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -109,8 +109,8 @@ impl CostBudget {
 
 struct ApiMetrics {
     requests: IntCounterVec,
-    cost: Counter,
-    throttle_wait: Counter,
+    cost: CounterVec,
+    throttle_wait: CounterVec,
 }
 
 fn metrics() -> &'static ApiMetrics {
@@ -122,17 +122,23 @@ fn metrics() -> &'static ApiMetrics {
                 "flywheel_shop_api_requests_total",
                 "Shop Admin API requests by outcome"
             ),
-            &["outcome"]
+            &["processor", "outcome"]
         )
         .expect(REGISTER),
-        cost: register_counter!(
-            "flywheel_shop_api_cost_points_total",
-            "Actual query cost charged by the shop"
+        cost: register_counter_vec!(
+            Opts::new(
+                "flywheel_shop_api_cost_points_total",
+                "Actual query cost charged by the shop"
+            ),
+            &["processor"]
         )
         .expect(REGISTER),
-        throttle_wait: register_counter!(
-            "flywheel_shop_api_throttle_wait_seconds_total",
-            "Seconds spent waiting for rate-limit budget (before sending, THROTTLED, 429)"
+        throttle_wait: register_counter_vec!(
+            Opts::new(
+                "flywheel_shop_api_throttle_wait_seconds_total",
+                "Seconds spent waiting for rate-limit budget (before sending, THROTTLED, 429)"
+            ),
+            &["processor"]
         )
         .expect(REGISTER),
     })
@@ -151,6 +157,8 @@ pub struct AdminApi {
     budget: Mutex<CostBudget>,
     max_attempts: u32,
     backoff_base: Duration,
+    /// The `processor` label of this client's metrics.
+    processor: &'static str,
 }
 
 impl AdminApi {
@@ -167,7 +175,25 @@ impl AdminApi {
             budget: Mutex::new(CostBudget::new(1000.0, 100.0)),
             max_attempts: 8,
             backoff_base: Duration::from_millis(100),
+            processor: "client",
         }
+    }
+
+    /// The client of one processor: its cost and waits are counted under `processor`.
+    pub fn for_processor(mut self, processor: &'static str) -> Self {
+        self.processor = processor;
+        // Export the processor's series from the start (at 0), so rates and
+        // alerts see them before the first wait.
+        let m = metrics();
+        m.throttle_wait.with_label_values(&[processor]);
+        m.cost.with_label_values(&[processor]);
+        self
+    }
+
+    /// The configured shop's client for `processor`.
+    pub fn from_config(p: &crate::config::ProcessorsConfig, processor: &'static str) -> Self {
+        AdminApi::new(p.shop_graphql_url.clone(), p.shop_access_token.0.clone())
+            .for_processor(processor)
     }
 
     /// Attempts before a transient failure is reported (throttle waits do not count).
@@ -179,7 +205,10 @@ impl AdminApi {
 
     async fn wait(&self, d: Duration) {
         if !d.is_zero() {
-            metrics().throttle_wait.inc_by(d.as_secs_f64());
+            metrics()
+                .throttle_wait
+                .with_label_values(&[self.processor])
+                .inc_by(d.as_secs_f64());
             tokio::time::sleep(d).await;
         }
     }
@@ -209,11 +238,15 @@ impl AdminApi {
             let failure = match sent {
                 Err(e) => format!("request failed: {e}"),
                 Ok(r) if r.status().as_u16() == 401 => {
-                    m.requests.with_label_values(&["unauthorized"]).inc();
+                    m.requests
+                        .with_label_values(&[self.processor, "unauthorized"])
+                        .inc();
                     return Err(AdminApiError::Unauthorized);
                 }
                 Ok(r) if r.status().as_u16() == 429 => {
-                    m.requests.with_label_values(&["throttled"]).inc();
+                    m.requests
+                        .with_label_values(&[self.processor, "throttled"])
+                        .inc();
                     let retry_after = r
                         .headers()
                         .get("retry-after")
@@ -229,7 +262,7 @@ impl AdminApi {
                     Err(e) => format!("unreadable answer: {e}"),
                     Ok(answer) => match self.interpret(answer) {
                         Answer::Done(response) => {
-                            m.requests.with_label_values(&["ok"]).inc();
+                            m.requests.with_label_values(&[self.processor, "ok"]).inc();
                             return Ok(response);
                         }
                         Answer::Throttled { requested } => {
@@ -238,13 +271,17 @@ impl AdminApi {
                             continue;
                         }
                         Answer::Failed(e) => {
-                            m.requests.with_label_values(&["error"]).inc();
+                            m.requests
+                                .with_label_values(&[self.processor, "error"])
+                                .inc();
                             return Err(e);
                         }
                     },
                 },
             };
-            m.requests.with_label_values(&["transient_error"]).inc();
+            m.requests
+                .with_label_values(&[self.processor, "transient_error"])
+                .inc();
             failures += 1;
             if failures >= self.max_attempts {
                 return Err(AdminApiError::Unavailable {
@@ -268,7 +305,10 @@ impl AdminApi {
                 .lock()
                 .observe(c.throttle_status, Instant::now());
             if let Some(actual) = c.actual_query_cost {
-                metrics().cost.inc_by(actual);
+                metrics()
+                    .cost
+                    .with_label_values(&[self.processor])
+                    .inc_by(actual);
             }
         }
         if let Some(errors) = answer
@@ -280,7 +320,10 @@ impl AdminApi {
                 e.pointer("/extensions/code").and_then(Value::as_str) == Some("THROTTLED")
             });
             if throttled {
-                metrics().requests.with_label_values(&["throttled"]).inc();
+                metrics()
+                    .requests
+                    .with_label_values(&[self.processor, "throttled"])
+                    .inc();
                 // The budget was re-seeded from the answer; the next reserve()
                 // waits for the missing points.
                 return Answer::Throttled {

@@ -5,12 +5,15 @@
 //! versions, and only then commit the Kafka offsets. A crash replays the batch;
 //! the version guard and idempotent writes make that harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, Opts, register_int_counter_vec};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, Opts, register_histogram_vec,
+    register_int_counter_vec,
+};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -31,7 +34,7 @@ pub enum SyncError {
     Consumer(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("state database: {0}")]
+    #[error("state database: {}", crate::pg_error::db_error_text(.0))]
     State(#[from] tokio_postgres::Error),
     #[error("shop API: {0}")]
     Shop(#[from] AdminApiError),
@@ -41,6 +44,8 @@ pub enum SyncError {
     UnknownLocation { warehouse: String, location: String },
     #[error("unexpected shop answer: {0}")]
     ShopAnswer(String),
+    #[error("ERP: {0}")]
+    ErpPrivilege(String),
 }
 
 impl SyncError {
@@ -51,9 +56,22 @@ impl SyncError {
             SyncError::Consumer(_) | SyncError::State(_) => true,
             SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
             SyncError::Shop(e) => e.is_transient(),
-            SyncError::UnknownLocation { .. } | SyncError::ShopAnswer(_) => false,
+            SyncError::UnknownLocation { .. }
+            | SyncError::ShopAnswer(_)
+            | SyncError::ErpPrivilege(_) => false,
         }
     }
+}
+
+/// A record as its entity reads it.
+#[derive(Clone, Debug)]
+pub struct Decoded<E> {
+    pub key: String,
+    pub version: Version,
+    /// When the change happened at its source (ERP commit, shop event), µs
+    /// since the Unix epoch: freshness is measured from here.
+    pub source_ts_micros: i64,
+    pub event: E,
 }
 
 /// An event that passed the version guard.
@@ -61,6 +79,7 @@ impl SyncError {
 pub struct Pending<E> {
     pub key: String,
     pub version: Version,
+    pub source_ts_micros: i64,
     pub event: E,
     pub partition: i32,
     pub offset: i64,
@@ -72,6 +91,8 @@ pub enum Outcome {
     Applied,
     /// Nothing to do on this side (e.g. a price list the shop does not use).
     NotApplicable,
+    /// Nothing to apply, but worth counting under this outcome (e.g. `echo`).
+    Observed(&'static str),
     DeadLetter {
         class: &'static str,
         reason: String,
@@ -87,7 +108,7 @@ pub trait Applier: Send {
     type Event: Clone + Send + Sync;
 
     /// The key, version and event of a record, or `None` if it is not one.
-    fn decode(&self, value: &apache_avro::types::Value) -> Option<(String, Version, Self::Event)>;
+    fn decode(&self, value: &apache_avro::types::Value) -> Option<Decoded<Self::Event>>;
 
     /// Applies a batch (distinct keys, all newer than applied); one outcome
     /// per event, in order. An `Err` stops the processor without committing.
@@ -97,32 +118,73 @@ pub trait Applier: Send {
     ) -> impl Future<Output = Result<Vec<Outcome>, SyncError>> + Send;
 }
 
-fn metrics() -> &'static IntCounterVec {
-    static M: OnceLock<IntCounterVec> = OnceLock::new();
-    M.get_or_init(|| {
-        register_int_counter_vec!(
+struct ProcessorMetrics {
+    events: IntCounterVec,
+    freshness: HistogramVec,
+}
+
+fn metrics() -> &'static ProcessorMetrics {
+    static M: OnceLock<ProcessorMetrics> = OnceLock::new();
+    const REGISTER: &str = "registering processor metrics";
+    M.get_or_init(|| ProcessorMetrics {
+        events: register_int_counter_vec!(
             Opts::new(
                 "flywheel_processor_events_total",
                 "Events handled by processors: applied, not_applicable, skipped_stale, coalesced, dead_lettered"
             ),
             &["entity", "outcome"]
         )
-        .expect("registering processor metrics")
+        .expect(REGISTER),
+        freshness: register_histogram_vec!(
+            HistogramOpts::new(
+                "flywheel_processor_freshness_seconds",
+                "From the change at its source (ERP commit, shop event) to applied on the other side"
+            )
+            .buckets(vec![
+                0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0,
+                10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["entity"]
+        )
+        .expect(REGISTER),
     })
 }
 
-/// Runs `applier` until `shutdown`.
+/// The freshness histogram, for the demo's status line and benchmarks.
+pub fn freshness_histogram() -> &'static HistogramVec {
+    &metrics().freshness
+}
+
+/// Most records read into one batch, per distinct key it may hold.
+const MESSAGES_PER_KEY: usize = 20;
+
+/// Runs a processor as a long-lived worker until `shutdown`: `make` builds
+/// its applier (connections included), and after a transient failure both are
+/// built again and the loop resumes from the committed offsets.
+pub async fn supervised<A, Fut>(
+    config: &Config,
+    shutdown: CancellationToken,
+    make: impl Fn() -> Fut,
+) -> Result<(), SyncError>
+where
+    A: Applier,
+    Fut: Future<Output = Result<A, SyncError>>,
+{
+    crate::supervise::with_restarts(A::ENTITY, &shutdown, SyncError::is_retryable, || async {
+        run(config, make().await?, shutdown.clone()).await
+    })
+    .await
+}
+
+/// Runs `applier` until `shutdown` or its first error.
 pub async fn run<A: Applier>(
     config: &Config,
     mut applier: A,
     shutdown: CancellationToken,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
-    let state_dsn = p
-        .state_dsn
-        .clone()
-        .unwrap_or_else(|| config.erp.dsn.clone());
-    let (state, conn) = tokio_postgres::connect(&state_dsn, tokio_postgres::NoTls).await?;
+    let (state, conn) =
+        tokio_postgres::connect(&p.state_database(&config.erp), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let store = VersionStore::open(&state, A::ENTITY).await?;
     ensure_topics(&config.kafka, &[A::TOPIC, DEAD_LETTERS]).await?;
@@ -135,24 +197,35 @@ pub async fn run<A: Applier>(
             format!("{}-processor-{}", config.kafka.client_id, A::ENTITY),
         )
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", p.new_group_start.as_str())
         .create()?;
     consumer.subscribe(&[&physical_topic])?;
     let dlq = EventProducer::new(&config.kafka, "processor")?;
     let codec = AvroCodec::for_topic(A::TOPIC).map_err(BusError::from)?;
     let wait = Duration::from_millis(p.batch_wait_ms);
     let m = metrics();
-    let count = |outcome: &str, n: u64| m.with_label_values(&[A::ENTITY, outcome]).inc_by(n);
+    let count = |outcome: &str, n: u64| m.events.with_label_values(&[A::ENTITY, outcome]).inc_by(n);
+    let freshness = m.freshness.with_label_values(&[A::ENTITY]);
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             msg = consumer.recv() => msg?.detach(),
         };
+        // A batch is up to `batch_max` distinct keys. While the previous batch
+        // waited for the shop's budget, changes queued up in Kafka; reading
+        // several versions of a key here and keeping the newest is the
+        // coalescing (bounded, so memory is too).
+        let mut keys: HashSet<Vec<u8>> = HashSet::new();
+        keys.insert(first.key().unwrap_or_default().to_vec());
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < p.batch_max {
+        while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(msg) => batch.push(msg?.detach()),
+                Ok(msg) => {
+                    let msg = msg?.detach();
+                    keys.insert(msg.key().unwrap_or_default().to_vec());
+                    batch.push(msg);
+                }
                 Err(_) => break,
             }
         }
@@ -164,7 +237,13 @@ pub async fn run<A: Applier>(
                 .decode(msg.payload().unwrap_or_default())
                 .ok()
                 .and_then(|v| applier.decode(&v));
-            let Some((key, version, event)) = decoded else {
+            let Some(Decoded {
+                key,
+                version,
+                source_ts_micros,
+                event,
+            }) = decoded
+            else {
                 letters.push((
                     msg,
                     "undecodable",
@@ -175,6 +254,7 @@ pub async fn run<A: Applier>(
             let candidate = Pending {
                 key: key.clone(),
                 version,
+                source_ts_micros,
                 event,
                 partition: msg.partition(),
                 offset: msg.offset(),
@@ -199,17 +279,29 @@ pub async fn run<A: Applier>(
         let outcomes = if fresh.is_empty() {
             Vec::new()
         } else {
-            applier.apply(&fresh).await?
+            // A batch waiting for shop budget can take long; on shutdown it is
+            // dropped unfinished. Nothing was recorded or committed for it, so
+            // the next start replays it, and the writes are idempotent.
+            tokio::select! {
+                r = applier.apply(&fresh) => r?,
+                _ = shutdown.cancelled() => return Ok(()),
+            }
         };
         let mut done = Vec::new();
+        let now_micros = chrono::Utc::now().timestamp_micros();
         for (e, outcome) in fresh.iter().zip(outcomes) {
             match outcome {
                 Outcome::Applied => {
                     count("applied", 1);
+                    freshness.observe((now_micros - e.source_ts_micros).max(0) as f64 / 1e6);
                     done.push((e.key.clone(), e.version.clone()));
                 }
                 Outcome::NotApplicable => {
                     count("not_applicable", 1);
+                    done.push((e.key.clone(), e.version.clone()));
+                }
+                Outcome::Observed(what) => {
+                    count(what, 1);
                     done.push((e.key.clone(), e.version.clone()));
                 }
                 Outcome::DeadLetter { class, reason } => {

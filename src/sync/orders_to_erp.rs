@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::apply_loop::{self, Applier, Outcome, Pending, SyncError};
-use super::version_store::Version;
+use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
 use crate::config::Config;
+use crate::erp::capture::OWN_ORIGIN_PREFIX;
 use crate::shop::mapping::{SHOP_ORDERS, ShopOrderEvent};
 
 pub struct OrdersToErp {
@@ -24,9 +24,61 @@ pub struct OrdersToErp {
 
 /// Runs the order processor until `shutdown`.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
-    let (erp, conn) = tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    apply_loop::run(config, OrdersToErp { erp }, shutdown).await
+    apply_loop::supervised(config, shutdown, || async {
+        let (erp, conn) = tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let origin = claim_replication_origin(&erp).await?;
+        tracing::info!(%origin, "ERP writes carry Flywheel's replication origin, so capture skips them");
+        Ok(OrdersToErp { erp })
+    })
+    .await
+}
+
+/// Marks every transaction of this session with a replication origin named
+/// `flywheel…`: the source skips such transactions, so an order written here
+/// does not come back through capture as a status change to send to the shop.
+/// A session holds its origin exclusively, so concurrent writers take the
+/// first free one of a few.
+async fn claim_replication_origin(erp: &Client) -> Result<String, SyncError> {
+    use tokio_postgres::error::SqlState;
+    const WRITERS: usize = 16;
+    for n in 0..WRITERS {
+        let name = format!("{OWN_ORIGIN_PREFIX}.erp_writer.{n}");
+        let claimed = async {
+            erp.execute(
+                "SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL",
+                &[&name],
+            )
+            .await?;
+            erp.execute("SELECT pg_replication_origin_session_setup($1)", &[&name])
+                .await
+        }
+        .await;
+        match claimed {
+            Ok(_) => return Ok(name),
+            // In use by another writer, or created by one concurrently.
+            Err(e)
+                if e.code() == Some(&SqlState::OBJECT_IN_USE)
+                    || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+            {
+                continue;
+            }
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                return Err(SyncError::ErpPrivilege(
+                    "the ERP role cannot use replication origins, which keep Flywheel's own \
+                     writes from echoing back; as a superuser run: GRANT EXECUTE ON FUNCTION \
+                     pg_replication_origin_create(text), pg_replication_origin_oid(text), \
+                     pg_replication_origin_session_setup(text) TO <the erp.dsn user>"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SyncError::ErpPrivilege(format!(
+        "all {WRITERS} of Flywheel's replication origins are in use: more order writers than \
+         that run against this ERP"
+    )))
 }
 
 /// The ERP state an order's shop status asks for.
@@ -48,9 +100,14 @@ impl Applier for OrdersToErp {
     const TOPIC: &'static str = SHOP_ORDERS;
     type Event = ShopOrderEvent;
 
-    fn decode(&self, v: &apache_avro::types::Value) -> Option<(String, Version, ShopOrderEvent)> {
+    fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<ShopOrderEvent>> {
         let e: ShopOrderEvent = apache_avro::from_value(v).ok()?;
-        Some((e.key.clone(), (e.version, e.version_tiebreak.clone()), e))
+        Some(Decoded {
+            key: e.key.clone(),
+            version: (e.version, e.version_tiebreak.clone()),
+            source_ts_micros: e.source_ts,
+            event: e,
+        })
     }
 
     async fn apply(

@@ -3,17 +3,17 @@
 //! Only the price list configured as the shop's (`processors.shop_price_list`,
 //! in `processors.shop_currency`) is applied; other lists are not applicable to
 //! this shop. Updates are grouped per product into one
-//! `productVariantsBulkUpdate` each. A deleted price leaves the shop's price as
-//! it is (a variant always has one).
+//! `productVariantsBulkUpdate` each, after reading the shop's current prices
+//! (cheap: scalars cost nothing) and leaving out those it already shows. A
+//! deleted price leaves the shop's price as it is (a variant always has one).
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::apply_loop::{self, Applier, Outcome, Pending, SyncError};
+use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
 use super::shop_catalog::ShopCatalog;
-use super::version_store::Version;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_PRICE;
 use crate::config::Config;
@@ -38,15 +38,26 @@ pub struct PriceToShop {
 /// Runs the price processor until `shutdown`.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
     let p = &config.processors;
-    let applier = PriceToShop {
-        catalog: ShopCatalog::new(AdminApi::new(
-            p.shop_graphql_url.clone(),
-            p.shop_access_token.0.clone(),
-        )),
-        price_list: p.shop_price_list.clone(),
-        currency: p.shop_currency.clone(),
-    };
-    apply_loop::run(config, applier, shutdown).await
+    apply_loop::supervised(config, shutdown, || async {
+        Ok(PriceToShop {
+            catalog: ShopCatalog::new(AdminApi::from_config(p, <PriceToShop as Applier>::ENTITY)),
+            price_list: p.shop_price_list.clone(),
+            currency: p.shop_currency.clone(),
+        })
+    })
+    .await
+}
+
+/// Decimal strings equal as amounts ("50" = "50.00"); both absent is equal.
+fn same_amount(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => (x - y).abs() < 0.000_5,
+            _ => a == b,
+        },
+        _ => false,
+    }
 }
 
 impl Applier for PriceToShop {
@@ -54,15 +65,16 @@ impl Applier for PriceToShop {
     const TOPIC: &'static str = ERP_PRICE;
     type Event = Price;
 
-    fn decode(&self, v: &apache_avro::types::Value) -> Option<(String, Version, Price)> {
+    fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<Price>> {
         let deleted = matches!(
             field(v, "deleted"),
             Some(apache_avro::types::Value::Boolean(true))
         );
-        Some((
-            field_str(v, "key")?.to_owned(),
-            (field_i64(v, "version")?, String::new()),
-            Price {
+        Some(Decoded {
+            key: field_str(v, "key")?.to_owned(),
+            version: (field_i64(v, "version")?, String::new()),
+            source_ts_micros: field_i64(v, "source_ts")?,
+            event: Price {
                 sku: field_str(v, "sku")?.to_owned(),
                 price_list: field_str(v, "price_list")?.to_owned(),
                 currency: field_str(v, "currency")?.to_owned(),
@@ -73,7 +85,7 @@ impl Applier for PriceToShop {
                 },
                 compare_at: field_str(v, "compare_at").map(str::to_owned),
             },
-        ))
+        })
     }
 
     async fn apply(&mut self, events: &[Pending<Price>]) -> Result<Vec<Outcome>, SyncError> {
@@ -88,6 +100,12 @@ impl Applier for PriceToShop {
             .catalog
             .variants(ours.iter().map(|&i| events[i].event.sku.as_str()))
             .await?;
+        let known: Vec<&str> = ours
+            .iter()
+            .map(|&i| events[i].event.sku.as_str())
+            .filter(|sku| variants.contains_key(*sku))
+            .collect();
+        let current = self.catalog.current_prices(&known).await?;
         // product → [(event index, variant input)]
         let mut per_product: BTreeMap<String, Vec<(usize, Value)>> = BTreeMap::new();
         for &i in &ours {
@@ -99,6 +117,15 @@ impl Applier for PriceToShop {
                 };
                 continue;
             };
+            if let Some((price, compare_at)) = current.get(&e.sku)
+                && same_amount(price, &e.amount)
+                && same_amount(compare_at, &e.compare_at)
+            {
+                // Compare before write: the shop already shows it (e.g. after
+                // a crash, or a shop seeded from the ERP). A mutation saved.
+                outcomes[i] = Outcome::Observed("unchanged");
+                continue;
+            }
             let input = json!({"id": v.variant, "price": e.amount, "compareAtPrice": e.compare_at});
             per_product
                 .entry(v.product.clone())
@@ -136,5 +163,19 @@ impl Applier for PriceToShop {
             }
         }
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_amount;
+
+    #[test]
+    fn amounts_compare_as_decimals() {
+        let s = |v: &str| Some(v.to_owned());
+        assert!(same_amount(&s("50"), &s("50.00")));
+        assert!(same_amount(&None, &None));
+        assert!(!same_amount(&s("50.00"), &s("50.01")));
+        assert!(!same_amount(&s("50.00"), &None));
     }
 }

@@ -2,17 +2,19 @@
 //!
 //! Writes `max(0, available − safety_stock)` with `inventorySetQuantities`, ≤ 250
 //! per call, an idempotency key derived from the keys and versions, and
-//! `changeFromQuantity` from the last known level (re-read and retried when the
-//! shop's quantity moved under us). SKUs the shop lacks are dead letters.
+//! `changeFromQuantity` from the last known level: cached, or the last confirmed
+//! write (`written_levels`), or none for a level never written; re-read and
+//! retried when the shop's quantity moved under us. SKUs the shop lacks are
+//! dead letters.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::apply_loop::{self, Applier, Outcome, Pending, SyncError};
+use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
 use super::shop_catalog::ShopCatalog;
-use super::version_store::Version;
+use super::written_levels;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_STOCK;
 use crate::config::Config;
@@ -28,6 +30,8 @@ pub struct StockLevel {
 
 pub struct StockToShop {
     catalog: ShopCatalog,
+    /// Flywheel's state database: what was written, to recognise echoes.
+    state: tokio_postgres::Client,
     safety_stock: i64,
     warehouse_locations: BTreeMap<String, String>,
     /// (item, location) → last known available
@@ -37,16 +41,20 @@ pub struct StockToShop {
 /// Runs the stock processor until `shutdown`.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
     let p = &config.processors;
-    let applier = StockToShop {
-        catalog: ShopCatalog::new(AdminApi::new(
-            p.shop_graphql_url.clone(),
-            p.shop_access_token.0.clone(),
-        )),
-        safety_stock: p.safety_stock,
-        warehouse_locations: p.warehouse_locations.clone(),
-        levels: HashMap::new(),
-    };
-    apply_loop::run(config, applier, shutdown).await
+    apply_loop::supervised(config, shutdown, || async {
+        let (state, conn) =
+            tokio_postgres::connect(&p.state_database(&config.erp), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        written_levels::open(&state).await?;
+        Ok(StockToShop {
+            state,
+            catalog: ShopCatalog::new(AdminApi::from_config(p, <StockToShop as Applier>::ENTITY)),
+            safety_stock: p.safety_stock,
+            warehouse_locations: p.warehouse_locations.clone(),
+            levels: HashMap::new(),
+        })
+    })
+    .await
 }
 
 impl Applier for StockToShop {
@@ -54,7 +62,7 @@ impl Applier for StockToShop {
     const TOPIC: &'static str = ERP_STOCK;
     type Event = StockLevel;
 
-    fn decode(&self, v: &apache_avro::types::Value) -> Option<(String, Version, StockLevel)> {
+    fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<StockLevel>> {
         let deleted = matches!(
             field(v, "deleted"),
             Some(apache_avro::types::Value::Boolean(true))
@@ -65,15 +73,16 @@ impl Applier for StockToShop {
             // A decimal string; the shop counts whole units.
             field_str(v, "available")?.parse::<f64>().ok()?.floor() as i64
         };
-        Some((
-            field_str(v, "key")?.to_owned(),
-            (field_i64(v, "version")?, String::new()),
-            StockLevel {
+        Some(Decoded {
+            key: field_str(v, "key")?.to_owned(),
+            version: (field_i64(v, "version")?, String::new()),
+            source_ts_micros: field_i64(v, "source_ts")?,
+            event: StockLevel {
                 sku: field_str(v, "sku")?.to_owned(),
                 warehouse: field_str(v, "warehouse")?.to_owned(),
                 available,
             },
-        ))
+        })
     }
 
     async fn apply(&mut self, events: &[Pending<StockLevel>]) -> Result<Vec<Outcome>, SyncError> {
@@ -156,21 +165,62 @@ impl StockToShop {
             .iter()
             .map(|(_, i, l, _)| (i.to_string(), l.to_string()))
             .collect();
-        let unknown: Vec<(String, String)> = pairs
+        // What we know of each level: the cache, else our record of the last
+        // write. A write confirmed at this very version already landed (the
+        // crash came before the version store was updated): skip it. An
+        // unconfirmed one may or may not have landed: read the shop. A level
+        // never written is set without a compare (nothing is known of it).
+        let written = written_levels::load(&self.state, &pairs).await?;
+        let mut uncertain: Vec<(String, String)> = Vec::new();
+        let mut skip = std::collections::HashSet::new();
+        for ((e, .., qty), pair) in chunk.iter().zip(&pairs) {
+            if self.levels.contains_key(pair) {
+                continue;
+            }
+            match written.get(pair) {
+                Some(w) if w.confirmed && w.version == e.version.0 && w.quantity == *qty => {
+                    skip.insert(pair.clone());
+                }
+                Some(w) if w.confirmed => {
+                    self.levels.insert(pair.clone(), w.quantity);
+                }
+                Some(_) => uncertain.push(pair.clone()),
+                None => {}
+            }
+        }
+        self.read_levels(&uncertain).await?;
+        let uncertain: std::collections::HashSet<_> = uncertain.into_iter().collect();
+        for ((.., qty), pair) in chunk.iter().zip(&pairs) {
+            let landed = written.get(pair).is_some_and(|w| w.quantity == *qty);
+            if uncertain.contains(pair) && landed && self.levels.get(pair) == Some(qty) {
+                skip.insert(pair.clone());
+            }
+        }
+        let (chunk, pairs): (Vec<_>, Vec<_>) = chunk
             .iter()
-            .filter(|p| !self.levels.contains_key(*p))
-            .cloned()
-            .collect();
-        self.read_levels(&unknown).await?;
+            .zip(pairs)
+            .filter(|(_, pair)| !skip.contains(pair))
+            .map(|(c, p)| (*c, p))
+            .unzip();
+        if chunk.is_empty() {
+            return Ok(());
+        }
         // Same keys and versions → same key: re-sending after a crash is a no-op.
         let idempotency_key = {
             use std::hash::{DefaultHasher, Hash, Hasher};
             let mut h = DefaultHasher::new();
-            for (e, ..) in chunk {
+            for (e, ..) in &chunk {
                 (&e.key, &e.version).hash(&mut h);
             }
             format!("flywheel-stock-{:016x}", h.finish())
         };
+        // Recorded before writing: the shop's webhook for this write may arrive
+        // before the answer does, and must already be recognised as our echo.
+        let levels: Vec<(&str, &str, i64, i64)> = chunk
+            .iter()
+            .map(|(e, i, l, q)| (*i, *l, *q, e.version.0))
+            .collect();
+        written_levels::intend(&self.state, &levels).await?;
         for attempt in 0..3 {
             let quantities: Vec<Value> = chunk
                 .iter()
@@ -194,6 +244,7 @@ impl StockToShop {
                 for ((.., qty), pair) in chunk.iter().zip(&pairs) {
                     self.levels.insert(pair.clone(), *qty);
                 }
+                written_levels::confirm(&self.state, &levels).await?;
                 return Ok(());
             }
             if !errors

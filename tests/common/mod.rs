@@ -85,7 +85,12 @@ impl TestEnv {
         config.metrics.listen = String::new();
         ensure_topics(
             &config.kafka,
-            &["erp.stock.v1", "erp.price.v1", "flywheel.dlq.v1"],
+            &[
+                "erp.stock.v1",
+                "erp.price.v1",
+                "erp.order_status.v1",
+                "flywheel.dlq.v1",
+            ],
         )
         .await
         .expect("creating topics");
@@ -174,6 +179,28 @@ impl TestEnv {
             .await
             .map(|r| r.is_some())
             .unwrap_or(false)
+    }
+
+    /// A new ERP product `id` with SKU `sku` (or none) and 4 units on WH1's
+    /// Stock (the demo shop does not sell it).
+    pub async fn add_erp_product(&self, id: i32, sku: Option<&str>) {
+        self.erp
+            .execute(
+                "WITH t AS (INSERT INTO product_template (id, name, list_price) VALUES ($1, coalesce($2, 'Unlisted'), 1) RETURNING id),
+                      p AS (INSERT INTO product_product (id, product_tmpl_id, default_code)
+                            SELECT $1, id, $2 FROM t RETURNING id)
+                 INSERT INTO stock_quant (product_id, location_id, quantity)
+                 SELECT p.id, w.lot_stock_id, 4 FROM p, stock_warehouse w WHERE w.code = 'WH1'",
+                &[&id, &sku],
+            )
+            .await
+            .expect("adding an ERP product");
+    }
+
+    /// What the shop should show for a SKU in a warehouse: ERP available − safety stock.
+    pub async fn shop_should_show(&self, sku: &str, warehouse: &str, safety: i64) -> i64 {
+        let (_, _, available) = self.stock_of(sku, warehouse).await;
+        (available.parse::<f64>().expect("a decimal").floor() as i64 - safety).max(0)
     }
 
     /// Stock of one SKU in one warehouse, computed here independently of the connector.
@@ -415,6 +442,86 @@ pub async fn start_shop(skus: u32) -> shopsim::ShopSim {
     .expect("the shop simulator starts")
 }
 
+/// Runs the `flywheel` binary with `args` against `config`'s ERP, Kafka and
+/// processor group; returns whether it succeeded and its stdout + stderr.
+pub async fn flywheel_cli(config: &Config, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .args(args)
+        .env("FLYWHEEL_ERP__DSN", &config.erp.dsn)
+        .env("FLYWHEEL_ERP__SLOT", &config.erp.slot)
+        .env("FLYWHEEL_KAFKA__BOOTSTRAP", &config.kafka.bootstrap)
+        .env("FLYWHEEL_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix)
+        .env("FLYWHEEL_PROCESSORS__GROUP_ID", &config.processors.group_id)
+        .env("FLYWHEEL_METRICS__LISTEN", "")
+        .output()
+        .await
+        .expect("running flywheel");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// POSTs a Shopify `orders/create` webhook signed with `secret`; the status.
+pub async fn post_shopify_order(url: &str, secret: &str, webhook_id: &str, body: Vec<u8>) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .header("X-Shopify-Topic", "orders/create")
+        .header(
+            "X-Shopify-Hmac-Sha256",
+            flywheel::shop::signature::sign(secret, &body),
+        )
+        .header("X-Shopify-Webhook-Id", webhook_id)
+        .body(body)
+        .send()
+        .await
+        .expect("the gateway answers")
+        .status()
+        .as_u16()
+}
+
+/// (sku, location) → available, as the shop has it now.
+pub async fn shop_stock(sim: &shopsim::ShopSim) -> HashMap<(String, String), i64> {
+    let state: serde_json::Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
+        .await
+        .expect("simulator state")
+        .json()
+        .await
+        .expect("JSON");
+    state["stock"]
+        .as_array()
+        .expect("stock list")
+        .iter()
+        .map(|l| {
+            (
+                (
+                    l["sku"].as_str().expect("sku").to_owned(),
+                    l["location"].as_str().expect("location").to_owned(),
+                ),
+                l["available"].as_i64().expect("available"),
+            )
+        })
+        .collect()
+}
+
+/// The processors' outcome counters of this test binary, summed over entities.
+pub fn processor_outcomes() -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for family in prometheus::gather() {
+        if family.name() != "flywheel_processor_events_total" {
+            continue;
+        }
+        for m in family.get_metric() {
+            if let Some(l) = m.get_label().iter().find(|l| l.name() == "outcome") {
+                *out.entry(l.value().to_owned()).or_default() += m.get_counter().value() as u64;
+            }
+        }
+    }
+    out
+}
+
 /// `env`'s configuration with processors pointed at `sim`, in consumer group `group`.
 pub fn processor_config(env: &TestEnv, sim: &shopsim::ShopSim, group: &str) -> Config {
     let mut config = env.config.clone();
@@ -423,6 +530,80 @@ pub fn processor_config(env: &TestEnv, sim: &shopsim::ShopSim, group: &str) -> C
     config.processors.shop_graphql_url = sim.graphql_url();
     config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
     config
+}
+
+/// The webhook secret shared by [`WiredShop`]'s simulator and gateway.
+pub const WIRED_SECRET: &str = "wired-shop-secret";
+
+/// A shop simulator whose webhooks of `topics` go to a gateway running
+/// in-process (shop `demo`), and `env`'s configuration pointing the
+/// processors at that shop, in consumer group `group`.
+pub struct WiredShop {
+    pub sim: shopsim::ShopSim,
+    pub config: Config,
+    pub gateway: flywheel::shop::gateway::RunningGateway,
+    gateway_stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl WiredShop {
+    pub async fn start(
+        env: &TestEnv,
+        group: &str,
+        skus: u32,
+        topics: &[shopsim::Topic],
+    ) -> WiredShop {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = env.config.clone();
+        config.gateway.listen = "127.0.0.1:0".into();
+        config.gateway.dedupe_path = dir.path().join("seen.log");
+        config.gateway.shops = vec![flywheel::config::ShopConfig {
+            name: "demo".into(),
+            platform: flywheel::config::Platform::Shopify,
+            secrets: vec![WIRED_SECRET.into()],
+        }];
+        let gateway_stop = CancellationToken::new();
+        let gateway =
+            flywheel::shop::gateway::start(&config, axum::Router::new(), gateway_stop.clone())
+                .await
+                .expect("the gateway starts");
+        let callback = format!("http://{}/webhooks/shopify/demo", gateway.addr);
+        let sim = shopsim::ShopSim::start(
+            shopsim::SimConfig {
+                webhook_secret: WIRED_SECRET.into(),
+                seed: shopsim::catalog::demo_seed(skus, 3),
+                subscriptions: topics.iter().map(|t| (*t, callback.clone())).collect(),
+                ..shopsim::SimConfig::default()
+            },
+            "127.0.0.1:0".parse().expect("an address"),
+        )
+        .await
+        .expect("the shop simulator starts");
+        let processors = processor_config(env, &sim, group);
+        config.processors = processors.processors;
+        let addr = gateway.addr;
+        wait_for(
+            "the gateway to be ready",
+            Duration::from_secs(60),
+            || async move {
+                reqwest::get(format!("http://{addr}/readyz"))
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        WiredShop {
+            sim,
+            config,
+            gateway,
+            gateway_stop,
+            _dir: dir,
+        }
+    }
+
+    pub fn stop(&self) {
+        self.gateway_stop.cancel();
+    }
 }
 
 /// A processor running in-process until [`RunningProcessor::stop`].
