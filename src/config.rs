@@ -225,6 +225,9 @@ pub struct ProcessorsConfig {
     /// The shop's Admin GraphQL endpoint.
     pub shop_graphql_url: String,
     pub shop_access_token: Secret,
+    /// A PEM file of certificate authorities to trust for the shop's HTTPS
+    /// besides the system's (a private CA, a TLS-inspecting proxy).
+    pub shop_ca_file: Option<std::path::PathBuf>,
     /// Units kept back from the shop: sellable = max(0, available − safety_stock).
     pub safety_stock: i64,
     /// Most events applied together (and quantities per inventory call, ≤ 250).
@@ -278,6 +281,7 @@ impl Default for ProcessorsConfig {
             state_dsn: None,
             shop_graphql_url: "http://127.0.0.1:8089/admin/api/2026-04/graphql.json".into(),
             shop_access_token: Secret("shpat_flywheel_local".into()),
+            shop_ca_file: None,
             safety_stock: 0,
             batch_max: 250,
             batch_wait_ms: 200,

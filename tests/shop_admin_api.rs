@@ -157,3 +157,112 @@ async fn persistent_failure_is_reported_as_transient_and_a_bad_token_at_once() {
         .unwrap_err();
     assert!(matches!(err, AdminApiError::GraphQl(_)), "{err}");
 }
+
+/// An HTTPS front for the simulator, served the way a real shop is: a
+/// certificate for `localhost` signed by a throwaway CA. Returns the https
+/// GraphQL URL and the CA certificate (PEM).
+async fn https_front(sim: &ShopSim) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use tokio_rustls::rustls::{ServerConfig, pki_types::PrivateKeyDer};
+
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Flywheel test CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("the CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().expect("a server key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("server parameters")
+        .signed_by(&leaf_key, &issuer)
+        .expect("the server certificate");
+    let tls = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .expect("a TLS server configuration");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let backend = sim.addr;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that rejects the certificate ends the handshake here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    let url = sim.graphql_url();
+    let path = url
+        .trim_start_matches("http://")
+        .split_once('/')
+        .map(|(_, p)| p)
+        .expect("a URL with a path");
+    (format!("https://localhost:{port}/{path}"), ca_pem)
+}
+
+fn https_config(sim: &ShopSim, url: &str) -> flywheel::config::ProcessorsConfig {
+    flywheel::config::ProcessorsConfig {
+        shop_graphql_url: url.to_string(),
+        shop_access_token: flywheel::config::Secret(sim.config.access_token.clone()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn https_shop_works_with_its_ca_configured_and_is_refused_clearly_without() {
+    let shop = sim(1000.0, 100.0).await;
+    let (url, ca_pem) = https_front(&shop).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("shop-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let query = "{ productVariants(first: 2) { nodes { sku } } }";
+
+    // Trusting the shop's CA: the query goes through TLS and is answered.
+    let mut config = https_config(&shop, &url);
+    config.shop_ca_file = Some(ca_file.clone());
+    let api = AdminApi::from_config(&config, "stock").expect("a client");
+    let r = api
+        .execute(query, Value::Null, 4.0)
+        .await
+        .expect("answered");
+    let skus = r.data["productVariants"]["nodes"]
+        .as_array()
+        .expect("nodes");
+    assert_eq!(skus.len(), 2, "{}", r.data);
+
+    // Not trusting it: a TLS error that says what to configure, at once and
+    // not retried (it cannot heal by itself).
+    let api = AdminApi::from_config(&https_config(&shop, &url), "stock").expect("a client");
+    let before = shop.stats()["api"]["graphql_requests"].as_u64();
+    assert_eq!(before, Some(1), "the trusted query reached the shop");
+    match api.execute(query, Value::Null, 4.0).await {
+        Err(e @ AdminApiError::Tls(_)) => {
+            assert!(!e.is_transient());
+            let text = e.to_string();
+            assert!(text.contains("shop_ca_file"), "{text}");
+            assert!(text.contains("certificate"), "{text}");
+        }
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    assert_eq!(shop.stats()["api"]["graphql_requests"].as_u64(), before);
+
+    // A CA file that is not there is a configuration error naming it.
+    let mut config = https_config(&shop, &url);
+    config.shop_ca_file = Some(dir.path().join("missing.pem"));
+    match AdminApi::from_config(&config, "stock") {
+        Err(AdminApiError::Tls(text)) => assert!(text.contains("missing.pem"), "{text}"),
+        Err(other) => panic!("expected a TLS configuration error, got {other}"),
+        Ok(_) => panic!("a missing CA file was accepted"),
+    }
+}

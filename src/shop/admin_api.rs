@@ -28,6 +28,12 @@ pub enum AdminApiError {
     Unavailable { attempts: u32, last: String },
     #[error("the shop's answer is not GraphQL JSON: {0}")]
     Protocol(String),
+    /// The TLS connection to the shop cannot be made (an untrusted or wrong
+    /// certificate, an unreadable CA file): retrying cannot help.
+    #[error(
+        "TLS to the shop failed: {0}; check processors.shop_graphql_url, and set processors.shop_ca_file to a PEM file of the CA that signed the shop's certificate if it is not publicly trusted"
+    )]
+    Tls(String),
 }
 
 impl AdminApiError {
@@ -144,6 +150,33 @@ fn metrics() -> &'static ApiMetrics {
     })
 }
 
+/// The HTTP client for the shop: HTTPS with rustls, server certificates
+/// checked against the system's roots plus `extra_roots`.
+fn http_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .tls_certs_merge(extra_roots)
+        .build()
+}
+
+/// The TLS error behind a failed request, if that is why it failed. rustls
+/// errors reach us inside nested `std::io::Error`s, whose `source()` skips
+/// the wrapped error, so those are opened with `get_ref`.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => c.source(),
+        };
+    }
+    None
+}
+
 enum Answer {
     Done(GraphQlResponse),
     Throttled { requested: f64 },
@@ -164,14 +197,15 @@ pub struct AdminApi {
 impl AdminApi {
     /// `graphql_url` is the shop's `…/admin/api/<version>/graphql.json`.
     pub fn new(graphql_url: impl Into<String>, access_token: impl Into<String>) -> Self {
+        let http = http_client(Vec::new()).expect("an HTTP client with timeouts and TLS");
+        AdminApi::with_client(http, graphql_url.into(), access_token.into())
+    }
+
+    fn with_client(http: reqwest::Client, graphql_url: String, token: String) -> Self {
         AdminApi {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("an HTTP client with timeouts"),
-            graphql_url: graphql_url.into(),
-            token: access_token.into(),
+            http,
+            graphql_url,
+            token,
             budget: Mutex::new(CostBudget::new(1000.0, 100.0)),
             max_attempts: 8,
             backoff_base: Duration::from_millis(100),
@@ -190,10 +224,37 @@ impl AdminApi {
         self
     }
 
-    /// The configured shop's client for `processor`.
-    pub fn from_config(p: &crate::config::ProcessorsConfig, processor: &'static str) -> Self {
-        AdminApi::new(p.shop_graphql_url.clone(), p.shop_access_token.0.clone())
-            .for_processor(processor)
+    /// The configured shop's client for `processor`, trusting the system's
+    /// certificate authorities and those in `processors.shop_ca_file`.
+    pub fn from_config(
+        p: &crate::config::ProcessorsConfig,
+        processor: &'static str,
+    ) -> Result<Self, AdminApiError> {
+        let mut extra_roots = Vec::new();
+        if let Some(path) = &p.shop_ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                AdminApiError::Tls(format!(
+                    "cannot read processors.shop_ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                AdminApiError::Tls(format!(
+                    "processors.shop_ca_file {} holds no PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            if extra_roots.is_empty() {
+                return Err(AdminApiError::Tls(format!(
+                    "processors.shop_ca_file {} holds no PEM certificates",
+                    path.display()
+                )));
+            }
+        }
+        let http = http_client(extra_roots)
+            .map_err(|e| AdminApiError::Tls(format!("cannot build the HTTPS client: {e}")))?;
+        let token = p.shop_access_token.0.clone();
+        Ok(AdminApi::with_client(http, p.shop_graphql_url.clone(), token).for_processor(processor))
     }
 
     /// Attempts before a transient failure is reported (throttle waits do not count).
@@ -236,7 +297,15 @@ impl AdminApi {
                 .send()
                 .await;
             let failure = match sent {
-                Err(e) => format!("request failed: {e}"),
+                Err(e) => match tls_failure(&e) {
+                    Some(cause) => {
+                        m.requests
+                            .with_label_values(&[self.processor, "error"])
+                            .inc();
+                        return Err(AdminApiError::Tls(format!("{}: {cause}", self.graphql_url)));
+                    }
+                    None => format!("request failed: {e}"),
+                },
                 Ok(r) if r.status().as_u16() == 401 => {
                     m.requests
                         .with_label_values(&[self.processor, "unauthorized"])

@@ -40,7 +40,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Syn
     let p = &config.processors;
     apply_loop::supervised(config, shutdown, || async {
         Ok(PriceToShop {
-            catalog: ShopCatalog::new(AdminApi::from_config(p, <PriceToShop as Applier>::ENTITY)),
+            catalog: ShopCatalog::new(AdminApi::from_config(p, <PriceToShop as Applier>::ENTITY)?),
             price_list: p.shop_price_list.clone(),
             currency: p.shop_currency.clone(),
         })

@@ -37,7 +37,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Syn
     let p = &config.processors;
     apply_loop::supervised(config, shutdown, || async {
         Ok(StatusToShop {
-            api: AdminApi::from_config(p, <StatusToShop as Applier>::ENTITY),
+            api: AdminApi::from_config(p, <StatusToShop as Applier>::ENTITY)?,
             channel: p.shop_channel.clone(),
         })
     })

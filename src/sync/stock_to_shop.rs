@@ -48,7 +48,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Syn
         written_levels::open(&state).await?;
         Ok(StockToShop {
             state,
-            catalog: ShopCatalog::new(AdminApi::from_config(p, <StockToShop as Applier>::ENTITY)),
+            catalog: ShopCatalog::new(AdminApi::from_config(p, <StockToShop as Applier>::ENTITY)?),
             safety_stock: p.safety_stock,
             warehouse_locations: p.warehouse_locations.clone(),
             levels: HashMap::new(),
