@@ -104,6 +104,11 @@ pub async fn start(
                 use flywheel::sync::{
                     orders_to_erp, price_to_shop, shop_inventory, status_to_shop, stock_to_shop,
                 };
+                readiness.require(|| {
+                    flywheel::sync::CONSUMED
+                        .iter()
+                        .all(|(entity, _)| flywheel::sync::apply_loop::is_running(entity))
+                });
                 tokio::spawn(flywheel::ops::lag::export(
                     config.clone(),
                     std::time::Duration::from_secs(15),

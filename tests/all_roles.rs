@@ -277,3 +277,62 @@ fn metric_names(text: &str) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processors_are_live_but_not_ready_while_their_state_database_is_away() {
+    let env = TestEnv::new("not_ready", small()).await;
+    let sim = common::start_shop(2).await;
+    let mut config = common::processor_config(&env, &sim, "not_ready-processors");
+    let metrics_port = free_port().unwrap();
+    config.metrics.listen = format!("127.0.0.1:{metrics_port}");
+    // Nothing listens there.
+    config.processors.state_dsn = Some(format!(
+        "host=127.0.0.1 port={} user=flywheel dbname=flywheel connect_timeout=2",
+        free_port().unwrap()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flywheel.toml");
+    std::fs::write(&file, toml::to_string(&config).expect("config as TOML")).unwrap();
+    let log_path = dir.path().join("flywheel.log");
+    let _show_log = ShowLogOnPanic(log_path.clone());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .arg("--config")
+        .arg(&file)
+        .args(["run", "--roles", "processors"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning flywheel run");
+
+    let get = |path: &'static str| async move {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}{path}")).await
+    };
+    // The processors fail to start and are retried: the process is alive,
+    // says so, and says it is not ready.
+    wait_for(
+        "processor restarts while the state database is away",
+        T,
+        || async {
+            let Ok(r) = get("/metrics").await else {
+                return false;
+            };
+            let text = r.text().await.unwrap_or_default();
+            text.lines().any(|l| {
+                l.starts_with("flywheel_role_restarts_total{role=\"stock\"}") && !l.ends_with(" 0")
+            })
+        },
+    )
+    .await;
+    assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+    assert_eq!(get("/readyz").await.expect("readyz").status(), 503);
+
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("stopped within 60 s of SIGTERM")
+        .expect("status");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, Opts, register_histogram_vec,
-    register_int_counter_vec,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -121,6 +121,7 @@ pub trait Applier: Send {
 struct ProcessorMetrics {
     events: IntCounterVec,
     freshness: HistogramVec,
+    running: IntGaugeVec,
 }
 
 fn metrics() -> &'static ProcessorMetrics {
@@ -147,7 +148,37 @@ fn metrics() -> &'static ProcessorMetrics {
             &["entity"]
         )
         .expect(REGISTER),
+        running: register_int_gauge_vec!(
+            Opts::new(
+                "flywheel_processor_running",
+                "1 while the entity's processor runs (state database connected, consumer subscribed, shop client built), else 0"
+            ),
+            &["entity"]
+        )
+        .expect(REGISTER),
     })
+}
+
+/// Whether `entity`'s processor is running (the processors role's readiness).
+pub fn is_running(entity: &str) -> bool {
+    metrics().running.with_label_values(&[entity]).get() == 1
+}
+
+/// `flywheel_processor_running{entity}` is 1 while this lives.
+struct Running(prometheus::IntGauge);
+
+impl Running {
+    fn start(entity: &str) -> Running {
+        let gauge = metrics().running.with_label_values(&[entity]);
+        gauge.set(1);
+        Running(gauge)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
 }
 
 /// The freshness histogram, for the demo's status line and benchmarks.
@@ -206,6 +237,7 @@ pub async fn run<A: Applier>(
     let m = metrics();
     let count = |outcome: &str, n: u64| m.events.with_label_values(&[A::ENTITY, outcome]).inc_by(n);
     let freshness = m.freshness.with_label_values(&[A::ENTITY]);
+    let _running = Running::start(A::ENTITY);
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
