@@ -83,11 +83,25 @@ impl Default for ErpConfig {
     }
 }
 
+/// A PostgreSQL DSN, refused when it requires TLS: Flywheel's PostgreSQL
+/// connections (the replication one included) do not speak TLS yet, and
+/// silently connecting in plain text would betray the operator's intent.
+fn parse_dsn(setting: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("{setting}: {e}")))?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(ConfigError::Invalid(format!(
+            "{setting} asks for sslmode=require, but Flywheel's PostgreSQL connections do not support TLS yet: \
+             connect over a local socket, loopback or a tunnel (ssh, stunnel) and drop sslmode"
+        )));
+    }
+    Ok(config)
+}
+
 impl ErpConfig {
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        self.dsn
-            .parse()
-            .map_err(|e| ConfigError::Invalid(format!("erp.dsn: {e}")))
+        parse_dsn("erp.dsn", &self.dsn)
     }
 
     pub fn status_interval(&self) -> Duration {
@@ -366,6 +380,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.erp.pg_config()?;
+        if let Some(dsn) = &self.processors.state_dsn {
+            parse_dsn("processors.state_dsn", dsn)?;
+        }
         self.metrics.addr()?;
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.kafka.partitions < 1 {
@@ -442,6 +459,14 @@ mod tests {
             jail.create_file("g.toml", "[erp]\nsloot = \"x\"\n")?;
             let err = Config::load(Some(Path::new("g.toml"))).unwrap_err();
             assert!(err.to_string().contains("sloot"), "{err}");
+            jail.create_file(
+                "h.toml",
+                "[processors]\nstate_dsn = \"host=db user=f sslmode=require\"\n",
+            )?;
+            let err = Config::load(Some(Path::new("h.toml"))).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("processors.state_dsn"), "{err}");
+            assert!(text.contains("TLS"), "{err}");
             Ok(())
         });
     }
