@@ -11,6 +11,7 @@ pub mod local_infra;
 pub mod ops;
 pub mod own_schema;
 pub mod pg_error;
+pub mod pg_tls;
 pub mod shop;
 pub mod supervise;
 pub mod sync;

@@ -186,12 +186,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             warehouses,
             orders,
         } => {
-            let (mut client, conn) = config
-                .erp
-                .pg_config()?
-                .connect(tokio_postgres::NoTls)
-                .await?;
-            tokio::spawn(conn);
+            let mut client =
+                flywheel::pg_tls::connect(&config.erp.pg_config()?, &config.erp.tls()?).await?;
             let size = DemoSize {
                 skus,
                 warehouses,

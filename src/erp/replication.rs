@@ -5,7 +5,7 @@
 //! MD5, SCRAM-SHA-256), replication commands (`IDENTIFY_SYSTEM`,
 //! `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`, `START_REPLICATION`), and the
 //! CopyBoth stream of XLogData / keepalive frames with standby status updates.
-//! TLS is not implemented: connect over a Unix socket, loopback or a tunnel.
+//! Over TCP it asks for TLS as the DSN's `sslmode` says (see `crate::pg_tls`).
 
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,9 +15,10 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 
 use super::lsn::Lsn;
+use crate::pg_tls::PgTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -36,6 +37,8 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("authentication failed: {0}")]
     Auth(String),
+    #[error("TLS to PostgreSQL at {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("PostgreSQL closed the replication connection")]
     Closed,
 }
@@ -101,7 +104,10 @@ enum Incoming {
 impl ReplicationConn {
     /// Opens a `replication=database` connection using the same settings as the
     /// regular connection (URL or key=value form), so operators configure one DSN.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        tls: &PgTls,
+    ) -> Result<Self, ReplicationError> {
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let (io, addr): (Box<dyn Io>, String) = match config.get_hosts().first() {
             Some(Host::Unix(dir)) => {
@@ -124,7 +130,8 @@ impl ReplicationConn {
                         source,
                     })?;
                 s.set_nodelay(true)?;
-                (Box::new(s), addr)
+                let io = negotiate_tls(s, config.get_ssl_mode(), host, &addr, tls).await?;
+                (io, addr)
             }
             None => {
                 return Err(ReplicationError::Connect {
@@ -415,6 +422,44 @@ impl ReplicationStream {
         frontend::copy_done(&mut self.conn.wbuf);
         frontend::terminate(&mut self.conn.wbuf);
         self.conn.flush().await
+    }
+}
+
+/// The SSLRequest exchange of a TCP connection, then the TLS handshake when
+/// the server agrees. `prefer` falls back to plain text on 'N'; `require`
+/// does not.
+async fn negotiate_tls(
+    mut socket: tokio::net::TcpStream,
+    mode: SslMode,
+    host: &str,
+    addr: &str,
+    tls: &PgTls,
+) -> Result<Box<dyn Io>, ReplicationError> {
+    if mode == SslMode::Disable {
+        return Ok(Box::new(socket));
+    }
+    let failed = |reason: String| ReplicationError::Tls {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    socket.write_all(&request).await?;
+    match socket.read_u8().await? {
+        b'S' => {
+            let stream = tls
+                .handshake(host, socket)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            Ok(Box::new(stream))
+        }
+        b'N' if mode == SslMode::Require => Err(failed(
+            "the server does not offer TLS, and the DSN has sslmode=require".into(),
+        )),
+        b'N' => Ok(Box::new(socket)),
+        other => Err(ReplicationError::Protocol(format!(
+            "unexpected answer {other:#04x} to SSLRequest"
+        ))),
     }
 }
 

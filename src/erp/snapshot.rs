@@ -17,12 +17,13 @@ use crate::bus::producer::EventProducer;
 /// Reads and produces every entity key; returns the number of events.
 pub async fn take_snapshot(
     pg: &tokio_postgres::Config,
+    tls: &crate::pg_tls::PgTls,
     models: &EntityModels,
     producer: &EventProducer,
     slot: &CreatedSlot,
     batch_keys: usize,
 ) -> Result<u64, SourceError> {
-    let mut client = connect_client(pg).await?;
+    let mut client = connect_client(pg, tls).await?;
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

@@ -43,6 +43,7 @@ use crate::bus::producer::{EventProducer, OutRecord};
 use crate::bus::topics::{DEAD_LETTERS, ensure_topics};
 use crate::config::{Config, ConfigError};
 use crate::pg_error::db_error_text;
+use crate::pg_tls::PgTls;
 
 const STAGE: &str = "erp.source";
 
@@ -105,7 +106,7 @@ impl SourceError {
             // The same bytes would arrive again: a decoder bug, not a hiccup.
             | SourceError::Decode { .. }
             | SourceError::Capture { .. } => false,
-            SourceError::Replication(ReplicationError::Auth(_)) => false,
+            SourceError::Replication(ReplicationError::Auth(_) | ReplicationError::Tls { .. }) => false,
             SourceError::Bus(BusError::Avro(_)) => false,
             _ => true,
         }
@@ -124,14 +125,11 @@ pub async fn run_with_retries(
     .await
 }
 
-pub(crate) async fn connect_client(pg: &tokio_postgres::Config) -> Result<Client, SourceError> {
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "ERP connection closed");
-        }
-    });
-    Ok(client)
+pub(crate) async fn connect_client(
+    pg: &tokio_postgres::Config,
+    tls: &PgTls,
+) -> Result<Client, SourceError> {
+    Ok(crate::pg_tls::connect(pg, tls).await?)
 }
 
 pub(crate) fn now_micros() -> i64 {
@@ -146,10 +144,11 @@ pub(crate) fn now_micros() -> i64 {
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SourceError> {
     let erp = &config.erp;
     let pg = erp.pg_config()?;
+    let tls = erp.tls()?;
     let connector = Connector::load(erp.connector.as_deref())?;
     let models = Arc::new(EntityModels::new(&connector)?);
     SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
-    let client = connect_client(&pg).await?;
+    let client = connect_client(&pg, &tls).await?;
 
     let tables: Vec<(String, Vec<String>)> = connector
         .trigger_tables()
@@ -186,10 +185,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     }
     let (stream, start) = match state {
         SlotState::Missing => {
-            let mut repl = ReplicationConn::connect(&pg).await?;
+            let mut repl = ReplicationConn::connect(&pg, &tls).await?;
             let created = repl.create_slot_exporting_snapshot(&erp.slot).await?;
             tracing::info!(slot = %erp.slot, consistent_point = %created.consistent_point, "created replication slot");
-            take_snapshot(&pg, &models, &producer, &created, erp.batch_keys).await?;
+            take_snapshot(&pg, &tls, &models, &producer, &created, erp.batch_keys).await?;
             slot::mark_snapshot_done(&client, &erp.slot, created.consistent_point).await?;
             let stream = repl
                 .start_logical(&erp.slot, created.consistent_point, &erp.publication)
@@ -198,7 +197,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         }
         SlotState::Ready { confirmed_flush } => {
             tracing::info!(slot = %erp.slot, from = %confirmed_flush, "resuming replication");
-            let stream = ReplicationConn::connect(&pg)
+            let stream = ReplicationConn::connect(&pg, &tls)
                 .await?
                 .start_logical(&erp.slot, confirmed_flush, &erp.publication)
                 .await?;
@@ -227,7 +226,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         batch_keys: erp.batch_keys,
         max_batch: erp.max_batch_transactions,
     };
-    let side = spawn_side_tasks(&pg, config, shutdown.clone());
+    let side = spawn_side_tasks(&pg, &tls, config, shutdown.clone());
     let mut reader = tokio::spawn(reader.run(shutdown.clone()));
     let mut processor = tokio::spawn(processor.run(txn_rx));
     let result = tokio::select! {
@@ -275,15 +274,17 @@ impl Drop for Streaming {
 /// Heartbeat and lag polling on their own connection.
 fn spawn_side_tasks(
     pg: &tokio_postgres::Config,
+    tls: &PgTls,
     config: &Config,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let pg = pg.clone();
+    let tls = tls.clone();
     let slot_name = config.erp.slot.clone();
     let heartbeat = config.erp.heartbeat_interval();
     let lag_every = config.erp.status_interval();
     tokio::spawn(async move {
-        let client = match connect_client(&pg).await {
+        let client = match connect_client(&pg, &tls).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat/lag connection failed; running without them");

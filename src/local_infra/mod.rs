@@ -11,6 +11,7 @@ mod process;
 
 pub use broker::LocalBroker;
 pub use postgres::{LocalPostgres, find_pg_binary};
+pub use process::unprivileged_user;
 
 use std::net::TcpListener;
 

@@ -144,9 +144,8 @@ fn fetched_high_watermarks(
 }
 
 /// The source slot: (active, bytes of WAL not yet confirmed), if it exists.
-pub async fn slot_lag(config: &Config) -> Result<Option<(bool, i64)>, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+pub async fn slot_lag(config: &Config) -> anyhow::Result<Option<(bool, i64)>> {
+    let client = crate::pg_tls::connect(&config.erp.pg_config()?, &config.erp.tls()?).await?;
     let row = client
         .query_opt(
             "SELECT active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint

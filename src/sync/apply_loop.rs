@@ -46,6 +46,8 @@ pub enum SyncError {
     ShopAnswer(String),
     #[error("ERP: {0}")]
     ErpPrivilege(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl SyncError {
@@ -58,7 +60,8 @@ impl SyncError {
             SyncError::Shop(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
             | SyncError::ShopAnswer(_)
-            | SyncError::ErpPrivilege(_) => false,
+            | SyncError::ErpPrivilege(_)
+            | SyncError::Config(_) => false,
         }
     }
 }
@@ -207,6 +210,12 @@ where
     .await
 }
 
+/// A connection to the state database or the ERP, with the configured TLS.
+pub async fn connect_db(config: &Config, dsn: &str) -> Result<tokio_postgres::Client, SyncError> {
+    let pg: tokio_postgres::Config = dsn.parse()?;
+    Ok(crate::pg_tls::connect(&pg, &config.erp.tls()?).await?)
+}
+
 /// Runs `applier` until `shutdown` or its first error.
 pub async fn run<A: Applier>(
     config: &Config,
@@ -214,9 +223,7 @@ pub async fn run<A: Applier>(
     shutdown: CancellationToken,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
-    let (state, conn) =
-        tokio_postgres::connect(&p.state_database(&config.erp), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let state = connect_db(config, &p.state_database(&config.erp)).await?;
     let store = VersionStore::open(&state, A::ENTITY).await?;
     ensure_topics(&config.kafka, &[A::TOPIC, DEAD_LETTERS]).await?;
     let physical_topic = config.kafka.topic(A::TOPIC);

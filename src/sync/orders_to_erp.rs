@@ -25,8 +25,7 @@ pub struct OrdersToErp {
 /// Runs the order processor until `shutdown`.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
     apply_loop::supervised(config, shutdown, || async {
-        let (erp, conn) = tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
+        let erp = apply_loop::connect_db(config, &config.erp.dsn).await?;
         let origin = claim_replication_origin(&erp).await?;
         tracing::info!(%origin, "ERP writes carry Flywheel's replication origin, so capture skips them");
         Ok(OrdersToErp { erp })

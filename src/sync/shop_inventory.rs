@@ -23,12 +23,8 @@ pub struct ShopInventory {
 /// Runs the shop inventory consumer until `shutdown`.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
     apply_loop::supervised(config, shutdown, || async {
-        let (state, conn) = tokio_postgres::connect(
-            &config.processors.state_database(&config.erp),
-            tokio_postgres::NoTls,
-        )
-        .await?;
-        tokio::spawn(conn);
+        let state =
+            apply_loop::connect_db(config, &config.processors.state_database(&config.erp)).await?;
         written_levels::open(&state).await?;
         Ok(ShopInventory {
             state,

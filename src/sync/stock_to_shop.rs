@@ -42,9 +42,7 @@ pub struct StockToShop {
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
     let p = &config.processors;
     apply_loop::supervised(config, shutdown, || async {
-        let (state, conn) =
-            tokio_postgres::connect(&p.state_database(&config.erp), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
+        let state = apply_loop::connect_db(config, &p.state_database(&config.erp)).await?;
         written_levels::open(&state).await?;
         Ok(StockToShop {
             state,
