@@ -15,3 +15,4 @@ pub mod pg_tls;
 pub mod shop;
 pub mod supervise;
 pub mod sync;
+pub mod tls_error;

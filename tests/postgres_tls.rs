@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use flywheel::erp::replication::ReplicationConn;
 use flywheel::local_infra::{LocalPostgres, unprivileged_user};
@@ -117,6 +118,29 @@ async fn replication_and_query_connections_use_tls_and_verify_the_configured_ca(
         .await
         .expect_err("the query connection refuses the certificate");
     assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+
+    // The roles stop with the reason instead of restarting forever: a wrong
+    // certificate does not heal by itself.
+    let mut roles = flywheel::config::Config::default();
+    roles.erp.dsn = dsn.clone();
+    roles.erp.tls_ca_file = Some(dir.path().join("other.pem"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let source = tokio::time::timeout(
+        Duration::from_secs(30),
+        flywheel::erp::source::run_with_retries(&roles, stop.clone()),
+    )
+    .await
+    .expect("the source gives up instead of retrying")
+    .expect_err("the source cannot start");
+    assert!(source.to_string().contains("certificate"), "{source}");
+    let processor = tokio::time::timeout(
+        Duration::from_secs(30),
+        flywheel::sync::stock_to_shop::run(&roles, stop.clone()),
+    )
+    .await
+    .expect("the processor gives up instead of retrying")
+    .expect_err("the processor cannot start");
+    assert!(processor.to_string().contains("certificate"), "{processor}");
 
     // Without a CA: encrypted but unverified, as libpq's sslmode=require.
     let unverified = PgTls::new(None).unwrap();

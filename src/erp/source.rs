@@ -108,6 +108,7 @@ impl SourceError {
             | SourceError::Capture { .. } => false,
             SourceError::Replication(ReplicationError::Auth(_) | ReplicationError::Tls { .. }) => false,
             SourceError::Bus(BusError::Avro(_)) => false,
+            SourceError::Db(e) if crate::tls_error::rustls_cause(e).is_some() => false,
             _ => true,
         }
     }

@@ -160,23 +160,6 @@ fn http_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwes
         .build()
 }
 
-/// The TLS error behind a failed request, if that is why it failed. rustls
-/// errors reach us inside nested `std::io::Error`s, whose `source()` skips
-/// the wrapped error, so those are opened with `get_ref`.
-fn tls_failure(e: &reqwest::Error) -> Option<String> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
-        }
-        cause = match c.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as _),
-            None => c.source(),
-        };
-    }
-    None
-}
-
 enum Answer {
     Done(GraphQlResponse),
     Throttled { requested: f64 },
@@ -297,7 +280,7 @@ impl AdminApi {
                 .send()
                 .await;
             let failure = match sent {
-                Err(e) => match tls_failure(&e) {
+                Err(e) => match crate::tls_error::rustls_cause(&e) {
                     Some(cause) => {
                         m.requests
                             .with_label_values(&[self.processor, "error"])

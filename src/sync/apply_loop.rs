@@ -55,7 +55,8 @@ impl SyncError {
     /// operator must fix (an unmapped warehouse, an answer the shop should not give).
     pub fn is_retryable(&self) -> bool {
         match self {
-            SyncError::Consumer(_) | SyncError::State(_) => true,
+            SyncError::State(e) => crate::tls_error::rustls_cause(e).is_none(),
+            SyncError::Consumer(_) => true,
             SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
             SyncError::Shop(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
