@@ -10,15 +10,6 @@ use common::{TestEnv, shop_stock, small, wait_for};
 
 const T: Duration = Duration::from_secs(90);
 
-fn stock_lag(config: &flywheel::config::Config) -> i64 {
-    flywheel::ops::lag::consumer_lag(config)
-        .expect("reading the lag")
-        .iter()
-        .filter(|l| l.group.ends_with(".stock"))
-        .map(|l| l.lag)
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn lag_counts_what_a_group_has_not_committed() {
     let env = TestEnv::new("consumer_lag", small()).await;
@@ -28,7 +19,7 @@ async fn lag_counts_what_a_group_has_not_committed() {
     // The snapshot's 20 SKUs × 3 warehouses, none consumed yet.
     let mut stock = env.reader("erp.stock.v1");
     let produced = stock.read_until(T, |r| r.len() >= 60).await.len() as i64;
-    assert_eq!(stock_lag(&config), produced);
+    assert_eq!(common::stock_lag(&config), produced);
 
     let (ok, text) = common::flywheel_cli(&config, &["lag"]).await;
     assert!(ok, "flywheel lag failed: {text}");
@@ -48,7 +39,7 @@ async fn lag_counts_what_a_group_has_not_committed() {
         flywheel::sync::stock_to_shop::run(&c, t).await
     });
     wait_for("the stock group to catch up", T, || async {
-        !shop_stock(&sim).await.is_empty() && stock_lag(&config) == 0
+        !shop_stock(&sim).await.is_empty() && common::stock_lag(&config) == 0
     })
     .await;
     processor.stop().await;

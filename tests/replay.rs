@@ -11,15 +11,6 @@ use common::{TestEnv, processor_outcomes, shop_stock, small, wait_for};
 const T: Duration = Duration::from_secs(90);
 const GROUP: &str = "replay-processors";
 
-fn stock_lag(config: &flywheel::config::Config) -> i64 {
-    flywheel::ops::lag::consumer_lag(config)
-        .expect("reading the lag")
-        .iter()
-        .filter(|l| l.group.ends_with(".stock"))
-        .map(|l| l.lag)
-        .sum()
-}
-
 async fn replay(config: &flywheel::config::Config, extra: &[&str]) -> (bool, String) {
     let group = format!("{GROUP}.stock");
     let mut args = vec!["replay", "--group", &group, "--topic", "erp.stock.v1"];
@@ -40,7 +31,7 @@ async fn replay_moves_a_stopped_group_back_and_nothing_is_applied_twice() {
         flywheel::sync::stock_to_shop::run(&c, t).await
     });
     wait_for("the processor to apply everything", T, || async {
-        !shop_stock(&sim).await.is_empty() && stock_lag(&config) == 0
+        !shop_stock(&sim).await.is_empty() && common::stock_lag(&config) == 0
     })
     .await;
     let (ok, text) = replay(&config, &["--to-earliest"]).await;
@@ -60,12 +51,12 @@ async fn replay_moves_a_stopped_group_back_and_nothing_is_applied_twice() {
     let (ok, text) = replay(&config, &["--to-earliest", "--dry-run"]).await;
     assert!(ok, "{text}");
     assert!(text.contains("dry run: nothing committed"), "{text}");
-    assert_eq!(stock_lag(&config), 0, "a dry run moved the offsets");
+    assert_eq!(common::stock_lag(&config), 0, "a dry run moved the offsets");
 
     let (ok, text) = replay(&config, &["--to-earliest"]).await;
     assert!(ok, "{text}");
     assert_eq!(
-        stock_lag(&config),
+        common::stock_lag(&config),
         total,
         "every record is to be read again"
     );
@@ -81,7 +72,7 @@ async fn replay_moves_a_stopped_group_back_and_nothing_is_applied_twice() {
         flywheel::sync::stock_to_shop::run(&c, t).await
     });
     wait_for("the replayed group to catch up", T, || async {
-        stock_lag(&config) == 0
+        common::stock_lag(&config) == 0
     })
     .await;
     let after = processor_outcomes();

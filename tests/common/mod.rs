@@ -641,3 +641,13 @@ impl RunningProcessor {
         }
     }
 }
+
+/// The stock processor group's total lag (records not yet committed).
+pub fn stock_lag(config: &Config) -> i64 {
+    flywheel::ops::lag::consumer_lag(config)
+        .expect("reading the lag")
+        .iter()
+        .filter(|l| l.group.ends_with(".stock"))
+        .map(|l| l.lag)
+        .sum()
+}
