@@ -264,6 +264,18 @@ pub struct ProcessorsConfig {
     /// (everything the topics hold) or `latest` (only what comes next, e.g. for
     /// a shop already in sync).
     pub new_group_start: GroupStart,
+    /// This worker's stable name in the processors' consumer groups (Kafka
+    /// static membership, `group.instance.id`): a worker restarted under the
+    /// same name gets its partitions back at once instead of after the dead
+    /// member's session timeout. Unique per worker; the host name when unset.
+    pub instance_id: String,
+    /// How long the broker waits for a silent worker before giving its
+    /// partitions to the others (`session.timeout.ms`).
+    pub session_timeout_ms: u64,
+    /// A processor whose group has records waiting but whose committed
+    /// offsets have not moved for this long is stalled: not ready, logged,
+    /// `flywheel_processor_stalled` = 1.
+    pub stall_timeout_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -288,6 +300,23 @@ impl ProcessorsConfig {
     pub fn state_database(&self, erp: &ErpConfig) -> String {
         self.state_dsn.clone().unwrap_or_else(|| erp.dsn.clone())
     }
+
+    /// `instance_id`, or the host name when unset.
+    pub fn instance(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "flywheel".into())
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.stall_timeout_secs)
+    }
 }
 
 impl Default for ProcessorsConfig {
@@ -306,6 +335,9 @@ impl Default for ProcessorsConfig {
             shop_currency: "EUR".into(),
             shop_channel: "demo".into(),
             new_group_start: GroupStart::Earliest,
+            instance_id: String::new(),
+            session_timeout_ms: 10_000,
+            stall_timeout_secs: 120,
         }
     }
 }
@@ -408,6 +440,24 @@ impl Config {
         if !(1..=250).contains(&self.processors.batch_max) {
             return bad(
                 "processors.batch_max must be between 1 and 250 (Shopify's limit per call)",
+            );
+        }
+        // Apache Kafka refuses sessions outside group.min/max.session.timeout.ms
+        // (6 s … 30 min by default); heartbeats go every fifth of it.
+        if !(1_000..=1_800_000).contains(&self.processors.session_timeout_ms) {
+            return bad("processors.session_timeout_ms must be between 1000 and 1800000");
+        }
+        if self.processors.stall_timeout_secs == 0 {
+            return bad("processors.stall_timeout_secs must be at least 1");
+        }
+        if self
+            .processors
+            .instance_id
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return bad(
+                "processors.instance_id may contain only letters, digits, '.', '_' and '-'",
             );
         }
         if self.erp.batch_keys == 0 || self.erp.max_batch_transactions == 0 {

@@ -152,6 +152,10 @@ pub async fn run(
         sim.start_order_generator(args.orders_per_second);
     }
 
+    let (erp, erp_conn) = tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the ERP for the status line")?;
+    tokio::spawn(erp_conn);
     let started_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Snapshot::take();
@@ -163,7 +167,18 @@ pub async fn run(
                     break Err(anyhow::anyhow!("a role stopped"));
                 }
                 let now = Snapshot::take();
-                print_status(&last, &now);
+                let sales = match &local_shop {
+                    Some(sim) => {
+                        let (sold, refused) = {
+                            let st = sim.shop().state.lock();
+                            (st.orders.len(), st.refused_orders)
+                        };
+                        let oversold = demo_erp::oversold_units(&erp).await.unwrap_or(-1);
+                        format!(" | shop orders {sold} (refused short {refused}), oversold {oversold} units")
+                    }
+                    None => String::new(),
+                };
+                print_status(&last, &now, &sales);
                 last = now;
                 if args.seconds > 0 && started_at.elapsed() >= Duration::from_secs(args.seconds) {
                     break Ok(());
@@ -299,13 +314,13 @@ impl Snapshot {
     }
 }
 
-fn print_status(before: &Snapshot, now: &Snapshot) {
+fn print_status(before: &Snapshot, now: &Snapshot, sales: &str) {
     let m = SourceMetrics::get();
     let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
     let to_shop = now.to_shop.since(&before.to_shop);
     let to_erp = now.to_erp.since(&before.to_erp);
     println!(
-        "captured {:>4.0} tx/s | applied {:>5.0}/s (total {:>6}) | slot lag {:>7} B | fresh ERP→shop p50 {:>6} p99 {:>6}, shop→ERP p50 {:>6} p99 {:>6} | throttled {:>4.1} s/s | dead letters {}",
+        "captured {:>4.0} tx/s | applied {:>5.0}/s (total {:>6}) | slot lag {:>7} B | fresh ERP→shop p50 {:>6} p99 {:>6}, shop→ERP p50 {:>6} p99 {:>6} | throttled {:>4.1} s/s | dead letters {}{sales}",
         (now.txns - before.txns) as f64 / secs,
         (now.applied - before.applied) as f64 / secs,
         now.applied,

@@ -105,9 +105,10 @@ pub async fn start(
                     orders_to_erp, price_to_shop, shop_inventory, status_to_shop, stock_to_shop,
                 };
                 readiness.require(|| {
-                    flywheel::sync::CONSUMED
-                        .iter()
-                        .all(|(entity, _)| flywheel::sync::apply_loop::is_running(entity))
+                    flywheel::sync::CONSUMED.iter().all(|(entity, _)| {
+                        flywheel::sync::apply_loop::is_running(entity)
+                            && !flywheel::sync::apply_loop::is_stalled(entity)
+                    })
                 });
                 tokio::spawn(flywheel::ops::lag::export(
                     config.clone(),

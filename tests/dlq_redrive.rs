@@ -19,6 +19,13 @@ async fn a_dead_letter_redriven_after_its_cause_is_fixed_is_applied() {
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::stock_to_shop::run(&c, t).await
     });
+    // An empty dead-letter topic is not an error.
+    let (ok, text) = common::flywheel_cli(&config, &["dlq", "list"]).await;
+    assert!(ok, "{text}");
+    assert!(
+        !text.contains("ERROR") && !text.contains("PartitionEOF"),
+        "listing an empty topic printed an error: {text}"
+    );
     env.add_erp_product(901, Some("SKU-NEW")).await;
 
     wait_for("the dead letter to be listed", T, || async {

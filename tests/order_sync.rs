@@ -49,6 +49,7 @@ async fn orders_flow_both_ways_once_and_without_echoes() {
         flywheel::sync::status_to_shop::run(&c, t).await
     });
 
+    sim.stock_every_level(100);
     let ids = sim.place_orders(3, true);
     let (shipped, shop_cancelled, erp_cancelled) = (ids[0], ids[1], ids[2]);
     let shop_order = sim.shop().state.lock().orders[&shipped].clone();

@@ -3,50 +3,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestEnv, small, wait_for};
-use serde_json::Value;
-use shopsim::ShopSim;
+use common::{TestEnv, erp_list_prices, shop_prices, small, wait_for};
 
 const T: Duration = Duration::from_secs(90);
-
-async fn shop_prices(sim: &ShopSim) -> HashMap<String, (String, Option<String>)> {
-    let state: Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    state["prices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["sku"].as_str().unwrap().to_owned(),
-                (
-                    p["price"].as_str().unwrap().to_owned(),
-                    p["compare_at_price"].as_str().map(str::to_owned),
-                ),
-            )
-        })
-        .collect()
-}
-
-async fn erp_list_prices(env: &TestEnv) -> HashMap<String, (String, Option<String>)> {
-    env.erp
-        .query(
-            "SELECT p.default_code, t.list_price::text FROM product_product p JOIN product_template t ON t.id = p.product_tmpl_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), None)))
-        .collect()
-}
 
 fn not_applicable() -> u64 {
     prometheus::gather()

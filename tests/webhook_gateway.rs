@@ -411,6 +411,7 @@ async fn the_shop_simulator_s_webhooks_for_every_topic_are_accepted() {
     )
     .await
     .unwrap();
+    sim.stock_every_level(100);
     let ids = sim.place_orders(2, true);
     let client = reqwest::Client::new();
     let gql = |query: &str, variables: Value| {

@@ -390,6 +390,14 @@ pub struct AddressGql {
 pub struct FulfillmentOrderGql {
     id: ID,
     status: String,
+    /// Where the order's stock is committed and ships from.
+    assigned_location: Option<AssignedLocationGql>,
+}
+
+#[derive(SimpleObject, Clone)]
+#[graphql(name = "FulfillmentOrderAssignedLocation")]
+pub struct AssignedLocationGql {
+    location: Option<LocationGql>,
 }
 
 #[derive(Clone)]
@@ -501,6 +509,7 @@ impl OrderGql {
     /// One fulfillment order per order, with the order's numeric id.
     async fn fulfillment_orders(
         &self,
+        ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
         last: Option<i32>,
@@ -512,9 +521,17 @@ impl OrderGql {
         } else {
             "OPEN"
         };
+        let location = shop(ctx)
+            .state
+            .lock()
+            .locations
+            .get(&self.0.location_id)
+            .cloned()
+            .map(LocationGql);
         let fo = FulfillmentOrderGql {
             id: gid("FulfillmentOrder", self.0.id).into(),
             status: status.into(),
+            assigned_location: Some(AssignedLocationGql { location }),
         };
         paginate(vec![fo], after, first, last).await
     }

@@ -217,6 +217,30 @@ impl ShopSim {
             .collect()
     }
 
+    /// Sets every level's `available` to `units` (nothing committed changes):
+    /// a shop with stock to sell, for tests that place orders.
+    pub fn stock_every_level(&self, units: i64) {
+        for level in self.app.shop.state.lock().levels.values_mut() {
+            level.available = units;
+        }
+    }
+
+    /// Places one paid order of `quantity` × `sku` at the shop's first
+    /// location; `None` when the SKU is unknown or not enough is available.
+    pub fn place_order_for(&self, sku: &str, quantity: i64) -> Option<u64> {
+        let (id, emitted) = {
+            let mut st = self.app.shop.state.lock();
+            let variant = st.variant_by_sku(sku)?.id;
+            let location = *st.locations.keys().next()?;
+            let email = format!("buyer{}@example.com", fastrand::u32(1..10_000));
+            st.place_order(&[(variant, quantity)], &email, location, true)?
+        };
+        for e in emitted {
+            self.app.shop.webhooks.emit(e.topic, &e.payload);
+        }
+        Some(id)
+    }
+
     /// Places orders at `per_second` until stopped (replaces a running generator).
     pub fn start_order_generator(&self, per_second: f64) {
         let shop = self.app.shop.clone();
@@ -240,7 +264,9 @@ impl ShopSim {
     }
 }
 
-/// One order of 1–3 random lines, committed at a random location.
+/// One order of 1–3 random lines, committed at the shop's first location
+/// (its default fulfilment location, where the ERP's orders ship from too);
+/// `None` when a line is short.
 pub fn place_random_order(shop: &Shop, paid: bool) -> Option<u64> {
     let (lines, location) = {
         let st = shop.state.lock();
@@ -258,7 +284,7 @@ pub fn place_random_order(shop: &Shop, paid: bool) -> Option<u64> {
                 )
             })
             .collect();
-        (lines, locations[fastrand::usize(..locations.len())])
+        (lines, locations[0])
     };
     let email = format!("buyer{}@example.com", fastrand::u32(1..10_000));
     let (id, emitted) = shop
@@ -581,6 +607,7 @@ fn stats_json(app: &App) -> Value {
         "api": *app.stats.lock(),
         "throttle_status": throttle_status(app, available),
         "webhooks": *app.shop.webhooks.stats.lock(),
+        "orders_refused_short": app.shop.state.lock().refused_orders,
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
     })
 }

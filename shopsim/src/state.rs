@@ -196,6 +196,9 @@ pub struct ShopState {
     #[serde(skip)]
     pub set_history: BTreeMap<(u64, u64), Vec<i64>>,
     pub orders: BTreeMap<u64, Order>,
+    /// Orders refused because a line's `available` was short (the shop does
+    /// not sell what it does not have).
+    pub refused_orders: u64,
     next_id: u64,
 }
 
@@ -393,6 +396,8 @@ impl ShopState {
 
     /// Places an order: commits its stock at `location_id` and returns the
     /// webhooks (orders/create, orders/paid when paid, inventory_levels/update).
+    /// `None` (and counted in `refused_orders`) when a variant is unknown or a
+    /// line wants more than is `available` there: the shop sells only what it has.
     pub fn place_order(
         &mut self,
         lines: &[(u64, i64)],
@@ -402,9 +407,20 @@ impl ShopState {
     ) -> Option<(u64, Vec<Emitted>)> {
         let now = now_rfc3339();
         let mut items = Vec::new();
+        let mut wanted: BTreeMap<u64, i64> = BTreeMap::new();
         for &(variant_id, qty) in lines {
             let v = self.variants.get(&variant_id)?.clone();
+            *wanted.entry(v.inventory_item_id).or_default() += qty;
             items.push((v, qty));
+        }
+        let short = wanted.iter().any(|(item, qty)| {
+            self.levels
+                .get(&(*item, location_id))
+                .is_none_or(|l| l.available < *qty)
+        });
+        if short {
+            self.refused_orders += 1;
+            return None;
         }
         let id = self.new_id();
         let mut line_items = Vec::new();

@@ -591,6 +591,7 @@ async fn injected_duplicates_and_reordering() {
 #[tokio::test]
 async fn orders_are_created_fulfilled_and_cancelled_with_webhooks() {
     let sim = start(small(1000.0, 1000.0)).await;
+    sim.stock_every_level(100);
     let (addr, mut rx) = receiver(vec![]).await;
     for t in ["ORDERS_CREATE", "ORDERS_FULFILLED", "ORDERS_CANCELLED"] {
         subscribe(&sim, t, addr).await;
@@ -732,6 +733,7 @@ async fn price_updates_change_state_and_emit_products_update() {
 #[tokio::test]
 async fn the_order_generator_places_orders_at_its_rate() {
     let sim = start(small(1000.0, 1000.0)).await;
+    sim.stock_every_level(1_000_000);
     sim.start_order_generator(50.0);
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -766,6 +768,7 @@ async fn marking_a_pending_order_paid_emits_orders_paid() {
     let sim = start(small(1000.0, 1000.0)).await;
     let (addr, mut rx) = receiver(vec![]).await;
     subscribe(&sim, "ORDERS_PAID", addr).await;
+    sim.stock_every_level(100);
     let id = sim.place_orders(1, false)[0];
     let mark = "mutation($id: ID!) { orderMarkAsPaid(input: {id: $id}) { order { displayFinancialStatus } userErrors { message } } }";
     let vars = json!({"id": format!("gid://shopify/Order/{id}")});
@@ -785,4 +788,23 @@ async fn marking_a_pending_order_paid_emits_orders_paid() {
         again["data"]["orderMarkAsPaid"]["userErrors"][0]["message"],
         "the order is paid, not pending"
     );
+}
+
+#[tokio::test]
+async fn an_order_for_more_than_is_available_is_refused() {
+    let sim = start(small(1000.0, 1000.0)).await;
+    // Nothing in stock: the shop does not sell.
+    assert_eq!(sim.place_order_for("SKU-000001", 1), None);
+    sim.stock_every_level(2);
+    assert!(sim.place_order_for("SKU-000001", 2).is_some());
+    // Both units are committed now; the third is not there.
+    assert_eq!(sim.place_order_for("SKU-000001", 1), None);
+    assert_eq!(sim.stats()["orders_refused_short"], 2);
+    let st = sim.shop().state.lock();
+    let level = st
+        .levels
+        .values()
+        .find(|l| l.committed == 2)
+        .expect("the committed level");
+    assert_eq!((level.available, level.on_hand()), (0, 2));
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::types::Value;
 use apache_avro::{GenericSingleObjectReader, GenericSingleObjectWriter, Schema};
 
@@ -39,6 +40,14 @@ const SCHEMAS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Earlier revisions of a topic's schema (`schemas/previous/`): records
+/// written with them still decode, resolved to the current schema (new fields
+/// take their defaults), so a topic written before an upgrade replays.
+const PREVIOUS_SCHEMAS: &[(&str, &str)] = &[(
+    "erp.stock.v1",
+    include_str!("../../schemas/previous/erp.stock.v1.rev1.avsc"),
+)];
+
 #[derive(Debug, thiserror::Error)]
 pub enum AvroError {
     #[error("no Avro schema for topic `{0}` (schemas/ has none)")]
@@ -63,6 +72,8 @@ pub struct AvroCodec {
     schema: Schema,
     writer: Mutex<GenericSingleObjectWriter>,
     reader: GenericSingleObjectReader,
+    /// (single-object header, writer schema) of earlier revisions.
+    previous: Vec<(Vec<u8>, Schema)>,
 }
 
 impl AvroCodec {
@@ -96,11 +107,18 @@ impl AvroCodec {
             .schema(schema.clone())
             .build()
             .map_err(bad)?;
+        let mut previous = Vec::new();
+        for (_, text) in PREVIOUS_SCHEMAS.iter().filter(|(t, _)| *t == topic) {
+            let old = Schema::parse_str(text).map_err(bad)?;
+            let header = RabinFingerprintHeader::from_schema(&old).build_header();
+            previous.push((header, old));
+        }
         Ok(AvroCodec {
             topic: topic.into(),
             schema,
             writer: Mutex::new(writer),
             reader,
+            previous,
         })
     }
 
@@ -161,6 +179,18 @@ impl AvroCodec {
     }
 
     pub fn decode(&self, mut bytes: &[u8]) -> Result<Value, AvroError> {
+        for (header, writer) in &self.previous {
+            if let Some(mut datum) = bytes.strip_prefix(header.as_slice()) {
+                return apache_avro::reader::datum::GenericDatumReader::builder(writer)
+                    .reader_schema(&self.schema)
+                    .build()
+                    .and_then(|r| r.read_value(&mut datum))
+                    .map_err(|e| AvroError::Decode {
+                        topic: self.topic.clone(),
+                        source: Box::new(e),
+                    });
+            }
+        }
         self.reader
             .read_value(&mut bytes)
             .map_err(|e| AvroError::Decode {
@@ -264,6 +294,10 @@ mod tests {
             ("on_hand".into(), nullable_string(Some("5".into()))),
             ("reserved".into(), nullable_string(Some("1".into()))),
             ("available".into(), nullable_string(Some("4".into()))),
+            (
+                "reserved_by_channel".into(),
+                nullable_string(Some(r#"{"demo":"1"}"#.into())),
+            ),
         ]);
         let bytes = codec.encode(&value).unwrap();
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
@@ -273,6 +307,34 @@ mod tests {
         // A record of another schema is refused by its fingerprint.
         let dlq = AvroCodec::for_topic("flywheel.dlq.v1").unwrap();
         assert!(dlq.decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_record_of_the_previous_stock_schema_still_decodes() {
+        let old = Schema::parse_str(PREVIOUS_SCHEMAS[0].1).unwrap();
+        let mut writer = GenericSingleObjectWriter::new_with_capacity(&old, 256).unwrap();
+        let value = Value::Record(vec![
+            ("key".into(), Value::String("SKU-1/WH1".into())),
+            ("version".into(), Value::Long(7)),
+            ("source_ts".into(), Value::TimestampMicros(1)),
+            ("event_id".into(), Value::String("e".into())),
+            ("deleted".into(), Value::Boolean(false)),
+            ("sku".into(), Value::String("SKU-1".into())),
+            ("warehouse".into(), Value::String("WH1".into())),
+            ("on_hand".into(), nullable_string(Some("5".into()))),
+            ("reserved".into(), nullable_string(Some("1".into()))),
+            ("available".into(), nullable_string(Some("4".into()))),
+        ]);
+        let mut bytes = Vec::new();
+        writer.write_value_ref(&value, &mut bytes).unwrap();
+        let codec = AvroCodec::for_topic("erp.stock.v1").unwrap();
+        let back = codec.decode(&bytes).unwrap();
+        assert_eq!(field_str(&back, "on_hand"), Some("5"));
+        assert_eq!(field_str(&back, "reserved_by_channel"), None);
+        // Garbage after a known header is an error, not a panic.
+        let mut bad = bytes[..10].to_vec();
+        bad.push(0xFF);
+        assert!(codec.decode(&bad).is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Kafka: topic names and creation, the producer, the Avro codec, dead letters.
+//! Kafka: topic names and creation, the producer, consumer groups, the Avro
+//! codec, dead letters.
 
 pub mod avro;
 pub mod dlq;
+pub mod group;
 pub mod producer;
 pub mod topics;
 

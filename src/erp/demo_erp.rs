@@ -235,14 +235,15 @@ impl ErpActivity {
     }
 
     /// Moves stock of one SKU in one warehouse: a picking that changes the Stock
-    /// quant. Returns the number of rows changed (1).
+    /// quant, never below what is reserved there (an ERP does not move
+    /// promised units away). Returns the number of rows changed (1).
     pub async fn stock_move(&mut self, client: &Client) -> Result<u64, tokio_postgres::Error> {
         let product = self.rng.one_to(self.size.skus) as i32;
         let warehouse = warehouse_code(self.rng.one_to(self.size.warehouses));
         let delta = (self.rng.next_u64() % 21) as i32 - 10;
         client
             .execute(
-                "UPDATE stock_quant q SET quantity = greatest(q.quantity + $3::int, 0), write_date = now()
+                "UPDATE stock_quant q SET quantity = greatest(q.quantity + $3::int, q.reserved_quantity, 0), write_date = now()
                  FROM stock_warehouse w
                  WHERE w.code = $2 AND q.location_id = w.lot_stock_id AND q.product_id = $1",
                 &[&product, &warehouse, &delta],
@@ -281,6 +282,19 @@ impl ErpActivity {
             )
             .await
     }
+}
+
+/// Units the ERP has promised but does not have: Σ max(0, reserved − quantity)
+/// over its quants. Reservations come from confirmed orders and stock moves
+/// never go below them, so anything here was sold beyond the stock.
+pub async fn oversold_units(client: &Client) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(sum(greatest(reserved_quantity - quantity, 0)), 0)::bigint FROM stock_quant",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 #[cfg(test)]

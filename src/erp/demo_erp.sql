@@ -97,6 +97,8 @@ CREATE TABLE sale_order (
     -- Where an order came from when a shop created it: (channel, shop order id) is unique.
     channel          text,
     shop_order_id    text,
+    -- The warehouse it ships from (Odoo's sale_order.warehouse_id); the first one when NULL.
+    warehouse_id     integer REFERENCES stock_warehouse(id),
     write_date       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (channel, shop_order_id)
 );
@@ -124,6 +126,109 @@ CREATE TABLE stock_picking (
     date_done            timestamptz
 );
 CREATE INDEX stock_picking_sale ON stock_picking (sale_id);
+
+-- Reservations, as Odoo makes them when an order is confirmed: each line of a
+-- shop order in state 'sale' gets a stock move 'assigned' in its warehouse's
+-- Stock and raises that quant's reserved_quantity; a done delivery takes the
+-- reserved units out of stock (quantity and reserved_quantity fall together);
+-- a cancellation releases them. Orders the ERP made itself (no channel) are
+-- left alone, so the seeded history stays as it is.
+CREATE TABLE stock_move (
+    id              serial PRIMARY KEY,
+    sale_line_id    integer NOT NULL REFERENCES sale_order_line(id) ON DELETE CASCADE,
+    product_id      integer NOT NULL REFERENCES product_product(id),
+    location_id     integer NOT NULL REFERENCES stock_location(id),
+    product_uom_qty numeric(16,3) NOT NULL,
+    state           text NOT NULL CHECK (state IN ('assigned','done','cancel')),
+    picking_id      integer REFERENCES stock_picking(id)
+);
+CREATE INDEX stock_move_line ON stock_move (sale_line_id);
+CREATE INDEX stock_move_assigned ON stock_move (product_id, location_id) WHERE state = 'assigned';
+
+CREATE FUNCTION demo_adjust_quant(p_product integer, p_location integer,
+                                  d_quantity numeric, d_reserved numeric) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE stock_quant SET quantity = quantity + d_quantity,
+                           reserved_quantity = reserved_quantity + d_reserved,
+                           write_date = now()
+    WHERE id = (SELECT id FROM stock_quant WHERE product_id = p_product AND location_id = p_location
+                ORDER BY id LIMIT 1);
+    IF NOT FOUND THEN
+        INSERT INTO stock_quant (product_id, location_id, quantity, reserved_quantity)
+        VALUES (p_product, p_location, d_quantity, d_reserved);
+    END IF;
+END $$;
+
+CREATE FUNCTION demo_reserve_order(p_order integer) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN
+        SELECT l.id AS line_id, l.product_id, l.product_uom_qty AS qty,
+               coalesce(w.lot_stock_id,
+                        (SELECT lot_stock_id FROM stock_warehouse ORDER BY id LIMIT 1)) AS loc
+        FROM sale_order_line l
+        JOIN sale_order o ON o.id = l.order_id
+        LEFT JOIN stock_warehouse w ON w.id = o.warehouse_id
+        WHERE l.order_id = p_order AND o.channel IS NOT NULL AND o.state = 'sale'
+          AND NOT EXISTS (SELECT 1 FROM stock_move m WHERE m.sale_line_id = l.id)
+        ORDER BY l.id
+    LOOP
+        INSERT INTO stock_move (sale_line_id, product_id, location_id, product_uom_qty, state)
+        VALUES (r.line_id, r.product_id, r.loc, r.qty, 'assigned');
+        PERFORM demo_adjust_quant(r.product_id, r.loc, 0, r.qty);
+    END LOOP;
+END $$;
+
+-- The order's assigned moves become done (delivered: out of stock) or cancel (released).
+CREATE FUNCTION demo_settle_order(p_order integer, p_state text, p_picking integer) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE m record;
+BEGIN
+    FOR m IN
+        SELECT mv.id, mv.product_id, mv.location_id, mv.product_uom_qty AS qty
+        FROM stock_move mv JOIN sale_order_line l ON l.id = mv.sale_line_id
+        WHERE l.order_id = p_order AND mv.state = 'assigned'
+        ORDER BY mv.id
+    LOOP
+        UPDATE stock_move SET state = p_state, picking_id = p_picking WHERE id = m.id;
+        PERFORM demo_adjust_quant(m.product_id, m.location_id,
+                                  CASE WHEN p_state = 'done' THEN -m.qty ELSE 0 END, -m.qty);
+        IF p_state = 'done' THEN
+            UPDATE sale_order_line SET qty_delivered = qty_delivered + m.qty
+            WHERE id = (SELECT sale_line_id FROM stock_move WHERE id = m.id);
+        END IF;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION demo_on_order_line() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM demo_reserve_order(NEW.order_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER demo_reserve_line AFTER INSERT ON sale_order_line
+    FOR EACH ROW EXECUTE FUNCTION demo_on_order_line();
+
+CREATE FUNCTION demo_on_order_state() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state = 'sale' THEN
+        PERFORM demo_reserve_order(NEW.id);
+    ELSIF NEW.state = 'cancel' THEN
+        PERFORM demo_settle_order(NEW.id, 'cancel', NULL);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER demo_order_state AFTER UPDATE OF state ON sale_order
+    FOR EACH ROW WHEN (NEW.state IS DISTINCT FROM OLD.state) EXECUTE FUNCTION demo_on_order_state();
+
+CREATE FUNCTION demo_on_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM demo_settle_order(NEW.sale_id, 'done', NEW.id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER demo_delivery_done AFTER INSERT OR UPDATE OF state ON stock_picking
+    FOR EACH ROW WHEN (NEW.state = 'done' AND NEW.sale_id IS NOT NULL)
+    EXECUTE FUNCTION demo_on_delivery();
 
 -- Deletes and key-changing updates of these tables must carry the whole old row,
 -- or the connector cannot tell which entity the change belonged to.

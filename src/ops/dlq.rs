@@ -46,14 +46,32 @@ pub enum DlqError {
     NotRedrivable { id: String, why: String },
 }
 
+/// A reader's context: reaching the end of a partition is how it knows it
+/// read everything, not an error worth an ERROR line (librdkafka reports it
+/// through the error callback).
+struct EndIsNotAnError;
+
+impl rdkafka::ClientContext for EndIsNotAnError {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        let end = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end {
+            tracing::error!(error = %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNotAnError {}
+
 /// Every dead letter in the topic, oldest first per partition.
 pub fn read_all(kafka: &KafkaConfig) -> Result<Vec<Parked>, DlqError> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<EndIsNotAnError> = ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap)
         .set("group.id", "flywheel-dlq-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(EndIsNotAnError)?;
     let topic = kafka.topic(DEAD_LETTERS);
     let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -16,13 +16,14 @@ use prometheus::{
 };
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::version_store::{Version, VersionStore, is_newer};
 use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
 use crate::bus::dlq::DeadLetter;
+use crate::bus::group;
 use crate::bus::producer::EventProducer;
 use crate::bus::topics::{DEAD_LETTERS, ensure_topics};
 use crate::config::Config;
@@ -32,6 +33,10 @@ use crate::shop::admin_api::AdminApiError;
 pub enum SyncError {
     #[error("Kafka consumer: {0}")]
     Consumer(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "another running worker uses processors.instance_id `{instance}` and took this one's place in the consumer groups; give every worker its own instance_id"
+    )]
+    Fenced { instance: String },
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("state database: {}", crate::pg_error::db_error_text(.0))]
@@ -42,8 +47,6 @@ pub enum SyncError {
         "the shop has no location for warehouse `{warehouse}` (looked for `{location}`); set processors.warehouse_locations"
     )]
     UnknownLocation { warehouse: String, location: String },
-    #[error("unexpected shop answer: {0}")]
-    ShopAnswer(String),
     #[error("ERP: {0}")]
     ErpPrivilege(String),
     #[error(transparent)]
@@ -60,7 +63,7 @@ impl SyncError {
             SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
             SyncError::Shop(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
-            | SyncError::ShopAnswer(_)
+            | SyncError::Fenced { .. }
             | SyncError::ErpPrivilege(_)
             | SyncError::Config(_) => false,
         }
@@ -101,6 +104,10 @@ pub enum Outcome {
         class: &'static str,
         reason: String,
     },
+    /// Not applied because the other side kept changing under the write
+    /// (normal concurrency): the loop applies it again after the rest of the
+    /// batch, with backoff, counted as `contended`.
+    Contended,
 }
 
 /// One entity's side of a processor.
@@ -126,6 +133,8 @@ struct ProcessorMetrics {
     events: IntCounterVec,
     freshness: HistogramVec,
     running: IntGaugeVec,
+    assigned: IntGaugeVec,
+    stalled: IntGaugeVec,
 }
 
 fn metrics() -> &'static ProcessorMetrics {
@@ -135,7 +144,7 @@ fn metrics() -> &'static ProcessorMetrics {
         events: register_int_counter_vec!(
             Opts::new(
                 "flywheel_processor_events_total",
-                "Events handled by processors: applied, not_applicable, skipped_stale, coalesced, dead_lettered"
+                "Events handled by processors: applied, not_applicable, skipped_stale, coalesced, dead_lettered, contended (retried)"
             ),
             &["entity", "outcome"]
         )
@@ -160,12 +169,33 @@ fn metrics() -> &'static ProcessorMetrics {
             &["entity"]
         )
         .expect(REGISTER),
+        assigned: register_int_gauge_vec!(
+            Opts::new(
+                "flywheel_processor_assigned_partitions",
+                "Partitions of its topic this worker's processor holds in its consumer group"
+            ),
+            &["entity"]
+        )
+        .expect(REGISTER),
+        stalled: register_int_gauge_vec!(
+            Opts::new(
+                "flywheel_processor_stalled",
+                "1 while the processor's group has records waiting and its committed offsets have not moved for processors.stall_timeout_secs"
+            ),
+            &["entity"]
+        )
+        .expect(REGISTER),
     })
 }
 
 /// Whether `entity`'s processor is running (the processors role's readiness).
 pub fn is_running(entity: &str) -> bool {
     metrics().running.with_label_values(&[entity]).get() == 1
+}
+
+/// Whether `entity`'s processor is stalled (see [`watch_progress`]).
+pub fn is_stalled(entity: &str) -> bool {
+    metrics().stalled.with_label_values(&[entity]).get() == 1
 }
 
 /// `flywheel_processor_running{entity}` is 1 while this lives.
@@ -190,6 +220,10 @@ pub fn freshness_histogram() -> &'static HistogramVec {
     &metrics().freshness
 }
 
+/// Backoff between re-applications of contended events.
+const CONTENDED_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const CONTENDED_MAX_PAUSE: Duration = Duration::from_secs(5);
+
 /// Most records read into one batch, per distinct key it may hold.
 const MESSAGES_PER_KEY: usize = 20;
 
@@ -205,10 +239,31 @@ where
     A: Applier,
     Fut: Future<Output = Result<A, SyncError>>,
 {
+    // One watch for the worker's whole life, across restarts: a processor
+    // that keeps restarting without committing is as stuck as one that hangs.
+    let slot = ConsumerSlot::default();
+    let _watch = AbortOnDrop(tokio::spawn(watch_progress(
+        config.clone(),
+        A::ENTITY,
+        A::TOPIC,
+        slot.clone(),
+    )));
     crate::supervise::with_restarts(A::ENTITY, &shutdown, SyncError::is_retryable, || async {
-        run(config, make().await?, shutdown.clone()).await
+        run(config, make().await?, shutdown.clone(), &slot).await
     })
     .await
+}
+
+/// The consumer of the processor's current run, for the progress watch.
+type ConsumerSlot = Arc<parking_lot::Mutex<Option<Arc<StreamConsumer>>>>;
+
+/// Empties the slot when a run ends.
+struct InSlot<'a>(&'a ConsumerSlot);
+
+impl Drop for InSlot<'_> {
+    fn drop(&mut self) {
+        self.0.lock().take();
+    }
 }
 
 /// A connection to the state database or the ERP, with the configured TLS.
@@ -218,27 +273,31 @@ pub async fn connect_db(config: &Config, dsn: &str) -> Result<tokio_postgres::Cl
 }
 
 /// Runs `applier` until `shutdown` or its first error.
-pub async fn run<A: Applier>(
+async fn run<A: Applier>(
     config: &Config,
     mut applier: A,
     shutdown: CancellationToken,
+    slot: &ConsumerSlot,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
     let state = connect_db(config, &p.state_database(&config.erp)).await?;
     let store = VersionStore::open(&state, A::ENTITY).await?;
     ensure_topics(&config.kafka, &[A::TOPIC, DEAD_LETTERS]).await?;
     let physical_topic = config.kafka.topic(A::TOPIC);
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.bootstrap)
-        .set("group.id", format!("{}.{}", p.group_id, A::ENTITY))
-        .set(
-            "client.id",
-            format!("{}-processor-{}", config.kafka.client_id, A::ENTITY),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", p.new_group_start.as_str())
-        .create()?;
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(group::processor_consumer(&config.kafka, p, A::ENTITY).create()?);
     consumer.subscribe(&[&physical_topic])?;
+    let fenced = |e: rdkafka::error::KafkaError| {
+        if group::is_fenced(&e) {
+            SyncError::Fenced {
+                instance: p.instance(),
+            }
+        } else {
+            SyncError::Consumer(e)
+        }
+    };
+    *slot.lock() = Some(consumer.clone());
+    let _in_slot = InSlot(slot);
     let dlq = EventProducer::new(&config.kafka, "processor")?;
     let codec = AvroCodec::for_topic(A::TOPIC).map_err(BusError::from)?;
     let wait = Duration::from_millis(p.batch_wait_ms);
@@ -246,132 +305,290 @@ pub async fn run<A: Applier>(
     let count = |outcome: &str, n: u64| m.events.with_label_values(&[A::ENTITY, outcome]).inc_by(n);
     let freshness = m.freshness.with_label_values(&[A::ENTITY]);
     let _running = Running::start(A::ENTITY);
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            msg = consumer.recv() => msg?.detach(),
-        };
-        // A batch is up to `batch_max` distinct keys. While the previous batch
-        // waited for the shop's budget, changes queued up in Kafka; reading
-        // several versions of a key here and keeping the newest is the
-        // coalescing (bounded, so memory is too).
-        let mut keys: HashSet<Vec<u8>> = HashSet::new();
-        keys.insert(first.key().unwrap_or_default().to_vec());
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + wait;
-        while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(msg) => {
-                    let msg = msg?.detach();
-                    keys.insert(msg.key().unwrap_or_default().to_vec());
-                    batch.push(msg);
-                }
-                Err(_) => break,
-            }
-        }
-
-        let mut letters = Vec::new();
-        let mut newest: HashMap<String, Pending<A::Event>> = HashMap::new();
-        for msg in &batch {
-            let decoded = codec
-                .decode(msg.payload().unwrap_or_default())
-                .ok()
-                .and_then(|v| applier.decode(&v));
-            let Some(Decoded {
-                key,
-                version,
-                source_ts_micros,
-                event,
-            }) = decoded
-            else {
-                letters.push((
-                    msg,
-                    "undecodable",
-                    format!("not a valid {} record", A::TOPIC),
-                ));
-                continue;
-            };
-            let candidate = Pending {
-                key: key.clone(),
-                version,
-                source_ts_micros,
-                event,
-                partition: msg.partition(),
-                offset: msg.offset(),
-            };
-            match newest.get(&key) {
-                Some(prev) if prev.version >= candidate.version => count("coalesced", 1),
-                _ => {
-                    if newest.insert(key, candidate).is_some() {
-                        count("coalesced", 1);
-                    }
-                }
-            }
-        }
-        let keys: Vec<String> = newest.keys().cloned().collect();
-        let applied = store.load(&state, &keys).await?;
-        let fresh: Vec<Pending<A::Event>> = newest
-            .into_values()
-            .filter(|e| is_newer(&e.version, applied.get(&e.key)))
-            .collect();
-        count("skipped_stale", (keys.len() - fresh.len()) as u64);
-
-        let outcomes = if fresh.is_empty() {
-            Vec::new()
-        } else {
-            // A batch waiting for shop budget can take long; on shutdown it is
-            // dropped unfinished. Nothing was recorded or committed for it, so
-            // the next start replays it, and the writes are idempotent.
-            tokio::select! {
-                r = applier.apply(&fresh) => r?,
+    let consumed: Result<(), SyncError> = async {
+        loop {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                msg = consumer.recv() => msg.map_err(fenced)?.detach(),
+            };
+            // A batch is up to `batch_max` distinct keys. While the previous batch
+            // waited for the shop's budget, changes queued up in Kafka; reading
+            // several versions of a key here and keeping the newest is the
+            // coalescing (bounded, so memory is too).
+            let mut keys: HashSet<Vec<u8>> = HashSet::new();
+            keys.insert(first.key().unwrap_or_default().to_vec());
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + wait;
+            while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(msg) => {
+                        let msg = msg.map_err(fenced)?.detach();
+                        keys.insert(msg.key().unwrap_or_default().to_vec());
+                        batch.push(msg);
+                    }
+                    Err(_) => break,
+                }
             }
-        };
-        let mut done = Vec::new();
-        let now_micros = chrono::Utc::now().timestamp_micros();
-        for (e, outcome) in fresh.iter().zip(outcomes) {
-            match outcome {
-                Outcome::Applied => {
-                    count("applied", 1);
-                    freshness.observe((now_micros - e.source_ts_micros).max(0) as f64 / 1e6);
-                    done.push((e.key.clone(), e.version.clone()));
-                }
-                Outcome::NotApplicable => {
-                    count("not_applicable", 1);
-                    done.push((e.key.clone(), e.version.clone()));
-                }
-                Outcome::Observed(what) => {
-                    count(what, 1);
-                    done.push((e.key.clone(), e.version.clone()));
-                }
-                Outcome::DeadLetter { class, reason } => {
-                    if let Some(msg) = batch
-                        .iter()
-                        .find(|x| x.partition() == e.partition && x.offset() == e.offset)
-                    {
-                        letters.push((msg, class, reason));
+
+            let mut letters = Vec::new();
+            let mut newest: HashMap<String, Pending<A::Event>> = HashMap::new();
+            for msg in &batch {
+                let decoded = codec
+                    .decode(msg.payload().unwrap_or_default())
+                    .ok()
+                    .and_then(|v| applier.decode(&v));
+                let Some(Decoded {
+                    key,
+                    version,
+                    source_ts_micros,
+                    event,
+                }) = decoded
+                else {
+                    letters.push((
+                        msg,
+                        "undecodable",
+                        format!("not a valid {} record", A::TOPIC),
+                    ));
+                    continue;
+                };
+                let candidate = Pending {
+                    key: key.clone(),
+                    version,
+                    source_ts_micros,
+                    event,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                };
+                match newest.get(&key) {
+                    Some(prev) if prev.version >= candidate.version => count("coalesced", 1),
+                    _ => {
+                        if newest.insert(key, candidate).is_some() {
+                            count("coalesced", 1);
+                        }
                     }
                 }
             }
-        }
-        for (msg, class, reason) in letters {
-            count("dead_lettered", 1);
-            dlq.send(dead_letter::<A>(msg, class, reason).to_record()?)
-                .await?;
-        }
-        store.store(&state, &done).await?;
+            let keys: Vec<String> = newest.keys().cloned().collect();
+            let applied = store.load(&state, &keys).await?;
+            let fresh: Vec<Pending<A::Event>> = newest
+                .into_values()
+                .filter(|e| is_newer(&e.version, applied.get(&e.key)))
+                .collect();
+            count("skipped_stale", (keys.len() - fresh.len()) as u64);
 
-        // Applied or dead-lettered: now the offsets may move.
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for msg in &batch {
-            let e = next.entry(msg.partition()).or_insert(0);
-            *e = (*e).max(msg.offset() + 1);
+            let mut outcomes = if fresh.is_empty() {
+                Vec::new()
+            } else {
+                // A batch waiting for shop budget can take long; on shutdown it is
+                // dropped unfinished. Nothing was recorded or committed for it, so
+                // the next start replays it, and the writes are idempotent.
+                tokio::select! {
+                    r = applier.apply(&fresh) => r?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            };
+            // Contended events go again after the rest of the batch, until they
+            // land; the offsets wait for them.
+            let mut pause = CONTENDED_FIRST_PAUSE;
+            loop {
+                let again: Vec<usize> = (0..outcomes.len())
+                    .filter(|i| matches!(outcomes[*i], Outcome::Contended))
+                    .collect();
+                if again.is_empty() {
+                    break;
+                }
+                count("contended", again.len() as u64);
+                let events: Vec<Pending<A::Event>> =
+                    again.iter().map(|i| fresh[*i].clone()).collect();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                pause = (pause * 2).min(CONTENDED_MAX_PAUSE);
+                let retried = tokio::select! {
+                    r = applier.apply(&events) => r?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                for (i, outcome) in again.into_iter().zip(retried) {
+                    outcomes[i] = outcome;
+                }
+            }
+            let mut done = Vec::new();
+            let now_micros = chrono::Utc::now().timestamp_micros();
+            for (e, outcome) in fresh.iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Applied => {
+                        count("applied", 1);
+                        freshness.observe((now_micros - e.source_ts_micros).max(0) as f64 / 1e6);
+                        done.push((e.key.clone(), e.version.clone()));
+                    }
+                    Outcome::NotApplicable => {
+                        count("not_applicable", 1);
+                        done.push((e.key.clone(), e.version.clone()));
+                    }
+                    Outcome::Observed(what) => {
+                        count(what, 1);
+                        done.push((e.key.clone(), e.version.clone()));
+                    }
+                    // Retried above until it was something else.
+                    Outcome::Contended => {}
+                    Outcome::DeadLetter { class, reason } => {
+                        if let Some(msg) = batch
+                            .iter()
+                            .find(|x| x.partition() == e.partition && x.offset() == e.offset)
+                        {
+                            letters.push((msg, class, reason));
+                        }
+                    }
+                }
+            }
+            for (msg, class, reason) in letters {
+                count("dead_lettered", 1);
+                dlq.send(dead_letter::<A>(msg, class, reason).to_record()?)
+                    .await?;
+            }
+            store.store(&state, &done).await?;
+
+            // Applied or dead-lettered: now the offsets may move.
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            for msg in &batch {
+                let e = next.entry(msg.partition()).or_insert(0);
+                *e = (*e).max(msg.offset() + 1);
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (partition, offset) in next {
+                tpl.add_partition_offset(&physical_topic, partition, Offset::Offset(offset))?;
+            }
+            consumer.commit(&tpl, CommitMode::Sync).map_err(fenced)?;
         }
-        let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in next {
-            tpl.add_partition_offset(&physical_topic, partition, Offset::Offset(offset))?;
+    }
+    .await;
+    if consumed.is_ok() && shutdown.is_cancelled() {
+        leave_group(&consumer).await;
+    }
+    consumed
+}
+
+/// Leaves the consumer group on a graceful stop, so the other workers take
+/// this one's partitions at once. A static member does not leave when it is
+/// merely closed (KIP-345: librdkafka skips LeaveGroup on termination; a
+/// worker that crashes or restarts keeps its place and gets it back in
+/// seconds), but it does on unsubscribe, once its partitions are revoked —
+/// which needs the consumer polled. Without this, tansu lists the stopped
+/// member until another member's heartbeat sweeps it, and `flywheel replay`
+/// refuses the group.
+async fn leave_group(consumer: &StreamConsumer) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        let held = consumer.assignment().map_or(0, |t| t.count());
+        if held == 0 {
+            break;
         }
-        consumer.commit(&tpl, CommitMode::Sync)?;
+        // Serves the revoke; records still in flight are dropped uncommitted
+        // (they replay, and the writes are idempotent).
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    // The LeaveGroup goes out from librdkafka's own thread once the revoke
+    // is served; give it a moment before the client is destroyed.
+    let _ = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await;
+}
+
+/// Aborts a task when dropped: the watch ends with its processor.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches one processor until aborted: exports the partitions it holds, and
+/// marks it stalled (`flywheel_processor_stalled`, not ready, a warning once a
+/// minute saying why) while its group has records waiting and the group's
+/// committed offsets have not moved for `processors.stall_timeout_secs`. The
+/// group's offsets, not this worker's, so a worker left without partitions
+/// while others do the work is not stalled, but one left without partitions
+/// while nobody works is — the silent failure a restart after `kill -9` once
+/// produced (see `bus::group`).
+async fn watch_progress(
+    config: Config,
+    entity: &'static str,
+    topic: &'static str,
+    slot: ConsumerSlot,
+) {
+    let m = metrics();
+    let (assigned, stalled) = (
+        m.assigned.with_label_values(&[entity]),
+        m.stalled.with_label_values(&[entity]),
+    );
+    let limit = config.processors.stall_timeout();
+    let every = (limit / 4).clamp(Duration::from_millis(500), Duration::from_secs(15));
+    let group = group::group_name(&config.processors, entity);
+    let physical = config.kafka.topic(topic);
+    let mut last_committed: Option<i64> = None;
+    let mut moved_at = tokio::time::Instant::now();
+    let mut warned_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let held = slot
+            .lock()
+            .as_ref()
+            .and_then(|c| c.assignment().ok())
+            .map_or(0, |t| t.count());
+        assigned.set(held as i64);
+        let (kafka, g, t) = (config.kafka.clone(), group.clone(), physical.clone());
+        let lags = match tokio::task::spawn_blocking(move || group::group_lag(&kafka, &g, &t)).await
+        {
+            Ok(Ok(Some(lags))) => lags,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::debug!(entity, error = %e, "could not read the group's lag");
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(entity, error = %e, "lag task failed");
+                continue;
+            }
+        };
+        let waiting: i64 = lags.iter().map(|l| l.lag).sum();
+        let committed: i64 = lags.iter().filter_map(|l| l.committed).sum();
+        let now = tokio::time::Instant::now();
+        if waiting == 0 || last_committed != Some(committed) {
+            moved_at = now;
+        }
+        last_committed = Some(committed);
+        let still = now - moved_at;
+        if still < limit {
+            if stalled.get() == 1 {
+                tracing::info!(entity, "processor is moving again");
+            }
+            stalled.set(0);
+            warned_at = None;
+            continue;
+        }
+        stalled.set(1);
+        if warned_at.is_some_and(|w| now - w < Duration::from_secs(60)) {
+            continue;
+        }
+        warned_at = Some(now);
+        let secs = still.as_secs();
+        if held == 0 {
+            tracing::warn!(
+                entity, group = %group, waiting, still_secs = secs,
+                "processor stalled: this worker holds no partition while {waiting} records wait and \
+                 the group committed nothing for {secs} s; another worker holds them, or the broker \
+                 has not handed them over (a worker killed under another processors.instance_id \
+                 keeps them until processors.session_timeout_ms)"
+            );
+        } else {
+            tracing::warn!(
+                entity, group = %group, waiting, held, still_secs = secs,
+                "processor stalled: it holds {held} partitions, {waiting} records wait and no batch \
+                 was committed for {secs} s; the errors logged above say what it waits for (the \
+                 shop's API, the state database)"
+            );
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
+use super::shop_catalog::ShopCatalog;
+use super::written_levels;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_ORDER_STATUS;
 use crate::config::Config;
@@ -28,7 +30,9 @@ pub struct OrderStatus {
 }
 
 pub struct StatusToShop {
-    api: AdminApi,
+    catalog: ShopCatalog,
+    /// Flywheel's state database: the levels the stock processor wrote.
+    state: tokio_postgres::Client,
     channel: String,
 }
 
@@ -36,8 +40,11 @@ pub struct StatusToShop {
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
     let p = &config.processors;
     apply_loop::supervised(config, shutdown, || async {
+        let state = apply_loop::connect_db(config, &p.state_database(&config.erp)).await?;
+        written_levels::open(&state).await?;
         Ok(StatusToShop {
-            api: AdminApi::from_config(p, <StatusToShop as Applier>::ENTITY)?,
+            catalog: ShopCatalog::new(AdminApi::from_config(p, <StatusToShop as Applier>::ENTITY)?),
+            state,
             channel: p.shop_channel.clone(),
         })
     })
@@ -49,10 +56,15 @@ struct ShopOrder {
     cancelled: bool,
     fulfilled: bool,
     open_fulfillment_order: Option<String>,
+    /// Where the open fulfillment order ships from.
+    location: Option<String>,
+    /// (SKU, quantity) of its lines.
+    lines: Vec<(String, i64)>,
 }
 
 const ORDER_QUERY: &str = "query($id: ID!) { order(id: $id) { id cancelledAt displayFulfillmentStatus \
-     fulfillmentOrders(first: 10) { nodes { id status } } } }";
+     fulfillmentOrders(first: 10) { nodes { id status assignedLocation { location { id } } } } \
+     lineItems(first: 100) { nodes { sku quantity } } } }";
 
 impl Applier for StatusToShop {
     const ENTITY: &'static str = "order_status";
@@ -87,7 +99,7 @@ impl Applier for StatusToShop {
                 Outcome::NotApplicable
             } else {
                 match e.status.as_deref() {
-                    Some("shipped") => self.fulfil(e).await?,
+                    Some("shipped") => self.fulfil(e, p.version.0).await?,
                     Some("cancelled") => self.cancel(e).await?,
                     _ => Outcome::NotApplicable,
                 }
@@ -105,8 +117,9 @@ fn order_gid(e: &OrderStatus) -> String {
 impl StatusToShop {
     async fn read(&self, e: &OrderStatus) -> Result<Option<ShopOrder>, SyncError> {
         let r = self
+            .catalog
             .api
-            .execute(ORDER_QUERY, json!({"id": order_gid(e)}), 3.0)
+            .execute(ORDER_QUERY, json!({"id": order_gid(e)}), 5.0)
             .await?;
         let o = &r.data["order"];
         if o.is_null() {
@@ -116,12 +129,23 @@ impl StatusToShop {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|fo| matches!(fo["status"].as_str(), Some("OPEN" | "IN_PROGRESS")))
-            .and_then(|fo| fo["id"].as_str().map(str::to_owned));
+            .find(|fo| matches!(fo["status"].as_str(), Some("OPEN" | "IN_PROGRESS")));
+        let lines = o["lineItems"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| Some((l["sku"].as_str()?.to_owned(), l["quantity"].as_i64()?)))
+            .collect();
         Ok(Some(ShopOrder {
             cancelled: !o["cancelledAt"].is_null(),
             fulfilled: o["displayFulfillmentStatus"] == "FULFILLED",
-            open_fulfillment_order: open,
+            open_fulfillment_order: open.and_then(|fo| fo["id"].as_str().map(str::to_owned)),
+            location: open.and_then(|fo| {
+                fo["assignedLocation"]["location"]["id"]
+                    .as_str()
+                    .map(str::to_owned)
+            }),
+            lines,
         }))
     }
 
@@ -135,7 +159,7 @@ impl StatusToShop {
         }
     }
 
-    async fn fulfil(&self, e: &OrderStatus) -> Result<Outcome, SyncError> {
+    async fn fulfil(&mut self, e: &OrderStatus, version: i64) -> Result<Outcome, SyncError> {
         let Some(order) = self.read(e).await? else {
             return Ok(Self::missing(e));
         };
@@ -151,7 +175,7 @@ impl StatusToShop {
                 ),
             });
         }
-        let Some(fulfillment_order) = order.open_fulfillment_order else {
+        let Some(fulfillment_order) = order.open_fulfillment_order.clone() else {
             return Ok(Outcome::DeadLetter {
                 class: "conflict",
                 reason: format!(
@@ -161,6 +185,7 @@ impl StatusToShop {
             });
         };
         let r = self
+            .catalog
             .api
             .execute(
                 "mutation($f: FulfillmentInput!) { fulfillmentCreate(fulfillment: $f) { fulfillment { id } userErrors { field message } } }",
@@ -172,8 +197,81 @@ impl StatusToShop {
                 10.0,
             )
             .await?;
-        self.settle(e, &r.data["fulfillmentCreate"], |o| o.fulfilled)
-            .await
+        let fulfilled_now = r.data["fulfillmentCreate"]["userErrors"]
+            .as_array()
+            .is_none_or(|errors| errors.is_empty());
+        let outcome = self
+            .settle(e, &r.data["fulfillmentCreate"], |o| o.fulfilled)
+            .await?;
+        if fulfilled_now {
+            self.undo_double_count(&order, version).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// A fulfilment takes the shipped units off the shop's `on_hand`. The ERP
+    /// took them off its own stock in the same transaction that shipped the
+    /// order (version `shipped_at_version`), and if the stock processor wrote
+    /// that already (its last write to the level carries a version at least
+    /// this one), the shop now counts the shipment twice. Then, and only if the
+    /// level is exactly the written value minus the shipped units (a
+    /// compare-and-set), it is put back to the written value. In the other
+    /// order — fulfilment first — the stock processor's own compare fails,
+    /// it re-reads and writes the right number, and nothing is done here.
+    async fn undo_double_count(
+        &mut self,
+        order: &ShopOrder,
+        shipped_at_version: i64,
+    ) -> Result<(), SyncError> {
+        let Some(location) = order.location.clone() else {
+            return Ok(());
+        };
+        let variants = self
+            .catalog
+            .variants(order.lines.iter().map(|(sku, _)| sku.as_str()))
+            .await?;
+        let mut shipped: std::collections::BTreeMap<String, i64> = Default::default();
+        for (sku, qty) in &order.lines {
+            if let Some(v) = variants.get(sku) {
+                *shipped.entry(v.inventory_item.clone()).or_default() += qty;
+            }
+        }
+        let pairs: Vec<(String, String)> = shipped
+            .keys()
+            .map(|item| (item.clone(), location.clone()))
+            .collect();
+        let written = written_levels::load(&self.state, &pairs).await?;
+        let quantities: Vec<Value> = pairs
+            .iter()
+            .filter_map(|pair| {
+                let w = written.get(pair)?;
+                (w.version >= shipped_at_version).then(|| {
+                    json!({"inventoryItemId": pair.0, "locationId": pair.1,
+                           "quantity": w.quantity, "changeFromQuantity": w.quantity - shipped[&pair.0]})
+                })
+            })
+            .collect();
+        // One level per call: each compare stands alone.
+        for q in quantities {
+            let r = self
+                .catalog
+                .api
+                .execute(
+                    "mutation($input: InventorySetQuantitiesInput!) { inventorySetQuantities(input: $input) { userErrors { code message } } }",
+                    json!({"input": {"name": "on_hand", "reason": "correction",
+                        "referenceDocumentUri": "flywheel://erp/shipment", "quantities": [q]}}),
+                    10.0,
+                )
+                .await?;
+            let errors = &r.data["inventorySetQuantities"]["userErrors"];
+            if errors.as_array().is_some_and(|e| e.is_empty()) {
+                tracing::debug!(level = %q, "shipment was counted twice in the shop; on_hand restored");
+            } else {
+                // Stale: the level is not the double-counted one; nothing to undo.
+                tracing::debug!(level = %q, answer = %errors, "no double count to undo");
+            }
+        }
+        Ok(())
     }
 
     async fn cancel(&self, e: &OrderStatus) -> Result<Outcome, SyncError> {
@@ -193,6 +291,7 @@ impl StatusToShop {
             });
         }
         let r = self
+            .catalog
             .api
             .execute(
                 "mutation($id: ID!) { orderCancel(orderId: $id, reason: OTHER, restock: true, refund: true, notifyCustomer: true, staffNote: \"cancelled in the ERP\") { userErrors { field message } } }",

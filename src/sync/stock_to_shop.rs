@@ -1,11 +1,30 @@
 //! `erp.stock.v1` → the shop's inventory.
 //!
-//! Writes `max(0, available − safety_stock)` with `inventorySetQuantities`, ≤ 250
-//! per call, an idempotency key derived from the keys and versions, and
-//! `changeFromQuantity` from the last known level: cached, or the last confirmed
-//! write (`written_levels`), or none for a level never written; re-read and
-//! retried when the shop's quantity moved under us. SKUs the shop lacks are
-//! dead letters.
+//! ## The stock contract
+//!
+//! Flywheel sets the shop's **`on_hand`**, never its `available`:
+//!
+//! ```text
+//! shop on_hand = max(0, ERP on_hand − (ERP reserved − reserved for this shop's orders) − safety_stock)
+//! shop available = shop on_hand − shop committed          (the shop keeps this itself)
+//! ```
+//!
+//! A sale in the shop moves units from `available` to `committed` at once and
+//! leaves `on_hand` alone, so no write of ours can put a sold unit back on sale
+//! (the race of writing `available`: an ERP event between the sale and the
+//! ERP learning of the order re-wrote the pre-sale number). Once the ERP has
+//! the order it reserves it *for this shop's channel*, which the formula adds
+//! back, because the shop's `committed` already holds it: never subtracted
+//! twice. Other channels' and the ERP's own reservations are subtracted.
+//!
+//! Writes go out with `inventorySetQuantities` (≤ 250 per call), an idempotency
+//! key derived from the keys and versions, and `changeFromQuantity` from the
+//! last known `on_hand`: cached, or the last confirmed write
+//! (`written_levels`), or none for a level never written. A stale compare is
+//! normal concurrency (a fulfilment moved `on_hand`): re-read, retry with
+//! backoff; a level still moving after that is handed back to the apply loop
+//! as contended and retried after the rest of the batch. SKUs the shop lacks
+//! are dead letters.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,17 +43,53 @@ use crate::shop::admin_api::AdminApi;
 pub struct StockLevel {
     pub sku: String,
     pub warehouse: String,
-    /// Whole units; 0 for a deleted entity.
-    pub available: i64,
+    /// Whole units the ERP has in this warehouse; 0 for a deleted entity.
+    pub on_hand: i64,
+    /// Whole units the ERP holds back for anything but this shop's own
+    /// orders (which the shop holds back itself, as `committed`).
+    pub reserved_elsewhere: i64,
+}
+
+impl StockLevel {
+    /// The shop's `on_hand` under the stock contract (module doc).
+    pub fn shop_on_hand(&self, safety_stock: i64) -> i64 {
+        (self.on_hand - self.reserved_elsewhere - safety_stock).max(0)
+    }
+}
+
+/// A decimal string as whole units, rounded toward zero; `None` if it is not a number.
+fn units(decimal: &str) -> Option<i64> {
+    let v = decimal.trim().parse::<f64>().ok()?;
+    v.is_finite().then(|| v.trunc() as i64)
+}
+
+/// `reserved − reserved_by_channel[channel]`, in whole units (rounded up: a
+/// fraction held back elsewhere is not sellable here).
+fn reserved_elsewhere(reserved: &str, by_channel: Option<&str>, channel: &str) -> Option<i64> {
+    let total = reserved.trim().parse::<f64>().ok()?;
+    let own = match by_channel {
+        None => 0.0,
+        Some(json) => {
+            let map: HashMap<String, String> = serde_json::from_str(json).ok()?;
+            match map.get(channel) {
+                Some(q) => q.trim().parse::<f64>().ok()?,
+                None => 0.0,
+            }
+        }
+    };
+    let elsewhere = (total - own).max(0.0);
+    elsewhere.is_finite().then(|| elsewhere.ceil() as i64)
 }
 
 pub struct StockToShop {
     catalog: ShopCatalog,
+    /// This shop's channel: its own orders' reservations are not subtracted.
+    channel: String,
     /// Flywheel's state database: what was written, to recognise echoes.
     state: tokio_postgres::Client,
     safety_stock: i64,
     warehouse_locations: BTreeMap<String, String>,
-    /// (item, location) → last known available
+    /// (item, location) → last known on_hand
     levels: HashMap<(String, String), i64>,
 }
 
@@ -47,6 +102,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Syn
         Ok(StockToShop {
             state,
             catalog: ShopCatalog::new(AdminApi::from_config(p, <StockToShop as Applier>::ENTITY)?),
+            channel: p.shop_channel.clone(),
             safety_stock: p.safety_stock,
             warehouse_locations: p.warehouse_locations.clone(),
             levels: HashMap::new(),
@@ -65,11 +121,22 @@ impl Applier for StockToShop {
             field(v, "deleted"),
             Some(apache_avro::types::Value::Boolean(true))
         );
-        let available = if deleted {
-            0
+        // Decimal strings; the shop counts whole units. A connector without
+        // on_hand/reserved sends `available` alone: all of it is sellable.
+        let (on_hand, reserved_elsewhere) = if deleted {
+            (0, 0)
         } else {
-            // A decimal string; the shop counts whole units.
-            field_str(v, "available")?.parse::<f64>().ok()?.floor() as i64
+            match (field_str(v, "on_hand"), field_str(v, "reserved")) {
+                (Some(on_hand), Some(reserved)) => (
+                    units(on_hand)?,
+                    reserved_elsewhere(
+                        reserved,
+                        field_str(v, "reserved_by_channel"),
+                        &self.channel,
+                    )?,
+                ),
+                _ => (units(field_str(v, "available")?)?, 0),
+            }
         };
         Some(Decoded {
             key: field_str(v, "key")?.to_owned(),
@@ -78,7 +145,8 @@ impl Applier for StockToShop {
             event: StockLevel {
                 sku: field_str(v, "sku")?.to_owned(),
                 warehouse: field_str(v, "warehouse")?.to_owned(),
-                available,
+                on_hand,
+                reserved_elsewhere,
             },
         })
     }
@@ -112,28 +180,63 @@ impl Applier for StockToShop {
                         location: name,
                     })?;
             outcomes.push(Outcome::Applied);
-            let quantity = (e.event.available - self.safety_stock).max(0);
+            let quantity = e.event.shop_on_hand(self.safety_stock);
             writes.push((i, v.inventory_item.clone(), location, quantity));
         }
         for chunk in writes.chunks(250) {
-            let keyed: Vec<(&Pending<StockLevel>, &str, &str, i64)> = chunk
+            let keyed: Vec<Write> = chunk
                 .iter()
                 .map(|(i, item, loc, q)| (&events[*i], item.as_str(), loc.as_str(), *q))
                 .collect();
-            self.set_quantities(&keyed).await?;
+            if self.set_quantities(&keyed).await? == SetOutcome::Done {
+                continue;
+            }
+            // Level by level, so one hot or refused level does not hold the
+            // others back; the call is all or nothing.
+            for (w, (i, ..)) in keyed.iter().zip(chunk) {
+                match self.set_quantities(std::slice::from_ref(w)).await? {
+                    SetOutcome::Done => {}
+                    SetOutcome::Contended => outcomes[*i] = Outcome::Contended,
+                    SetOutcome::Refused(reason) => {
+                        outcomes[*i] = Outcome::DeadLetter {
+                            class: "shop_refused",
+                            reason,
+                        }
+                    }
+                }
+            }
         }
         Ok(outcomes)
     }
 }
 
+/// One level to write: (event, inventory item, location, on_hand).
+type Write<'a> = (&'a Pending<StockLevel>, &'a str, &'a str, i64);
+
+/// What became of one `inventorySetQuantities` call.
+#[derive(Debug, PartialEq, Eq)]
+enum SetOutcome {
+    Done,
+    /// The levels kept moving under us through every attempt.
+    Contended,
+    /// The shop refused the input (e.g. an item not stocked at the location).
+    Refused(String),
+}
+
+/// Attempts of one call while the shop reports stale compares, and the first
+/// backoff (doubling, with jitter).
+const STALE_ATTEMPTS: u32 = 4;
+const STALE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
+
 impl StockToShop {
-    /// Reads the current `available` of (item, location) pairs into the cache.
+    /// Reads the current `on_hand` of (item, location) pairs into the cache.
+    /// A level the shop does not report is left out (written without a compare).
     async fn read_levels(&mut self, pairs: &[(String, String)]) -> Result<(), SyncError> {
         for chunk in pairs.chunks(100) {
             let mut query = String::from("query {");
             for (i, (item, loc)) in chunk.iter().enumerate() {
                 query.push_str(&format!(
-                    " l{i}: inventoryItem(id: \"{item}\") {{ inventoryLevel(locationId: \"{loc}\") {{ quantities(names: [\"available\"]) {{ quantity }} }} }}"
+                    " l{i}: inventoryItem(id: \"{item}\") {{ inventoryLevel(locationId: \"{loc}\") {{ quantities(names: [\"on_hand\"]) {{ quantity }} }} }}"
                 ));
             }
             query.push_str(" }");
@@ -143,22 +246,23 @@ impl StockToShop {
                 .execute(&query, Value::Null, 3.0 * chunk.len() as f64)
                 .await?;
             for (i, pair) in chunk.iter().enumerate() {
-                let q = r.data[format!("l{i}")]["inventoryLevel"]["quantities"][0]["quantity"]
+                match r.data[format!("l{i}")]["inventoryLevel"]["quantities"][0]["quantity"]
                     .as_i64()
-                    .ok_or_else(|| {
-                        SyncError::ShopAnswer(format!("no level for {} at {}", pair.0, pair.1))
-                    })?;
-                self.levels.insert(pair.clone(), q);
+                {
+                    Some(q) => {
+                        self.levels.insert(pair.clone(), q);
+                    }
+                    None => {
+                        self.levels.remove(pair);
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// One `inventorySetQuantities` call (≤ 250), compare-before-write.
-    async fn set_quantities(
-        &mut self,
-        chunk: &[(&Pending<StockLevel>, &str, &str, i64)],
-    ) -> Result<(), SyncError> {
+    /// One `inventorySetQuantities` call (≤ 250) of `on_hand`, compare-before-write.
+    async fn set_quantities(&mut self, chunk: &[Write<'_>]) -> Result<SetOutcome, SyncError> {
         let pairs: Vec<(String, String)> = chunk
             .iter()
             .map(|(_, i, l, _)| (i.to_string(), l.to_string()))
@@ -201,7 +305,7 @@ impl StockToShop {
             .map(|(c, p)| (*c, p))
             .unzip();
         if chunk.is_empty() {
-            return Ok(());
+            return Ok(SetOutcome::Done);
         }
         // Same keys and versions → same key: re-sending after a crash is a no-op.
         let idempotency_key = {
@@ -219,7 +323,7 @@ impl StockToShop {
             .map(|(e, i, l, q)| (*i, *l, *q, e.version.0))
             .collect();
         written_levels::intend(&self.state, &levels).await?;
-        for attempt in 0..3 {
+        for attempt in 0..STALE_ATTEMPTS {
             let quantities: Vec<Value> = chunk
                 .iter()
                 .zip(&pairs)
@@ -228,10 +332,11 @@ impl StockToShop {
                            "changeFromQuantity": self.levels.get(pair)})
                 })
                 .collect();
+            // The compare values are part of the input, so each attempt has its own key.
             let query = format!(
                 "mutation($input: InventorySetQuantitiesInput!) {{ inventorySetQuantities(input: $input) @idempotent(key: \"{idempotency_key}-{attempt}\") {{ userErrors {{ code field message }} }} }}"
             );
-            let input = json!({"input": {"name": "available", "reason": "correction",
+            let input = json!({"input": {"name": "on_hand", "reason": "correction",
                 "referenceDocumentUri": "flywheel://erp/stock", "quantities": quantities}});
             let r = self.catalog.api.execute(&query, input, 10.0).await?;
             let errors = r.data["inventorySetQuantities"]["userErrors"]
@@ -243,22 +348,66 @@ impl StockToShop {
                     self.levels.insert(pair.clone(), *qty);
                 }
                 written_levels::confirm(&self.state, &levels).await?;
-                return Ok(());
+                return Ok(SetOutcome::Done);
             }
             if !errors
                 .iter()
-                .any(|e| e["code"] == "CHANGE_FROM_QUANTITY_STALE")
+                .all(|e| e["code"] == "CHANGE_FROM_QUANTITY_STALE")
             {
-                return Err(SyncError::ShopAnswer(format!(
-                    "inventorySetQuantities: {}",
+                return Ok(SetOutcome::Refused(format!(
+                    "the shop refused inventorySetQuantities: {}",
                     Value::Array(errors)
                 )));
             }
-            tracing::debug!(attempt, "shop quantity moved under us; re-reading");
+            // Normal concurrency: something (a fulfilment, a person in the
+            // shop admin) moved on_hand since we last looked.
+            tracing::debug!(
+                attempt,
+                levels = chunk.len(),
+                "on_hand moved under us; re-reading"
+            );
+            let backoff = STALE_BACKOFF * 2u32.pow(attempt);
+            tokio::time::sleep(backoff + backoff.mul_f64(fastrand::f64())).await;
             self.read_levels(&pairs).await?;
         }
-        Err(SyncError::ShopAnswer(
-            "quantities kept moving under us (3 stale attempts)".into(),
-        ))
+        Ok(SetOutcome::Contended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_other_channels_reservations_are_held_back() {
+        // 10 on hand, 4 reserved of which 3 for this shop's own orders: the
+        // shop's committed holds those 3, so on_hand = 10 − 1.
+        let own = Some(r#"{"demo": "3.000", "other": "1.000"}"#);
+        assert_eq!(reserved_elsewhere("4.000", own, "demo"), Some(1));
+        assert_eq!(reserved_elsewhere("4.000", own, "outlet"), Some(4));
+        assert_eq!(reserved_elsewhere("4", None, "demo"), Some(4));
+        // A fraction held elsewhere is not sellable here.
+        assert_eq!(
+            reserved_elsewhere("2.5", Some(r#"{"demo":"1"}"#), "demo"),
+            Some(2)
+        );
+        // Bytes from outside that are not what we expect are refused, not guessed.
+        assert_eq!(reserved_elsewhere("x", None, "demo"), None);
+        assert_eq!(reserved_elsewhere("1", Some("not json"), "demo"), None);
+        assert_eq!(units("7.9"), Some(7));
+        assert_eq!(units("NaN"), None);
+    }
+
+    #[test]
+    fn safety_stock_applies_and_nothing_goes_below_zero() {
+        let level = StockLevel {
+            sku: "S".into(),
+            warehouse: "WH1".into(),
+            on_hand: 10,
+            reserved_elsewhere: 1,
+        };
+        assert_eq!(level.shop_on_hand(0), 9);
+        assert_eq!(level.shop_on_hand(2), 7);
+        assert_eq!(level.shop_on_hand(20), 0);
     }
 }

@@ -197,10 +197,31 @@ impl TestEnv {
             .expect("adding an ERP product");
     }
 
-    /// What the shop should show for a SKU in a warehouse: ERP available − safety stock.
+    /// What the shop's `on_hand` should be for a SKU in a warehouse under the
+    /// stock contract: ERP on hand − (reserved − reserved for channel `demo`)
+    /// − safety stock, at least 0. With no unfulfilled shop orders it is also
+    /// the shop's `available`.
     pub async fn shop_should_show(&self, sku: &str, warehouse: &str, safety: i64) -> i64 {
-        let (_, _, available) = self.stock_of(sku, warehouse).await;
-        (available.parse::<f64>().expect("a decimal").floor() as i64 - safety).max(0)
+        let (on_hand, reserved, _) = self.stock_of(sku, warehouse).await;
+        let own: String = self
+            .erp
+            .query_one(
+                "SELECT coalesce(sum(m.product_uom_qty), 0)::text
+                 FROM stock_move m
+                 JOIN stock_location l ON l.id = m.location_id
+                 JOIN stock_warehouse w ON l.name LIKE w.code || '/%'
+                 JOIN product_product p ON p.id = m.product_id
+                 JOIN sale_order_line sl ON sl.id = m.sale_line_id
+                 JOIN sale_order o ON o.id = sl.order_id
+                 WHERE m.state = 'assigned' AND o.channel = 'demo' AND p.default_code = $1 AND w.code = $2",
+                &[&sku, &warehouse],
+            )
+            .await
+            .expect("reading reservations")
+            .get(0);
+        let num = |s: &str| s.parse::<f64>().expect("a decimal");
+        let elsewhere = (num(&reserved) - num(&own)).max(0.0).ceil() as i64;
+        (num(&on_hand).trunc() as i64 - elsewhere - safety).max(0)
     }
 
     /// Stock of one SKU in one warehouse, computed here independently of the connector.
@@ -484,6 +505,15 @@ pub async fn post_shopify_order(url: &str, secret: &str, webhook_id: &str, body:
 
 /// (sku, location) → available, as the shop has it now.
 pub async fn shop_stock(sim: &shopsim::ShopSim) -> HashMap<(String, String), i64> {
+    shop_levels(sim, "available").await
+}
+
+/// (sku, location) → on_hand (available + committed), as the shop has it now.
+pub async fn shop_on_hand(sim: &shopsim::ShopSim) -> HashMap<(String, String), i64> {
+    shop_levels(sim, "on_hand").await
+}
+
+async fn shop_levels(sim: &shopsim::ShopSim, quantity: &str) -> HashMap<(String, String), i64> {
     let state: serde_json::Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
         .await
         .expect("simulator state")
@@ -500,7 +530,7 @@ pub async fn shop_stock(sim: &shopsim::ShopSim) -> HashMap<(String, String), i64
                     l["sku"].as_str().expect("sku").to_owned(),
                     l["location"].as_str().expect("location").to_owned(),
                 ),
-                l["available"].as_i64().expect("available"),
+                l[quantity].as_i64().expect("a quantity"),
             )
         })
         .collect()
@@ -650,4 +680,42 @@ pub fn stock_lag(config: &Config) -> i64 {
         .filter(|l| l.group.ends_with(".stock"))
         .map(|l| l.lag)
         .sum()
+}
+
+/// SKU → (price, compare-at price), as the shop has it now.
+pub async fn shop_prices(sim: &shopsim::ShopSim) -> HashMap<String, (String, Option<String>)> {
+    let state: serde_json::Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
+        .await
+        .expect("simulator state")
+        .json()
+        .await
+        .expect("JSON");
+    state["prices"]
+        .as_array()
+        .expect("price list")
+        .iter()
+        .map(|p| {
+            (
+                p["sku"].as_str().expect("sku").to_owned(),
+                (
+                    p["price"].as_str().expect("price").to_owned(),
+                    p["compare_at_price"].as_str().map(str::to_owned),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// SKU → (list price, no compare-at), as the ERP has it now.
+pub async fn erp_list_prices(env: &TestEnv) -> HashMap<String, (String, Option<String>)> {
+    env.erp
+        .query(
+            "SELECT p.default_code, t.list_price::text FROM product_product p JOIN product_template t ON t.id = p.product_tmpl_id",
+            &[],
+        )
+        .await
+        .expect("reading list prices")
+        .iter()
+        .map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), None)))
+        .collect()
 }

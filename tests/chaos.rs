@@ -1,0 +1,477 @@
+//! Chaos: the three roles as separate processes (`flywheel source`, `gateway`,
+//! `processors`) under load — ERP stock moves and price changes, shop orders,
+//! ERP shipments of those orders — and repeated `kill -9` of a random role at
+//! random moments, each role several times, each restarted after a random
+//! pause. Afterwards the whole system must converge: every stock level and
+//! price in the shop equals the ERP's, every shop order is in the ERP exactly
+//! once with its lines, every ERP shipment is fulfilled in the shop, nothing
+//! is dead-lettered, and the shop's record of every quantity set holds no ERP
+//! value applied out of order. It prints its figures: kills, the time each
+//! restarted role took to be working again, the time to converge.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, erp_list_prices, shop_on_hand, shop_prices};
+use flywheel::erp::demo_erp::{DemoSize, ErpActivity};
+use flywheel::local_infra::free_port;
+use shopsim::Topic;
+
+const SKUS: u32 = 30;
+const KILLS_PER_ROLE: usize = 3;
+/// After `kill -9` and a restart, a role must be working again within this
+/// (the issue's bound; the processors get their partitions back as the same
+/// static group members, see `bus::group`).
+const RESUME_BOUND: Duration = Duration::from_secs(15);
+const CONVERGE: Duration = Duration::from_secs(180);
+const SECRET: &str = "chaos-secret";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Source,
+    Gateway,
+    Processors,
+}
+
+impl Role {
+    fn arg(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Gateway => "gateway",
+            Role::Processors => "processors",
+        }
+    }
+}
+
+/// One role's process, its metrics port and its log file.
+struct RoleProcess {
+    role: Role,
+    config: PathBuf,
+    metrics_port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl RoleProcess {
+    fn new(role: Role, config: &Path, dir: &Path) -> RoleProcess {
+        RoleProcess {
+            role,
+            config: config.to_owned(),
+            metrics_port: free_port().expect("a free port"),
+            log: dir.join(format!("{}.log", role.arg())),
+            child: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("the role's log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_flywheel"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg(self.role.arg())
+            .env(
+                "FLYWHEEL_METRICS__LISTEN",
+                format!("127.0.0.1:{}", self.metrics_port),
+            )
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning a role");
+        self.child = Some(child);
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reaping the killed role");
+        }
+    }
+
+    /// Panics with the log's tail if the process has exited.
+    fn assert_alive(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!(
+                "{} exited on its own ({status}):\n{}",
+                self.role.arg(),
+                self.log_tail()
+            );
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Working: `/readyz` answers 200 (the source streams from its slot, the
+    /// gateway reaches Kafka, every processor runs and is not stalled) and,
+    /// for the processors, every processor holds partitions again.
+    async fn working(&self) -> bool {
+        let base = format!("http://127.0.0.1:{}", self.metrics_port);
+        let ready = match reqwest::get(format!("{base}/readyz")).await {
+            Ok(r) => r.status() == 200,
+            Err(_) => false,
+        };
+        if !ready || self.role != Role::Processors {
+            return ready;
+        }
+        let Ok(text) = reqwest::get(format!("{base}/metrics")).await else {
+            return false;
+        };
+        let text = text.text().await.unwrap_or_default();
+        flywheel::sync::CONSUMED.iter().all(|(entity, _)| {
+            text.lines().any(|l| {
+                l.starts_with(&format!(
+                    "flywheel_processor_assigned_partitions{{entity=\"{entity}\"}}"
+                )) && !l.ends_with(" 0")
+            })
+        })
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// Awaits `cond`, or panics with `what` and every role's log tail.
+async fn wait_working<F, Fut>(what: &str, timeout: Duration, roles: &[RoleProcess], mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = roles
+                .iter()
+                .map(|r| format!("--- {} ---\n{}", r.role.arg(), r.log_tail()))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn write_config(dir: &Path, env: &TestEnv, sim: &shopsim::ShopSim, gateway_port: u16) -> PathBuf {
+    let c = &env.config;
+    let text = format!(
+        r#"
+[erp]
+dsn = "{dsn}"
+slot = "{slot}"
+status_interval_ms = 100
+heartbeat_interval_ms = 500
+
+[kafka]
+bootstrap = "{bootstrap}"
+topic_prefix = "{prefix}"
+partitions = 3
+message_timeout_ms = 10000
+
+[gateway]
+listen = "127.0.0.1:{gateway_port}"
+dedupe_path = "{dedupe}"
+
+[[gateway.shops]]
+name = "demo"
+platform = "shopify"
+secrets = ["{SECRET}"]
+
+[processors]
+group_id = "chaos"
+instance_id = "chaos-worker"
+shop_graphql_url = "{graphql}"
+shop_access_token = "{token}"
+batch_wait_ms = 50
+stall_timeout_secs = 8
+
+[lifecycle]
+shutdown_timeout_secs = 10
+"#,
+        dsn = c.erp.dsn,
+        slot = c.erp.slot,
+        bootstrap = c.kafka.bootstrap,
+        prefix = c.kafka.topic_prefix,
+        dedupe = dir.join("seen.log").display(),
+        graphql = sim.graphql_url(),
+        token = sim.config.access_token,
+    );
+    let path = dir.join("flywheel.toml");
+    std::fs::write(&path, text).expect("writing the configuration");
+    path
+}
+
+/// What the stock processor should set as `on_hand` for one event (the stock
+/// contract, computed here independently of the processor).
+fn target(rec: &common::Rec) -> i64 {
+    if rec.deleted() {
+        return 0;
+    }
+    let num = |f: &str| {
+        rec.str(f)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let own = rec
+        .str("reserved_by_channel")
+        .and_then(|j| serde_json::from_str::<HashMap<String, String>>(j).ok())
+        .and_then(|m| m.get("demo").and_then(|q| q.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let elsewhere = (num("reserved") - own).max(0.0).ceil() as i64;
+    (num("on_hand").trunc() as i64 - elsewhere).max(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
+    let size = DemoSize {
+        skus: SKUS,
+        warehouses: 3,
+        orders: 0,
+        seed: 0.2,
+    };
+    let env = TestEnv::new("chaos", size).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let gateway_port = free_port().expect("a free port");
+    let callback = format!("http://127.0.0.1:{gateway_port}/webhooks/shopify/demo");
+    let sim = shopsim::ShopSim::start(
+        shopsim::SimConfig {
+            webhook_secret: SECRET.into(),
+            seed: shopsim::catalog::demo_seed(SKUS, 3),
+            subscriptions: [
+                Topic::OrdersCreate,
+                Topic::OrdersPaid,
+                Topic::OrdersUpdated,
+                Topic::OrdersCancelled,
+            ]
+            .iter()
+            .map(|t| (*t, callback.clone()))
+            .collect(),
+            ..shopsim::SimConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("the shop simulator starts");
+    let config = write_config(dir.path(), &env, &sim, gateway_port);
+    let mut roles: Vec<RoleProcess> = [Role::Source, Role::Gateway, Role::Processors]
+        .into_iter()
+        .map(|r| RoleProcess::new(r, &config, dir.path()))
+        .collect();
+    for r in &mut roles {
+        r.start();
+    }
+    for i in 0..roles.len() {
+        let what = format!("{} to be working", roles[i].role.arg());
+        wait_working(&what, CONVERGE, &roles, || roles[i].working()).await;
+    }
+
+    // Load: ERP stock moves and price changes (~10/s), ERP shipments of shop
+    // orders (~2/s), shop orders (~2/s, refused when a line is short).
+    let stop = Arc::new(AtomicBool::new(false));
+    let erp_load = {
+        let (stop, erp) = (stop.clone(), common::connect(&env.dsn).await);
+        tokio::spawn(async move {
+            let mut activity = ErpActivity::new(size, 42);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let r = if n.is_multiple_of(3) {
+                    activity.price_change(&erp).await
+                } else {
+                    activity.stock_move(&erp).await
+                };
+                r.expect("ERP activity");
+                if n.is_multiple_of(5) {
+                    activity.ship_shop_order(&erp).await.expect("shipping");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    sim.start_order_generator(2.0);
+
+    // Each role killed KILLS_PER_ROLE times, in random order, at random moments.
+    let mut plan: Vec<usize> = (0..roles.len())
+        .flat_map(|i| std::iter::repeat_n(i, KILLS_PER_ROLE))
+        .collect();
+    fastrand::shuffle(&mut plan);
+    let mut resumed: Vec<(Role, Duration)> = Vec::new();
+    for i in plan {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(1_000..4_000))).await;
+        for r in &mut roles {
+            r.assert_alive();
+        }
+        roles[i].kill_9();
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(500..3_000))).await;
+        roles[i].start();
+        let started = Instant::now();
+        let what = format!("{} to work again after kill -9", roles[i].role.arg());
+        wait_working(&what, CONVERGE, &roles, || roles[i].working()).await;
+        resumed.push((roles[i].role, started.elapsed()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    sim.stop_order_generator();
+    erp_load.await.expect("the ERP load");
+    let load_stopped = Instant::now();
+
+    // Convergence.
+    let want_stock = || async {
+        let mut want = HashMap::new();
+        for p in 1..=SKUS {
+            for w in 1..=3 {
+                let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
+                let v = env.shop_should_show(&sku, &wh, 0).await;
+                want.insert((sku, wh), v);
+            }
+        }
+        want
+    };
+    let orders_match = || async {
+        let shop: BTreeMap<String, usize> = sim
+            .shop()
+            .state
+            .lock()
+            .orders
+            .values()
+            .map(|o| (o.id.to_string(), o.line_items.len()))
+            .collect();
+        let erp: BTreeMap<String, usize> = env
+            .erp
+            .query(
+                "SELECT o.shop_order_id, count(l.id) FROM sale_order o
+                 LEFT JOIN sale_order_line l ON l.order_id = o.id
+                 WHERE o.channel = 'demo' GROUP BY o.shop_order_id",
+                &[],
+            )
+            .await
+            .expect("reading ERP orders")
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as usize))
+            .collect();
+        shop == erp
+    };
+    let shipments_fulfilled = || async {
+        let shipped: Vec<String> = env
+            .erp
+            .query(
+                "SELECT o.shop_order_id FROM sale_order o
+                 JOIN stock_picking p ON p.sale_id = o.id AND p.state = 'done'
+                 WHERE o.channel = 'demo'",
+                &[],
+            )
+            .await
+            .expect("reading shipments")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let st = sim.shop().state.lock();
+        shipped.iter().all(|id| {
+            id.parse::<u64>()
+                .ok()
+                .and_then(|id| st.orders.get(&id))
+                .is_some_and(|o| o.fulfillment_status.as_deref() == Some("fulfilled"))
+        })
+    };
+    wait_working(
+        "the shop and the ERP to converge",
+        CONVERGE,
+        &roles,
+        || async {
+            shop_on_hand(&sim).await == want_stock().await
+                && shop_prices(&sim).await == erp_list_prices(&env).await
+                && orders_match().await
+                && shipments_fulfilled().await
+        },
+    )
+    .await;
+    let converged_after = load_stopped.elapsed();
+    for r in &mut roles {
+        r.assert_alive();
+    }
+
+    // Nothing was dead-lettered.
+    let mut dlq = env.reader("flywheel.dlq.v1");
+    let letters = dlq.drain(Duration::from_secs(2)).await;
+    assert!(
+        letters.is_empty(),
+        "dead letters: {:?}",
+        letters.iter().map(|l| &l.headers).collect::<Vec<_>>()
+    );
+
+    // No value was applied out of order: per level, the shop's sets are the
+    // ERP's successive targets in version order (a value may repeat: a
+    // replay after a kill, or a double-counted shipment put back).
+    let mut events: HashMap<String, Vec<(u64, i64)>> = HashMap::new();
+    let mut stock = env.reader("erp.stock.v1");
+    for rec in stock.drain(Duration::from_secs(2)).await {
+        events
+            .entry(rec.key.clone())
+            .or_default()
+            .push((rec.version(), target(rec)));
+    }
+    let (history, names) = {
+        let st = sim.shop().state.lock();
+        let mut names = HashMap::new();
+        for v in st.variants.values() {
+            for l in st.locations.values() {
+                names.insert((v.inventory_item_id, l.id), format!("{}/{}", v.sku, l.name));
+            }
+        }
+        (st.set_history.clone(), names)
+    };
+    let mut sets = 0;
+    for (level, history) in &history {
+        let key = &names[level];
+        let mut seq = events.get(key).cloned().unwrap_or_default();
+        seq.sort();
+        seq.dedup();
+        let targets: Vec<i64> = seq.iter().map(|(_, t)| *t).collect();
+        let mut at: Option<usize> = None;
+        for v in history {
+            sets += 1;
+            if at.is_some_and(|i| targets[i] == *v) {
+                continue;
+            }
+            let from = at.map_or(0, |i| i + 1);
+            match targets[from..].iter().position(|t| t == v) {
+                Some(j) => at = Some(from + j),
+                None => panic!(
+                    "{key}: the shop was set to {v} out of ERP order\n sets {history:?}\n ERP targets {targets:?}"
+                ),
+            }
+        }
+    }
+
+    let max = resumed.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    println!(
+        "chaos: {} kills, {} sets checked, converged {converged_after:.1?} after the load stopped",
+        resumed.len(),
+        sets
+    );
+    for (role, d) in &resumed {
+        println!("  kill -9 {:<10} working again after {d:.1?}", role.arg());
+    }
+    assert!(
+        resumed.iter().all(|(_, d)| *d <= RESUME_BOUND),
+        "a role took {max:?} to work again after kill -9 (bound {RESUME_BOUND:?}): {resumed:?}"
+    );
+    drop(roles);
+}
