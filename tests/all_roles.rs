@@ -238,14 +238,7 @@ async fn every_role_in_one_process_syncs_passes_promtool_and_stops_on_sigterm() 
     assert!(status.success(), "exit status after SIGTERM: {status}");
     writer.await.expect("the ERP writer");
     let mut child = start();
-    let mut want = std::collections::HashMap::new();
-    for p in 1..=20 {
-        for w in 1..=3 {
-            let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
-            let v = env.shop_should_show(&sku, &wh, 0).await;
-            want.insert((sku, wh), v);
-        }
-    }
+    let want = env.shop_should_show_all(20, 0).await;
     wait_for("the shop to converge after the restart", T, || async {
         shop_stock(&sim).await == want
     })

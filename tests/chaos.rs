@@ -219,26 +219,6 @@ shutdown_timeout_secs = 10
     path
 }
 
-/// What the stock processor should set as `on_hand` for one event (the stock
-/// contract, computed here independently of the processor).
-fn target(rec: &common::Rec) -> i64 {
-    if rec.deleted() {
-        return 0;
-    }
-    let num = |f: &str| {
-        rec.str(f)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let own = rec
-        .str("reserved_by_channel")
-        .and_then(|j| serde_json::from_str::<HashMap<String, String>>(j).ok())
-        .and_then(|m| m.get("demo").and_then(|q| q.parse::<f64>().ok()))
-        .unwrap_or(0.0);
-    let elsewhere = (num("reserved") - own).max(0.0).ceil() as i64;
-    (num("on_hand").trunc() as i64 - elsewhere).max(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
     let size = DemoSize {
@@ -333,17 +313,7 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
     let load_stopped = Instant::now();
 
     // Convergence.
-    let want_stock = || async {
-        let mut want = HashMap::new();
-        for p in 1..=SKUS {
-            for w in 1..=3 {
-                let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
-                let v = env.shop_should_show(&sku, &wh, 0).await;
-                want.insert((sku, wh), v);
-            }
-        }
-        want
-    };
+    let want_stock = || env.shop_should_show_all(SKUS, 0);
     let orders_match = || async {
         let shop: BTreeMap<String, usize> = sim
             .shop()
@@ -425,7 +395,7 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
         events
             .entry(rec.key.clone())
             .or_default()
-            .push((rec.version(), target(rec)));
+            .push((rec.version(), common::stock_target(rec, "demo")));
     }
     let (history, names) = {
         let st = sim.shop().state.lock();

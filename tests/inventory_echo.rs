@@ -34,14 +34,7 @@ async fn our_own_stock_writes_come_back_as_echoes_and_shop_changes_are_told_apar
 
     // The snapshot sets every level with stock (the shop starts at 0): each
     // of those writes comes back as a webhook, and each is an echo.
-    let mut want = std::collections::HashMap::new();
-    for p in 1..=20 {
-        for w in 1..=3 {
-            let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
-            let v = env.shop_should_show(&sku, &wh, 0).await;
-            want.insert((sku, wh), v);
-        }
-    }
+    let want = env.shop_should_show_all(20, 0).await;
     let changed = want.values().filter(|v| **v != 0).count() as u64;
     assert!(changed > 0, "the demo ERP has stock to sync");
     wait_for("the shop to match the ERP", T, || async {

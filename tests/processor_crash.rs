@@ -26,6 +26,10 @@ struct Processors(Child);
 
 impl Processors {
     fn spawn(env: &TestEnv, sim: &shopsim::ShopSim) -> Processors {
+        Self::spawn_as(env, sim, "processor_crash", "crash-worker")
+    }
+
+    fn spawn_as(env: &TestEnv, sim: &shopsim::ShopSim, group: &str, instance: &str) -> Processors {
         let child = Command::new(env!("CARGO_BIN_EXE_flywheel"))
             .arg("processors")
             .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
@@ -35,8 +39,8 @@ impl Processors {
                 &env.config.kafka.topic_prefix,
             )
             .env("FLYWHEEL_KAFKA__PARTITIONS", "3")
-            .env("FLYWHEEL_PROCESSORS__GROUP_ID", "processor_crash")
-            .env("FLYWHEEL_PROCESSORS__INSTANCE_ID", "crash-worker")
+            .env("FLYWHEEL_PROCESSORS__GROUP_ID", group)
+            .env("FLYWHEEL_PROCESSORS__INSTANCE_ID", instance)
             .env("FLYWHEEL_PROCESSORS__BATCH_MAX", "40")
             .env("FLYWHEEL_PROCESSORS__BATCH_WAIT_MS", "50")
             .env("FLYWHEEL_PROCESSORS__SHOP_GRAPHQL_URL", sim.graphql_url())
@@ -50,6 +54,28 @@ impl Processors {
             .spawn()
             .expect("spawning flywheel processors");
         Processors(child)
+    }
+
+    /// SIGTERM; panics unless it exits 0 within the shutdown timeout.
+    fn terminate(mut self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "sending SIGTERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(35);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("waiting for the worker") {
+                assert!(
+                    status.success(),
+                    "a worker stopped by SIGTERM exited with {status}"
+                );
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a worker did not stop within its shutdown timeout"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill_9(&mut self) {
@@ -119,14 +145,7 @@ async fn kill_9_mid_batch_loses_nothing_and_applies_nothing_twice() {
     let before_restart: usize = burst_sets(&sim).iter().map(Vec::len).sum();
     processors = Processors::spawn(&env, &sim);
 
-    let mut want = std::collections::HashMap::new();
-    for p in 1..=SKUS {
-        for w in 1..=3 {
-            let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
-            let v = env.shop_should_show(&sku, &wh, 0).await;
-            want.insert((sku, wh), v);
-        }
-    }
+    let want = env.shop_should_show_all(SKUS, 0).await;
     wait_for(
         "the shop to converge after the crash",
         AFTER_CRASH,
@@ -147,5 +166,62 @@ async fn kill_9_mid_batch_loses_nothing_and_applies_nothing_twice() {
         );
     }
     drop(processors);
+    source.stop().await;
+}
+
+/// A rolling restart: two workers share the groups; each in turn is stopped
+/// with SIGTERM (it leaves its groups, so the other takes every partition at
+/// once) and started again. ERP changes made while one worker is away reach
+/// the shop through the other: the sync never stalls.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_of_two_workers_never_stalls() {
+    let env = TestEnv::new(
+        "rolling_restart",
+        DemoSize {
+            skus: 10,
+            warehouses: 3,
+            orders: 0,
+            seed: 0.5,
+        },
+    )
+    .await;
+    let sim = common::start_shop(10).await;
+    let source = env.start_streaming().await;
+    let group = "rolling_restart";
+    let mut workers = [
+        Some(Processors::spawn_as(&env, &sim, group, "worker-a")),
+        Some(Processors::spawn_as(&env, &sim, group, "worker-b")),
+    ];
+    let want = || env.shop_should_show_all(10, 0);
+    wait_for("the shop to match the ERP", T, || async {
+        shop_stock(&sim).await == want().await
+    })
+    .await;
+    let instances = ["worker-a", "worker-b"];
+    for (round, stopped) in [0usize, 1, 0, 1].into_iter().enumerate() {
+        workers[stopped].take().expect("running").terminate();
+        // Every SKU changes while this worker is away: the other applies all.
+        env.erp
+            .execute(
+                "UPDATE stock_quant q SET quantity = q.quantity + 1 + $1::int
+                 FROM stock_warehouse w WHERE q.location_id = w.lot_stock_id",
+                &[&(round as i32)],
+            )
+            .await
+            .unwrap();
+        let away = std::time::Instant::now();
+        wait_for(
+            "the other worker to apply what changed while one was away",
+            Duration::from_secs(30),
+            || async { shop_stock(&sim).await == want().await },
+        )
+        .await;
+        println!(
+            "round {round}: applied by the remaining worker after {:.1?}",
+            away.elapsed()
+        );
+        workers[stopped] = Some(Processors::spawn_as(&env, &sim, group, instances[stopped]));
+    }
+    drop(workers);
     source.stop().await;
 }

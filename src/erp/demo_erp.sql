@@ -172,7 +172,9 @@ BEGIN
         LEFT JOIN stock_warehouse w ON w.id = o.warehouse_id
         WHERE l.order_id = p_order AND o.channel IS NOT NULL AND o.state = 'sale'
           AND NOT EXISTS (SELECT 1 FROM stock_move m WHERE m.sale_line_id = l.id)
-        ORDER BY l.id
+        -- Quants are locked in one global order (product, location) by every
+        -- function here, so a reservation and a delivery never deadlock.
+        ORDER BY l.product_id, l.id
     LOOP
         INSERT INTO stock_move (sale_line_id, product_id, location_id, product_uom_qty, state)
         VALUES (r.line_id, r.product_id, r.loc, r.qty, 'assigned');
@@ -189,7 +191,7 @@ BEGIN
         SELECT mv.id, mv.product_id, mv.location_id, mv.product_uom_qty AS qty
         FROM stock_move mv JOIN sale_order_line l ON l.id = mv.sale_line_id
         WHERE l.order_id = p_order AND mv.state = 'assigned'
-        ORDER BY mv.id
+        ORDER BY mv.product_id, mv.location_id, mv.id
     LOOP
         UPDATE stock_move SET state = p_state, picking_id = p_picking WHERE id = m.id;
         PERFORM demo_adjust_quant(m.product_id, m.location_id,

@@ -224,6 +224,24 @@ impl TestEnv {
         (num(&on_hand).trunc() as i64 - elsewhere - safety).max(0)
     }
 
+    /// (sku, warehouse) → [`TestEnv::shop_should_show`] for the demo ERP's
+    /// first `skus` SKUs in WH1..WH3.
+    pub async fn shop_should_show_all(
+        &self,
+        skus: u32,
+        safety: i64,
+    ) -> HashMap<(String, String), i64> {
+        let mut want = HashMap::new();
+        for p in 1..=skus {
+            for w in 1..=3 {
+                let (sku, wh) = (format!("SKU-{p:06}"), format!("WH{w}"));
+                let v = self.shop_should_show(&sku, &wh, safety).await;
+                want.insert((sku, wh), v);
+            }
+        }
+        want
+    }
+
     /// Stock of one SKU in one warehouse, computed here independently of the connector.
     pub async fn stock_of(&self, sku: &str, warehouse: &str) -> (String, String, String) {
         let row = self
@@ -718,4 +736,25 @@ pub async fn erp_list_prices(env: &TestEnv) -> HashMap<String, (String, Option<S
         .iter()
         .map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), None)))
         .collect()
+}
+
+/// What the stock processor should set as the shop's `on_hand` for one
+/// `erp.stock.v1` record (the stock contract, computed here independently of
+/// the processor): on hand − (reserved − reserved for `channel`), at least 0.
+pub fn stock_target(rec: &Rec, channel: &str) -> i64 {
+    if rec.deleted() {
+        return 0;
+    }
+    let num = |f: &str| {
+        rec.str(f)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let own = rec
+        .str("reserved_by_channel")
+        .and_then(|j| serde_json::from_str::<HashMap<String, String>>(j).ok())
+        .and_then(|m| m.get(channel).and_then(|q| q.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let elsewhere = (num("reserved") - own).max(0.0).ceil() as i64;
+    (num("on_hand").trunc() as i64 - elsewhere).max(0)
 }
