@@ -151,25 +151,26 @@ async fn a_burst_of_sales_receipts_and_edits_never_stops_the_processors() {
             .or_default()
             .push(common::stock_target(rec, "demo"));
     }
-    let st = sim.shop().state.lock();
-    for v in st.variants.values() {
-        for l in st.locations.values() {
-            let key = format!("{}/{}", v.sku, l.name);
-            for q in st
-                .set_history
-                .get(&(v.inventory_item_id, l.id))
-                .into_iter()
-                .flatten()
-            {
-                assert!(
-                    targets.get(&key).is_some_and(|t| t.contains(q)),
-                    "{key}: set to {q}, which the ERP never computed ({:?})",
-                    targets.get(&key)
-                );
+    {
+        let st = sim.shop().state.lock();
+        for v in st.variants.values() {
+            for l in st.locations.values() {
+                let key = format!("{}/{}", v.sku, l.name);
+                for q in st
+                    .set_history
+                    .get(&(v.inventory_item_id, l.id))
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(
+                        targets.get(&key).is_some_and(|t| t.contains(q)),
+                        "{key}: set to {q}, which the ERP never computed ({:?})",
+                        targets.get(&key)
+                    );
+                }
             }
         }
     }
-    drop(st);
     // Zero processor exits: each is still running and stops cleanly.
     for p in processors {
         p.stop().await;
