@@ -25,10 +25,14 @@ use shopsim::Topic;
 
 const SKUS: u32 = 30;
 const KILLS_PER_ROLE: usize = 3;
-/// After `kill -9` and a restart, a role must be working again within this
-/// (the bound; the processors get their partitions back as the same
-/// static group members, see `bus::group`).
-const RESUME_BOUND: Duration = Duration::from_secs(15);
+/// After `kill -9` and a restart, a role must be working again within this.
+/// The processors get their partitions back as the same static group members
+/// (`bus::group`): 6–9 s on tansu, which pauses 3 s in join and 3 s in sync.
+/// About one processors restart in five took 20 s, and one never got a
+/// partition of some group back; a worker that holds nothing while nobody
+/// commits now joins again after twice the session timeout (20 s), which
+/// this bound leaves room for.
+const RESUME_BOUND: Duration = Duration::from_secs(40);
 const CONVERGE: Duration = Duration::from_secs(180);
 const SECRET: &str = "chaos-secret";
 
@@ -157,10 +161,28 @@ where
     let deadline = Instant::now() + timeout;
     while !cond().await {
         if Instant::now() > deadline {
-            let logs: Vec<String> = roles
-                .iter()
-                .map(|r| format!("--- {} ---\n{}", r.role.arg(), r.log_tail()))
-                .collect();
+            let mut logs = Vec::new();
+            for r in roles {
+                let metrics = match reqwest::get(format!(
+                    "http://127.0.0.1:{}/metrics",
+                    r.metrics_port
+                ))
+                .await
+                {
+                    Ok(m) => m.text().await.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                let processors: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| l.starts_with("flywheel_processor_") && !l.contains("_bucket"))
+                    .collect();
+                logs.push(format!(
+                    "--- {} ---\n{}\n{}",
+                    r.role.arg(),
+                    r.log_tail(),
+                    processors.join("\n")
+                ));
+            }
             panic!(
                 "timed out after {timeout:?} waiting for {what}\n{}",
                 logs.join("\n")
@@ -294,6 +316,7 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
         .collect();
     fastrand::shuffle(&mut plan);
     let mut resumed: Vec<(Role, Duration)> = Vec::new();
+    let mut slow: Vec<String> = Vec::new();
     for i in plan {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(1_000..4_000))).await;
         for r in &mut roles {
@@ -305,7 +328,15 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
         let started = Instant::now();
         let what = format!("{} to work again after kill -9", roles[i].role.arg());
         wait_working(&what, CONVERGE, &roles, || roles[i].working()).await;
-        resumed.push((roles[i].role, started.elapsed()));
+        let took = started.elapsed();
+        if took > RESUME_BOUND {
+            slow.push(format!(
+                "--- {} took {took:.1?} ---\n{}",
+                roles[i].role.arg(),
+                roles[i].log_tail()
+            ));
+        }
+        resumed.push((roles[i].role, took));
     }
     stop.store(true, Ordering::Relaxed);
     sim.stop_order_generator();
@@ -441,7 +472,8 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
     }
     assert!(
         resumed.iter().all(|(_, d)| *d <= RESUME_BOUND),
-        "a role took {max:?} to work again after kill -9 (bound {RESUME_BOUND:?}): {resumed:?}"
+        "a role took {max:?} to work again after kill -9 (bound {RESUME_BOUND:?}): {resumed:?}\n{}",
+        slow.join("\n")
     );
     drop(roles);
 }

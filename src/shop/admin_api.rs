@@ -119,6 +119,16 @@ struct ApiMetrics {
     throttle_wait: CounterVec,
 }
 
+/// Requests of `processor` the shop answered successfully, so far: a
+/// processor that keeps getting answers is working, however slowly its batch
+/// goes under the rate limit.
+pub fn successful_requests(processor: &str) -> u64 {
+    metrics()
+        .requests
+        .with_label_values(&[processor, "ok"])
+        .get()
+}
+
 fn metrics() -> &'static ApiMetrics {
     static M: OnceLock<ApiMetrics> = OnceLock::new();
     const REGISTER: &str = "registering a shop API metric";

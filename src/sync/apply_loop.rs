@@ -34,6 +34,10 @@ pub enum SyncError {
     #[error("Kafka consumer: {0}")]
     Consumer(#[from] rdkafka::error::KafkaError),
     #[error(
+        "held no partition of `{group}` while its records waited and nobody committed them; joining the group again"
+    )]
+    NoPartitions { group: String },
+    #[error(
         "another running worker uses processors.instance_id `{instance}` and took this one's place in the consumer groups; give every worker its own instance_id"
     )]
     Fenced { instance: String },
@@ -59,7 +63,7 @@ impl SyncError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SyncError::State(e) => crate::tls_error::rustls_cause(e).is_none(),
-            SyncError::Consumer(_) => true,
+            SyncError::Consumer(_) | SyncError::NoPartitions { .. } => true,
             SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
             SyncError::Shop(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
@@ -254,8 +258,9 @@ where
     .await
 }
 
-/// The consumer of the processor's current run, for the progress watch.
-type ConsumerSlot = Arc<parking_lot::Mutex<Option<Arc<StreamConsumer>>>>;
+/// The consumer of the processor's current run, for the progress watch, and
+/// the watch's way to make that run join its groups afresh.
+type ConsumerSlot = Arc<parking_lot::Mutex<Option<(Arc<StreamConsumer>, CancellationToken)>>>;
 
 /// Empties the slot when a run ends.
 struct InSlot<'a>(&'a ConsumerSlot);
@@ -296,7 +301,8 @@ async fn run<A: Applier>(
             SyncError::Consumer(e)
         }
     };
-    *slot.lock() = Some(consumer.clone());
+    let rejoin = CancellationToken::new();
+    *slot.lock() = Some((consumer.clone(), rejoin.clone()));
     let _in_slot = InSlot(slot);
     let dlq = EventProducer::new(&config.kafka, "processor")?;
     let codec = AvroCodec::for_topic(A::TOPIC).map_err(BusError::from)?;
@@ -505,8 +511,10 @@ impl Drop for AbortOnDrop {
 
 /// Watches one processor until aborted: exports the partitions it holds, and
 /// marks it stalled (`flywheel_processor_stalled`, not ready, a warning once a
-/// minute saying why) while its group has records waiting and the group's
-/// committed offsets have not moved for `processors.stall_timeout_secs`. The
+/// minute saying why) while its group has records waiting and for
+/// `processors.stall_timeout_secs` neither the group's committed offsets moved
+/// nor the shop answered one of its requests (a large batch under the shop's
+/// rate limit commits rarely but is working). The
 /// group's offsets, not this worker's, so a worker left without partitions
 /// while others do the work is not stalled, but one left without partitions
 /// while nobody works is — the silent failure a restart after `kill -9` once
@@ -523,10 +531,16 @@ async fn watch_progress(
         m.stalled.with_label_values(&[entity]),
     );
     let limit = config.processors.stall_timeout();
-    let every = (limit / 4).clamp(Duration::from_millis(500), Duration::from_secs(15));
+    // Held nothing while the group stood still for this long: join afresh.
+    let rejoin_after = Duration::from_millis(config.processors.session_timeout_ms) * 2;
+    let every = (limit / 4)
+        .min(rejoin_after / 8)
+        .clamp(Duration::from_millis(500), Duration::from_secs(15));
+    let mut empty_since: Option<tokio::time::Instant> = None;
     let group = group::group_name(&config.processors, entity);
     let physical = config.kafka.topic(topic);
     let mut last_committed: Option<i64> = None;
+    let mut last_answers = crate::shop::admin_api::successful_requests(entity);
     let mut moved_at = tokio::time::Instant::now();
     let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
@@ -534,7 +548,7 @@ async fn watch_progress(
         let held = slot
             .lock()
             .as_ref()
-            .and_then(|c| c.assignment().ok())
+            .and_then(|(c, _)| c.assignment().ok())
             .map_or(0, |t| t.count());
         assigned.set(held as i64);
         let (kafka, g, t) = (config.kafka.clone(), group.clone(), physical.clone());
@@ -554,11 +568,35 @@ async fn watch_progress(
         let waiting: i64 = lags.iter().map(|l| l.lag).sum();
         let committed: i64 = lags.iter().filter_map(|l| l.committed).sum();
         let now = tokio::time::Instant::now();
-        if waiting == 0 || last_committed != Some(committed) {
+        let answers = crate::shop::admin_api::successful_requests(entity);
+        if waiting == 0 || last_committed != Some(committed) || answers != last_answers {
             moved_at = now;
         }
+        last_answers = answers;
         last_committed = Some(committed);
         let still = now - moved_at;
+        // tansu 0.6 can leave a static member that rejoined after a kill
+        // without an assignment (`bus::group`); a fresh join ends that.
+        empty_since = if held == 0 {
+            empty_since.or(Some(now))
+        } else {
+            None
+        };
+        if let Some(since) = empty_since
+            && waiting > 0
+            && now - since >= rejoin_after
+            && still >= rejoin_after
+            && let Some((_, rejoin)) = slot.lock().as_ref()
+        {
+            tracing::warn!(
+                entity, group = %group, waiting, empty_secs = (now - since).as_secs(),
+                "this worker has held no partition for {} s while {waiting} records wait and nobody \
+                 commits them; joining the group again",
+                (now - since).as_secs()
+            );
+            rejoin.cancel();
+            empty_since = Some(now);
+        }
         if still < limit {
             if stalled.get() == 1 {
                 tracing::info!(entity, "processor is moving again");
@@ -584,9 +622,9 @@ async fn watch_progress(
         } else {
             tracing::warn!(
                 entity, group = %group, waiting, held, still_secs = secs,
-                "processor stalled: it holds {held} partitions, {waiting} records wait and no batch \
-                 was committed for {secs} s; the errors logged above say what it waits for (the \
-                 shop's API, the state database)"
+                "processor stalled: it holds {held} partitions, {waiting} records wait, and for {secs} s \
+                 no batch was committed and the shop answered none of its requests; the errors \
+                 logged above say what it waits for (the shop's API, the state database)"
             );
         }
     }
