@@ -136,13 +136,20 @@ impl RoleProcess {
             return false;
         };
         let text = text.text().await.unwrap_or_default();
-        flywheel::sync::CONSUMED.iter().all(|(entity, _)| {
-            text.lines().any(|l| {
-                l.starts_with(&format!(
-                    "flywheel_processor_assigned_partitions{{entity=\"{entity}\"}}"
-                )) && !l.ends_with(" 0")
+        // `shop.inventory.v1` stays empty here (the shop sends no inventory
+        // webhooks): an idle group holds no work to resume, and tansu may
+        // leave it unassigned until records arrive (then the worker joins
+        // again, see `sync::apply_loop`).
+        flywheel::sync::CONSUMED
+            .iter()
+            .filter(|(entity, _)| *entity != "shop_inventory")
+            .all(|(entity, _)| {
+                text.lines().any(|l| {
+                    l.starts_with(&format!(
+                        "flywheel_processor_assigned_partitions{{entity=\"{entity}\"}}"
+                    )) && !l.ends_with(" 0")
+                })
             })
-        })
     }
 }
 

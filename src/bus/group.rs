@@ -36,7 +36,9 @@
 //! restarted worker never got a partition of one group back. The processor's
 //! progress watch (`sync::apply_loop`) therefore makes a worker that holds no
 //! partition, while records wait and nobody commits them, join its groups
-//! again after twice `processors.session_timeout_ms` — and reports it.
+//! again after twice `processors.session_timeout_ms`, under a fresh instance
+//! id (a rejoin under the same id got the same unassigned member back) — and
+//! reports it. The stale member is dropped by the broker's session timeout.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,11 +58,22 @@ pub fn group_name(p: &ProcessorsConfig, entity: &str) -> String {
 
 /// The configuration of `entity`'s processor consumer: static member of its
 /// group, offsets committed by the processor itself after applying.
-pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, entity: &str) -> ClientConfig {
+/// `rejoins` > 0 joins under a fresh instance id (`….r<n>`): the member the
+/// broker kept for the usual one was left without an assignment (see above).
+pub fn processor_consumer(
+    kafka: &KafkaConfig,
+    p: &ProcessorsConfig,
+    entity: &str,
+    rejoins: u32,
+) -> ClientConfig {
+    let instance = match rejoins {
+        0 => format!("{}.{entity}", p.instance()),
+        n => format!("{}.{entity}.r{n}", p.instance()),
+    };
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.bootstrap)
         .set("group.id", group_name(p, entity))
-        .set("group.instance.id", format!("{}.{entity}", p.instance()))
+        .set("group.instance.id", instance)
         .set(
             "client.id",
             format!("{}-processor-{entity}", kafka.client_id),
@@ -78,6 +91,48 @@ pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, entity: &st
 /// Whether `e` says another live worker uses this worker's instance id.
 pub fn is_fenced(e: &KafkaError) -> bool {
     e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId)
+}
+
+/// Whether any member of `group` holds a partition, as the coordinator
+/// describes the group. Blocking: call it from a blocking task.
+pub fn anyone_holds_partitions(kafka: &KafkaConfig, group: &str) -> Result<bool, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("client.id", format!("{}-group-probe", kafka.client_id))
+        .create()?;
+    let groups = consumer.fetch_group_list(Some(group), TIMEOUT)?;
+    Ok(groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| g.members())
+        .any(|m| m.assignment().is_none_or(assignment_has_partitions)))
+}
+
+/// Whether a consumer-protocol assignment (version i16, then an array of
+/// topic string + partition i32 array, then user data) names any partition.
+/// Bytes that do not parse count as holding some: never act on what we
+/// could not read.
+fn assignment_has_partitions(bytes: &[u8]) -> bool {
+    fn take<const N: usize>(b: &[u8], at: &mut usize) -> Option<[u8; N]> {
+        let v = b.get(*at..*at + N)?.try_into().ok()?;
+        *at += N;
+        Some(v)
+    }
+    let parsed = (|| {
+        let mut at = 2; // version
+        let topics = i32::from_be_bytes(take::<4>(bytes, &mut at)?);
+        for _ in 0..topics.max(0) {
+            let name_len = i16::from_be_bytes(take::<2>(bytes, &mut at)?);
+            at = at.checked_add(usize::try_from(name_len.max(0)).ok()?)?;
+            let partitions = i32::from_be_bytes(take::<4>(bytes, &mut at)?);
+            if partitions > 0 {
+                return Some(true);
+            }
+        }
+        Some(false)
+    })();
+    parsed.unwrap_or(true)
 }
 
 /// One partition of one group's topic.
@@ -205,4 +260,29 @@ fn fetched_high_watermarks(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assignment_has_partitions;
+
+    #[test]
+    fn assignments_are_read_byte_by_byte() {
+        // version 3, one topic "t" with partitions [0, 2], no user data
+        let held = [
+            0, 3, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, 255, 255, 255, 255,
+        ];
+        assert!(assignment_has_partitions(&held));
+        // version 3, no topics
+        assert!(!assignment_has_partitions(&[
+            0, 3, 0, 0, 0, 0, 255, 255, 255, 255
+        ]));
+        // one topic with no partitions
+        assert!(!assignment_has_partitions(&[
+            0, 3, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 0
+        ]));
+        // truncated or empty: unknown, so counted as held
+        assert!(assignment_has_partitions(&[0, 3, 0, 0, 0, 1, 0, 9]));
+        assert!(assignment_has_partitions(&[]));
+    }
 }

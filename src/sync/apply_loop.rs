@@ -246,14 +246,16 @@ where
     // One watch for the worker's whole life, across restarts: a processor
     // that keeps restarting without committing is as stuck as one that hangs.
     let slot = ConsumerSlot::default();
+    let rejoins = Rejoins::default();
     let _watch = AbortOnDrop(tokio::spawn(watch_progress(
         config.clone(),
         A::ENTITY,
         A::TOPIC,
         slot.clone(),
+        rejoins.clone(),
     )));
     crate::supervise::with_restarts(A::ENTITY, &shutdown, SyncError::is_retryable, || async {
-        run(config, make().await?, shutdown.clone(), &slot).await
+        run(config, make().await?, shutdown.clone(), &slot, &rejoins).await
     })
     .await
 }
@@ -261,6 +263,10 @@ where
 /// The consumer of the processor's current run, for the progress watch, and
 /// the watch's way to make that run join its groups afresh.
 type ConsumerSlot = Arc<parking_lot::Mutex<Option<(Arc<StreamConsumer>, CancellationToken)>>>;
+
+/// How many times the watch made this worker join afresh (its consumers'
+/// instance id suffix).
+type Rejoins = Arc<std::sync::atomic::AtomicU32>;
 
 /// Empties the slot when a run ends.
 struct InSlot<'a>(&'a ConsumerSlot);
@@ -283,14 +289,22 @@ async fn run<A: Applier>(
     mut applier: A,
     shutdown: CancellationToken,
     slot: &ConsumerSlot,
+    rejoins: &Rejoins,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
     let state = connect_db(config, &p.state_database(&config.erp)).await?;
     let store = VersionStore::open(&state, A::ENTITY).await?;
     ensure_topics(&config.kafka, &[A::TOPIC, DEAD_LETTERS]).await?;
     let physical_topic = config.kafka.topic(A::TOPIC);
-    let consumer: Arc<StreamConsumer> =
-        Arc::new(group::processor_consumer(&config.kafka, p, A::ENTITY).create()?);
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        group::processor_consumer(
+            &config.kafka,
+            p,
+            A::ENTITY,
+            rejoins.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .create()?,
+    );
     consumer.subscribe(&[&physical_topic])?;
     let fenced = |e: rdkafka::error::KafkaError| {
         if group::is_fenced(&e) {
@@ -524,6 +538,7 @@ async fn watch_progress(
     entity: &'static str,
     topic: &'static str,
     slot: ConsumerSlot,
+    rejoins: Rejoins,
 ) {
     let m = metrics();
     let (assigned, stalled) = (
@@ -531,7 +546,8 @@ async fn watch_progress(
         m.stalled.with_label_values(&[entity]),
     );
     let limit = config.processors.stall_timeout();
-    // Held nothing while the group stood still for this long: join afresh.
+    // Held nothing for this long while nobody else holds the group's
+    // partitions (or commits its waiting records): join afresh.
     let rejoin_after = Duration::from_millis(config.processors.session_timeout_ms) * 2;
     let every = (limit / 4)
         .min(rejoin_after / 8)
@@ -582,18 +598,26 @@ async fn watch_progress(
         } else {
             None
         };
+        let nobody_holds = || {
+            let (kafka, g) = (config.kafka.clone(), group.clone());
+            async move {
+                tokio::task::spawn_blocking(move || group::anyone_holds_partitions(&kafka, &g))
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|held| !held))
+            }
+        };
         if let Some(since) = empty_since
-            && waiting > 0
             && now - since >= rejoin_after
-            && still >= rejoin_after
+            && ((waiting > 0 && still >= rejoin_after) || nobody_holds().await)
             && let Some((_, rejoin)) = slot.lock().as_ref()
         {
             tracing::warn!(
                 entity, group = %group, waiting, empty_secs = (now - since).as_secs(),
-                "this worker has held no partition for {} s while {waiting} records wait and nobody \
-                 commits them; joining the group again",
+                "this worker has held no partition for {} s while nobody else holds them or commits \
+                 the {waiting} records waiting; joining the group again",
                 (now - since).as_secs()
             );
+            rejoins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             rejoin.cancel();
             empty_since = Some(now);
         }
