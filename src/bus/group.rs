@@ -36,9 +36,10 @@
 //! restarted worker never got a partition of one group back. The processor's
 //! progress watch (`sync::apply_loop`) therefore makes a worker that holds no
 //! partition, while records wait and nobody commits them, join its groups
-//! again after twice `processors.session_timeout_ms`, under a fresh instance
-//! id (a rejoin under the same id got the same unassigned member back) — and
-//! reports it. The stale member is dropped by the broker's session timeout.
+//! again after twice `processors.session_timeout_ms`, as a *dynamic* member —
+//! a rejoin under the same or a fresh instance id stayed unassigned, because
+//! tansu sweeps dead members only when a dynamic member joins or syncs — and
+//! reports it. The worker's next restart is static again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -58,22 +59,21 @@ pub fn group_name(p: &ProcessorsConfig, entity: &str) -> String {
 
 /// The configuration of `entity`'s processor consumer: static member of its
 /// group, offsets committed by the processor itself after applying.
-/// `rejoins` > 0 joins under a fresh instance id (`….r<n>`): the member the
-/// broker kept for the usual one was left without an assignment (see above).
+/// `rejoins` > 0 joins as a dynamic member: the static member the broker kept
+/// was left without an assignment, and on tansu only a dynamic member's join
+/// sweeps the dead members that hold the group in "forming" (see above).
 pub fn processor_consumer(
     kafka: &KafkaConfig,
     p: &ProcessorsConfig,
     entity: &str,
     rejoins: u32,
 ) -> ClientConfig {
-    let instance = match rejoins {
-        0 => format!("{}.{entity}", p.instance()),
-        n => format!("{}.{entity}.r{n}", p.instance()),
-    };
     let mut c = ClientConfig::new();
+    if rejoins == 0 {
+        c.set("group.instance.id", format!("{}.{entity}", p.instance()));
+    }
     c.set("bootstrap.servers", &kafka.bootstrap)
         .set("group.id", group_name(p, entity))
-        .set("group.instance.id", instance)
         .set(
             "client.id",
             format!("{}-processor-{entity}", kafka.client_id),
