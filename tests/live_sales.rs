@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{RunningProcessor, TestEnv, wait_for};
+use common::{TestEnv, wait_for};
 use flywheel::erp::demo_erp::{DemoSize, ErpActivity};
 use shopsim::Topic;
 
@@ -70,17 +70,7 @@ async fn the_shop_sells_at_most_what_the_erp_has_and_ends_exact() {
     )
     .await;
     let (sim, config) = (&wired.sim, &wired.config);
-    let processors = [
-        RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::stock_to_shop::run(&c, t).await
-        }),
-        RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::orders_to_erp::run(&c, t).await
-        }),
-        RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::status_to_shop::run(&c, t).await
-        }),
-    ];
+    let processors = common::stock_and_order_processors(config);
     wait_for("the shop to show the ERP's 10 units", T, || async {
         wh1_level(sim) == (10, 10, 0)
     })

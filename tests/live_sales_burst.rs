@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{RunningProcessor, TestEnv, wait_for};
+use common::{TestEnv, wait_for};
 use flywheel::erp::demo_erp::{DemoSize, ErpActivity};
 use shopsim::Topic;
 
@@ -35,17 +35,7 @@ async fn a_burst_of_sales_receipts_and_edits_never_stops_the_processors() {
     )
     .await;
     let (sim, config) = (&wired.sim, &wired.config);
-    let processors = [
-        RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::stock_to_shop::run(&c, t).await
-        }),
-        RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::orders_to_erp::run(&c, t).await
-        }),
-        RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::status_to_shop::run(&c, t).await
-        }),
-    ];
+    let processors = common::stock_and_order_processors(config);
     let want = || env.shop_should_show_all(5, 0);
     wait_for("the shop to match the ERP", T, || async {
         common::shop_on_hand(sim).await == want().await

@@ -758,3 +758,19 @@ pub fn stock_target(rec: &Rec, channel: &str) -> i64 {
     let elsewhere = (num("reserved") - own).max(0.0).ceil() as i64;
     (num("on_hand").trunc() as i64 - elsewhere).max(0)
 }
+
+/// The stock, order and order status processors in-process on `config`: what
+/// a shop that sells needs (its stock, its orders in the ERP, their shipments).
+pub fn stock_and_order_processors(config: &Config) -> [RunningProcessor; 3] {
+    [
+        RunningProcessor::spawn(config, |c, t| async move {
+            flywheel::sync::stock_to_shop::run(&c, t).await
+        }),
+        RunningProcessor::spawn(config, |c, t| async move {
+            flywheel::sync::orders_to_erp::run(&c, t).await
+        }),
+        RunningProcessor::spawn(config, |c, t| async move {
+            flywheel::sync::status_to_shop::run(&c, t).await
+        }),
+    ]
+}
