@@ -264,14 +264,10 @@ pub struct ProcessorsConfig {
     /// (everything the topics hold) or `latest` (only what comes next, e.g. for
     /// a shop already in sync).
     pub new_group_start: GroupStart,
-    /// This worker's stable name in the processors' consumer groups (Kafka
-    /// static membership, `group.instance.id`): a worker restarted under the
-    /// same name gets its partitions back at once instead of after the dead
-    /// member's session timeout. Unique per worker; the host name when unset.
+    /// This worker's name where operators see it: the state database's
+    /// `application_name` of the sessions holding its partition leases, and
+    /// `flywheel replay`'s refusal while they are held. The host name when unset.
     pub instance_id: String,
-    /// How long the broker waits for a silent worker before giving its
-    /// partitions to the others (`session.timeout.ms`).
-    pub session_timeout_ms: u64,
     /// A processor whose group has records waiting but whose committed
     /// offsets have not moved for this long is stalled: not ready, logged,
     /// `flywheel_processor_stalled` = 1.
@@ -336,7 +332,6 @@ impl Default for ProcessorsConfig {
             shop_channel: "demo".into(),
             new_group_start: GroupStart::Earliest,
             instance_id: String::new(),
-            session_timeout_ms: 10_000,
             stall_timeout_secs: 120,
         }
     }
@@ -441,11 +436,6 @@ impl Config {
             return bad(
                 "processors.batch_max must be between 1 and 250 (Shopify's limit per call)",
             );
-        }
-        // Apache Kafka refuses sessions outside group.min/max.session.timeout.ms
-        // (6 s … 30 min by default); heartbeats go every fifth of it.
-        if !(1_000..=1_800_000).contains(&self.processors.session_timeout_ms) {
-            return bad("processors.session_timeout_ms must be between 1000 and 1800000");
         }
         if self.processors.stall_timeout_secs == 0 {
             return bad("processors.stall_timeout_secs must be at least 1");

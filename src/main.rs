@@ -287,6 +287,7 @@ async fn replay(config: &Config, args: ReplayArgs) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("say where to: --to-earliest, --to-offset, --to-time or --by-duration");
     };
+    flywheel::ops::replay::ensure_no_workers(config, &args.group).await?;
     let kafka = config.kafka.clone();
     let (group, topic, dry_run) = (args.group.clone(), args.topic.clone(), args.dry_run);
     let moves = tokio::task::spawn_blocking(move || {

@@ -13,9 +13,9 @@ use flywheel::erp::demo_erp::DemoSize;
 use shopsim::ApiFaults;
 
 const T: Duration = Duration::from_secs(120);
-/// The restarted processors are the same static group members as the killed
-/// ones (`processors.instance_id`), so they get their partitions back within
-/// seconds instead of after the dead members' session timeout (`bus::group`).
+/// The killed worker's partition leases end with its state-database sessions,
+/// so the restarted one takes them on its first lease check
+/// (`sync::partition_leases`); no broker timeout is involved.
 const AFTER_CRASH: Duration = Duration::from_secs(45);
 const SKUS: u32 = 30;
 const ROUNDS: i32 = 30;
@@ -169,10 +169,11 @@ async fn kill_9_mid_batch_loses_nothing_and_applies_nothing_twice() {
     source.stop().await;
 }
 
-/// A rolling restart: two workers share the groups; each in turn is stopped
-/// with SIGTERM (it leaves its groups, so the other takes every partition at
-/// once) and started again. ERP changes made while one worker is away reach
-/// the shop through the other: the sync never stalls.
+/// A rolling restart: two workers share the partitions (each leases some of
+/// every processor's topic); each in turn is stopped with SIGTERM (its leases
+/// end with its sessions, so the other takes every partition within a second)
+/// and started again, and takes its share back. ERP changes made while one
+/// worker is away reach the shop through the other: the sync never stalls.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_of_two_workers_never_stalls() {
     let env = TestEnv::new(
@@ -197,6 +198,27 @@ async fn a_rolling_restart_of_two_workers_never_stalls() {
         shop_stock(&sim).await == want().await
     })
     .await;
+    let both_work = || async {
+        wait_for(
+            "both workers to lease partitions of every processor's topic",
+            T,
+            || async {
+                let mut each_shared = true;
+                for (entity, _) in flywheel::sync::CONSUMED {
+                    let holders = flywheel::sync::partition_leases::holders(
+                        &env.erp,
+                        &format!("{group}.{entity}"),
+                    )
+                    .await
+                    .unwrap();
+                    each_shared &= holders.len() == 2;
+                }
+                each_shared
+            },
+        )
+        .await
+    };
+    both_work().await;
     let instances = ["worker-a", "worker-b"];
     for (round, stopped) in [0usize, 1, 0, 1].into_iter().enumerate() {
         workers[stopped].take().expect("running").terminate();
@@ -221,6 +243,7 @@ async fn a_rolling_restart_of_two_workers_never_stalls() {
             away.elapsed()
         );
         workers[stopped] = Some(Processors::spawn_as(&env, &sim, group, instances[stopped]));
+        both_work().await;
     }
     drop(workers);
     source.stop().await;

@@ -1,51 +1,16 @@
-//! Consumer groups: how every processor's consumer joins its group, and how
-//! far behind a group is (high watermark − committed offset).
+//! Consumer groups: how every processor's consumer is configured, and how far
+//! behind a group is (high watermark − committed offset).
 //!
-//! ## Why static membership (`group.instance.id`)
-//!
-//! A worker killed with `kill -9` never sends LeaveGroup. With dynamic
-//! membership its restarted successor joins as a *new* member while the group
-//! still lists the dead one. On tansu 0.6.0 (`coordinator/group/administrator.rs`)
-//! a new dynamic member turns the formed group back to "forming" but keeps the
-//! *dead* member as its leader (`Inner<Formed>::join` → `Forming { leader:
-//! Some(self.state.leader) }`); only the leader may send the assignment, so
-//! every SyncGroup of the newcomer is answered REBALANCE_IN_PROGRESS until the
-//! missed-heartbeat sweep drops the dead leader after the *group's* session
-//! timeout (the first member's, 45 s by librdkafka's default). Measured with
-//! plain librdkafka against tansu 0.6.0: the replacement held its partitions
-//! 45.2 s after starting (12.2 s with a 10 s session). The sweep also compares
-//! the newcomer's last *heartbeat* with the timeout, and a member that never
-//! got an assignment never heartbeats, so a newcomer that joined early is swept
-//! together with the dead one and must join again; kills landing inside a join
-//! stretch this further (the previous crash test once waited over 120 s), and
-//! nothing in our log said the processors were waiting.
-//!
-//! A static member is recognised by its instance id: the restarted worker *is*
-//! the old member (both brokers hand it its previous member id and
-//! assignment), so it resumes within seconds (tansu pauses 3 s in join and in
-//! sync: measured 6.2 s) without waiting for any timeout. This holds on Apache Kafka
-//! (KIP-345) as on tansu; a cooperative assignor or a shorter session alone
-//! would not fix tansu's leader bookkeeping. Scale-out is unchanged: each
-//! worker has its own `processors.instance_id` (the host name by default), and
-//! a worker gone for good hands its partitions over after
-//! `processors.session_timeout_ms`. Two live workers with the same id fence
-//! each other; the loser stops with [`is_fenced`] telling the operator why.
-//!
-//! Static membership is not the whole story on tansu 0.6.0: in our chaos runs
-//! about one processors restart in five took ~20 s instead of 6–9 s, and once a
-//! restarted worker never got a partition of one group back. The processor's
-//! progress watch (`sync::apply_loop`) therefore makes a worker that holds no
-//! partition, while records wait and nobody commits them, join its groups
-//! again after twice `processors.session_timeout_ms`, as a *dynamic* member —
-//! a rejoin under the same or a fresh instance id stayed unassigned, because
-//! tansu sweeps dead members only when a dynamic member joins or syncs — and
-//! reports it. The worker's next restart is static again.
+//! Processor consumers do not join their group: the partitions a worker
+//! applies are leased in the state database (`sync::partition_leases`, which
+//! says why) and assigned by hand. The group id names where their offsets are
+//! committed, read by `flywheel lag` and moved by `flywheel replay`.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, ProcessorsConfig};
@@ -57,82 +22,38 @@ pub fn group_name(p: &ProcessorsConfig, entity: &str) -> String {
     format!("{}.{entity}", p.group_id)
 }
 
-/// The configuration of `entity`'s processor consumer: static member of its
-/// group, offsets committed by the processor itself after applying.
-/// `rejoins` > 0 joins as a dynamic member: the static member the broker kept
-/// was left without an assignment, and on tansu only a dynamic member's join
-/// sweeps the dead members that hold the group in "forming" (see above).
-pub fn processor_consumer(
-    kafka: &KafkaConfig,
-    p: &ProcessorsConfig,
-    entity: &str,
-    rejoins: u32,
-) -> ClientConfig {
+/// The configuration of `entity`'s processor consumer: partitions assigned by
+/// the processor from its leases, offsets committed to the group by the
+/// processor itself after applying; a partition the group never committed
+/// starts at `processors.new_group_start`.
+pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, entity: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    if rejoins == 0 {
-        c.set("group.instance.id", format!("{}.{entity}", p.instance()));
-    }
     c.set("bootstrap.servers", &kafka.bootstrap)
         .set("group.id", group_name(p, entity))
         .set(
             "client.id",
             format!("{}-processor-{entity}", kafka.client_id),
         )
-        .set("session.timeout.ms", p.session_timeout_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (p.session_timeout_ms / 5).max(100).to_string(),
-        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", p.new_group_start.as_str());
     c
 }
 
-/// Whether `e` says another live worker uses this worker's instance id.
-pub fn is_fenced(e: &KafkaError) -> bool {
-    e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId)
-}
-
-/// Whether any member of `group` holds a partition, as the coordinator
-/// describes the group. Blocking: call it from a blocking task.
-pub fn anyone_holds_partitions(kafka: &KafkaConfig, group: &str) -> Result<bool, KafkaError> {
+/// How many partitions `physical_topic` has (0 when it does not exist).
+/// Blocking: call it from a blocking task.
+pub fn partition_count(kafka: &KafkaConfig, physical_topic: &str) -> Result<i32, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap)
-        .set("client.id", format!("{}-group-probe", kafka.client_id))
+        .set("client.id", format!("{}-metadata", kafka.client_id))
         .create()?;
-    let groups = consumer.fetch_group_list(Some(group), TIMEOUT)?;
-    Ok(groups
-        .groups()
-        .iter()
-        .filter(|g| g.name() == group)
-        .flat_map(|g| g.members())
-        .any(|m| m.assignment().is_none_or(assignment_has_partitions)))
-}
-
-/// Whether a consumer-protocol assignment (version i16, then an array of
-/// topic string + partition i32 array, then user data) names any partition.
-/// Bytes that do not parse count as holding some: never act on what we
-/// could not read.
-fn assignment_has_partitions(bytes: &[u8]) -> bool {
-    fn take<const N: usize>(b: &[u8], at: &mut usize) -> Option<[u8; N]> {
-        let v = b.get(*at..*at + N)?.try_into().ok()?;
-        *at += N;
-        Some(v)
-    }
-    let parsed = (|| {
-        let mut at = 2; // version
-        let topics = i32::from_be_bytes(take::<4>(bytes, &mut at)?);
-        for _ in 0..topics.max(0) {
-            let name_len = i16::from_be_bytes(take::<2>(bytes, &mut at)?);
-            at = at.checked_add(usize::try_from(name_len.max(0)).ok()?)?;
-            let partitions = i32::from_be_bytes(take::<4>(bytes, &mut at)?);
-            if partitions > 0 {
-                return Some(true);
-            }
-        }
-        Some(false)
-    })();
-    parsed.unwrap_or(true)
+    let metadata = consumer.fetch_metadata(Some(physical_topic), TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| {
+            i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)
+        }))
 }
 
 /// One partition of one group's topic.
@@ -260,29 +181,4 @@ fn fetched_high_watermarks(
         }
     }
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::assignment_has_partitions;
-
-    #[test]
-    fn assignments_are_read_byte_by_byte() {
-        // version 3, one topic "t" with partitions [0, 2], no user data
-        let held = [
-            0, 3, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2, 255, 255, 255, 255,
-        ];
-        assert!(assignment_has_partitions(&held));
-        // version 3, no topics
-        assert!(!assignment_has_partitions(&[
-            0, 3, 0, 0, 0, 0, 255, 255, 255, 255
-        ]));
-        // one topic with no partitions
-        assert!(!assignment_has_partitions(&[
-            0, 3, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 0
-        ]));
-        // truncated or empty: unknown, so counted as held
-        assert!(assignment_has_partitions(&[0, 3, 0, 0, 0, 1, 0, 9]));
-        assert!(assignment_has_partitions(&[]));
-    }
 }

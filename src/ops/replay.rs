@@ -9,7 +9,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::config::KafkaConfig;
+use crate::config::{Config, KafkaConfig};
+use crate::sync::apply_loop::{SyncError, connect_db};
+use crate::sync::partition_leases;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,7 +28,7 @@ pub enum Target {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(
-        "group `{group}` has {members} live member(s) ({clients}); stop its processors first, then replay"
+        "group `{group}` has {members} live member(s) applying its partitions ({clients}); stop its processors first, then replay"
     )]
     GroupActive {
         group: String,
@@ -37,6 +39,8 @@ pub enum ReplayError {
     NoTopic(String),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("could not see which workers lease the group's partitions: {0}")]
+    State(#[from] SyncError),
 }
 
 /// One partition's move.
@@ -45,6 +49,35 @@ pub struct Move {
     pub partition: i32,
     pub before: Option<i64>,
     pub after: i64,
+}
+
+/// Refuses while workers lease partitions of `group` in the state database:
+/// they would commit over the moved offsets.
+pub async fn ensure_no_workers(config: &Config, group: &str) -> Result<(), ReplayError> {
+    let state = connect_db(config, &config.processors.state_database(&config.erp)).await?;
+    let holders = partition_leases::holders(&state, group)
+        .await
+        .map_err(SyncError::from)?;
+    if holders.is_empty() {
+        return Ok(());
+    }
+    Err(ReplayError::GroupActive {
+        group: group.to_owned(),
+        members: holders.len(),
+        clients: holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} at {}, pid {}, partitions {:?}",
+                    h.application_name,
+                    h.client_addr.as_deref().unwrap_or("local socket"),
+                    h.pid,
+                    h.partitions
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
 }
 
 /// Moves group `group`'s offsets on `topic` (logical name) to `target`, or

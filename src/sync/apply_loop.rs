@@ -1,4 +1,5 @@
-//! The loop every processor shares: consume a topic in a consumer group, gather
+//! The loop every processor shares: consume the partitions of a topic this
+//! worker leases (`partition_leases`), gather
 //! a batch, decode, keep the newest version per key (coalescing), drop versions
 //! not newer than the applied ones (version guard), hand the rest to the
 //! entity's [`Applier`], dead-letter what it cannot apply, record the applied
@@ -7,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
@@ -19,6 +20,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::partition_leases::PartitionLeases;
 use super::version_store::{Version, VersionStore, is_newer};
 use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
@@ -33,14 +35,6 @@ use crate::shop::admin_api::AdminApiError;
 pub enum SyncError {
     #[error("Kafka consumer: {0}")]
     Consumer(#[from] rdkafka::error::KafkaError),
-    #[error(
-        "held no partition of `{group}` while its records waited and nobody committed them; joining the group again"
-    )]
-    NoPartitions { group: String },
-    #[error(
-        "another running worker uses processors.instance_id `{instance}` and took this one's place in the consumer groups; give every worker its own instance_id"
-    )]
-    Fenced { instance: String },
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("state database: {}", crate::pg_error::db_error_text(.0))]
@@ -63,11 +57,10 @@ impl SyncError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SyncError::State(e) => crate::tls_error::rustls_cause(e).is_none(),
-            SyncError::Consumer(_) | SyncError::NoPartitions { .. } => true,
+            SyncError::Consumer(_) => true,
             SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
             SyncError::Shop(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
-            | SyncError::Fenced { .. }
             | SyncError::ErpPrivilege(_)
             | SyncError::Config(_) => false,
         }
@@ -176,7 +169,7 @@ fn metrics() -> &'static ProcessorMetrics {
         assigned: register_int_gauge_vec!(
             Opts::new(
                 "flywheel_processor_assigned_partitions",
-                "Partitions of its topic this worker's processor holds in its consumer group"
+                "Partitions of its topic this worker's processor leases and applies"
             ),
             &["entity"]
         )
@@ -245,35 +238,28 @@ where
 {
     // One watch for the worker's whole life, across restarts: a processor
     // that keeps restarting without committing is as stuck as one that hangs.
-    let slot = ConsumerSlot::default();
-    let rejoins = Rejoins::default();
     let _watch = AbortOnDrop(tokio::spawn(watch_progress(
         config.clone(),
         A::ENTITY,
         A::TOPIC,
-        slot.clone(),
-        rejoins.clone(),
     )));
     crate::supervise::with_restarts(A::ENTITY, &shutdown, SyncError::is_retryable, || async {
-        run(config, make().await?, shutdown.clone(), &slot, &rejoins).await
+        run(config, make().await?, shutdown.clone()).await
     })
     .await
 }
 
-/// The consumer of the processor's current run, for the progress watch, and
-/// the watch's way to make that run join its groups afresh.
-type ConsumerSlot = Arc<parking_lot::Mutex<Option<(Arc<StreamConsumer>, CancellationToken)>>>;
+/// How often a worker checks its partition leases: a partition freed by a
+/// dead or stopped worker is applied again within about this long.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
 
-/// How many times the watch made this worker join afresh (its consumers'
-/// instance id suffix).
-type Rejoins = Arc<std::sync::atomic::AtomicU32>;
+/// `flywheel_processor_assigned_partitions{entity}`: what the run holds, 0
+/// once it ended.
+struct HeldGauge(prometheus::IntGauge);
 
-/// Empties the slot when a run ends.
-struct InSlot<'a>(&'a ConsumerSlot);
-
-impl Drop for InSlot<'_> {
+impl Drop for HeldGauge {
     fn drop(&mut self) {
-        self.0.lock().take();
+        self.0.set(0);
     }
 }
 
@@ -288,36 +274,41 @@ async fn run<A: Applier>(
     config: &Config,
     mut applier: A,
     shutdown: CancellationToken,
-    slot: &ConsumerSlot,
-    rejoins: &Rejoins,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
-    let state = connect_db(config, &p.state_database(&config.erp)).await?;
+    let state_dsn = p.state_database(&config.erp);
+    let state = connect_db(config, &state_dsn).await?;
     let store = VersionStore::open(&state, A::ENTITY).await?;
     ensure_topics(&config.kafka, &[A::TOPIC, DEAD_LETTERS]).await?;
     let physical_topic = config.kafka.topic(A::TOPIC);
-    let consumer: Arc<StreamConsumer> = Arc::new(
-        group::processor_consumer(
-            &config.kafka,
-            p,
-            A::ENTITY,
-            rejoins.load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .create()?,
-    );
-    consumer.subscribe(&[&physical_topic])?;
-    let fenced = |e: rdkafka::error::KafkaError| {
-        if group::is_fenced(&e) {
-            SyncError::Fenced {
-                instance: p.instance(),
-            }
-        } else {
-            SyncError::Consumer(e)
-        }
+    let partitions = {
+        let (kafka, topic) = (config.kafka.clone(), physical_topic.clone());
+        tokio::task::spawn_blocking(move || group::partition_count(&kafka, &topic))
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))?
     };
-    let rejoin = CancellationToken::new();
-    *slot.lock() = Some((consumer.clone(), rejoin.clone()));
-    let _in_slot = InSlot(slot);
+    let group = group::group_name(p, A::ENTITY);
+    // The leases live on a session of their own: they end with this run.
+    let mut leases = PartitionLeases::join(
+        connect_db(config, &state_dsn).await?,
+        &group,
+        partitions,
+        &p.instance(),
+    )
+    .await?;
+    let consumer: StreamConsumer =
+        group::processor_consumer(&config.kafka, p, A::ENTITY).create()?;
+    let assign = |held: &std::collections::BTreeSet<i32>| -> Result<(), SyncError> {
+        let mut tpl = TopicPartitionList::new();
+        for partition in held {
+            // No offset: the group's committed one (or `new_group_start`).
+            tpl.add_partition(&physical_topic, *partition);
+        }
+        Ok(consumer.assign(&tpl)?)
+    };
+    let held_gauge = HeldGauge(metrics().assigned.with_label_values(&[A::ENTITY]));
+    let mut lease_check = tokio::time::interval(LEASE_CHECK);
+    lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dlq = EventProducer::new(&config.kafka, "processor")?;
     let codec = AvroCodec::for_topic(A::TOPIC).map_err(BusError::from)?;
     let wait = Duration::from_millis(p.batch_wait_ms);
@@ -325,193 +316,168 @@ async fn run<A: Applier>(
     let count = |outcome: &str, n: u64| m.events.with_label_values(&[A::ENTITY, outcome]).inc_by(n);
     let freshness = m.freshness.with_label_values(&[A::ENTITY]);
     let _running = Running::start(A::ENTITY);
-    let consumed: Result<(), SyncError> = async {
-        loop {
-            let first = tokio::select! {
+    loop {
+        // Between batches everything consumed is committed: the moment to
+        // take or give back partitions.
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = lease_check.tick() => {
+                leases.rebalance(assign).await?;
+                held_gauge.0.set(leases.held().len() as i64);
+                continue;
+            }
+            msg = consumer.recv() => msg?.detach(),
+        };
+        // A batch is up to `batch_max` distinct keys. While the previous batch
+        // waited for the shop's budget, changes queued up in Kafka; reading
+        // several versions of a key here and keeping the newest is the
+        // coalescing (bounded, so memory is too).
+        let mut keys: HashSet<Vec<u8>> = HashSet::new();
+        keys.insert(first.key().unwrap_or_default().to_vec());
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + wait;
+        while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(msg) => {
+                    let msg = msg?.detach();
+                    keys.insert(msg.key().unwrap_or_default().to_vec());
+                    batch.push(msg);
+                }
+                Err(_) => break,
+            }
+        }
+
+        let mut letters = Vec::new();
+        let mut newest: HashMap<String, Pending<A::Event>> = HashMap::new();
+        for msg in &batch {
+            let decoded = codec
+                .decode(msg.payload().unwrap_or_default())
+                .ok()
+                .and_then(|v| applier.decode(&v));
+            let Some(Decoded {
+                key,
+                version,
+                source_ts_micros,
+                event,
+            }) = decoded
+            else {
+                letters.push((
+                    msg,
+                    "undecodable",
+                    format!("not a valid {} record", A::TOPIC),
+                ));
+                continue;
+            };
+            let candidate = Pending {
+                key: key.clone(),
+                version,
+                source_ts_micros,
+                event,
+                partition: msg.partition(),
+                offset: msg.offset(),
+            };
+            match newest.get(&key) {
+                Some(prev) if prev.version >= candidate.version => count("coalesced", 1),
+                _ => {
+                    if newest.insert(key, candidate).is_some() {
+                        count("coalesced", 1);
+                    }
+                }
+            }
+        }
+        let keys: Vec<String> = newest.keys().cloned().collect();
+        let applied = store.load(&state, &keys).await?;
+        let fresh: Vec<Pending<A::Event>> = newest
+            .into_values()
+            .filter(|e| is_newer(&e.version, applied.get(&e.key)))
+            .collect();
+        count("skipped_stale", (keys.len() - fresh.len()) as u64);
+
+        let mut outcomes = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            // A batch waiting for shop budget can take long; on shutdown it is
+            // dropped unfinished. Nothing was recorded or committed for it, so
+            // the next start replays it, and the writes are idempotent.
+            tokio::select! {
+                r = applier.apply(&fresh) => r?,
                 _ = shutdown.cancelled() => return Ok(()),
-                msg = consumer.recv() => msg.map_err(fenced)?.detach(),
-            };
-            // A batch is up to `batch_max` distinct keys. While the previous batch
-            // waited for the shop's budget, changes queued up in Kafka; reading
-            // several versions of a key here and keeping the newest is the
-            // coalescing (bounded, so memory is too).
-            let mut keys: HashSet<Vec<u8>> = HashSet::new();
-            keys.insert(first.key().unwrap_or_default().to_vec());
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + wait;
-            while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(msg) => {
-                        let msg = msg.map_err(fenced)?.detach();
-                        keys.insert(msg.key().unwrap_or_default().to_vec());
-                        batch.push(msg);
-                    }
-                    Err(_) => break,
-                }
             }
-
-            let mut letters = Vec::new();
-            let mut newest: HashMap<String, Pending<A::Event>> = HashMap::new();
-            for msg in &batch {
-                let decoded = codec
-                    .decode(msg.payload().unwrap_or_default())
-                    .ok()
-                    .and_then(|v| applier.decode(&v));
-                let Some(Decoded {
-                    key,
-                    version,
-                    source_ts_micros,
-                    event,
-                }) = decoded
-                else {
-                    letters.push((
-                        msg,
-                        "undecodable",
-                        format!("not a valid {} record", A::TOPIC),
-                    ));
-                    continue;
-                };
-                let candidate = Pending {
-                    key: key.clone(),
-                    version,
-                    source_ts_micros,
-                    event,
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                };
-                match newest.get(&key) {
-                    Some(prev) if prev.version >= candidate.version => count("coalesced", 1),
-                    _ => {
-                        if newest.insert(key, candidate).is_some() {
-                            count("coalesced", 1);
-                        }
-                    }
-                }
-            }
-            let keys: Vec<String> = newest.keys().cloned().collect();
-            let applied = store.load(&state, &keys).await?;
-            let fresh: Vec<Pending<A::Event>> = newest
-                .into_values()
-                .filter(|e| is_newer(&e.version, applied.get(&e.key)))
+        };
+        // Contended events go again after the rest of the batch, until they
+        // land; the offsets wait for them.
+        let mut pause = CONTENDED_FIRST_PAUSE;
+        loop {
+            let again: Vec<usize> = (0..outcomes.len())
+                .filter(|i| matches!(outcomes[*i], Outcome::Contended))
                 .collect();
-            count("skipped_stale", (keys.len() - fresh.len()) as u64);
-
-            let mut outcomes = if fresh.is_empty() {
-                Vec::new()
-            } else {
-                // A batch waiting for shop budget can take long; on shutdown it is
-                // dropped unfinished. Nothing was recorded or committed for it, so
-                // the next start replays it, and the writes are idempotent.
-                tokio::select! {
-                    r = applier.apply(&fresh) => r?,
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
+            if again.is_empty() {
+                break;
+            }
+            count("contended", again.len() as u64);
+            let events: Vec<Pending<A::Event>> = again.iter().map(|i| fresh[*i].clone()).collect();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            pause = (pause * 2).min(CONTENDED_MAX_PAUSE);
+            let retried = tokio::select! {
+                r = applier.apply(&events) => r?,
+                _ = shutdown.cancelled() => return Ok(()),
             };
-            // Contended events go again after the rest of the batch, until they
-            // land; the offsets wait for them.
-            let mut pause = CONTENDED_FIRST_PAUSE;
-            loop {
-                let again: Vec<usize> = (0..outcomes.len())
-                    .filter(|i| matches!(outcomes[*i], Outcome::Contended))
-                    .collect();
-                if again.is_empty() {
-                    break;
-                }
-                count("contended", again.len() as u64);
-                let events: Vec<Pending<A::Event>> =
-                    again.iter().map(|i| fresh[*i].clone()).collect();
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.cancelled() => return Ok(()),
-                }
-                pause = (pause * 2).min(CONTENDED_MAX_PAUSE);
-                let retried = tokio::select! {
-                    r = applier.apply(&events) => r?,
-                    _ = shutdown.cancelled() => return Ok(()),
-                };
-                for (i, outcome) in again.into_iter().zip(retried) {
-                    outcomes[i] = outcome;
-                }
+            for (i, outcome) in again.into_iter().zip(retried) {
+                outcomes[i] = outcome;
             }
-            let mut done = Vec::new();
-            let now_micros = chrono::Utc::now().timestamp_micros();
-            for (e, outcome) in fresh.iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Applied => {
-                        count("applied", 1);
-                        freshness.observe((now_micros - e.source_ts_micros).max(0) as f64 / 1e6);
-                        done.push((e.key.clone(), e.version.clone()));
-                    }
-                    Outcome::NotApplicable => {
-                        count("not_applicable", 1);
-                        done.push((e.key.clone(), e.version.clone()));
-                    }
-                    Outcome::Observed(what) => {
-                        count(what, 1);
-                        done.push((e.key.clone(), e.version.clone()));
-                    }
-                    // Retried above until it was something else.
-                    Outcome::Contended => {}
-                    Outcome::DeadLetter { class, reason } => {
-                        if let Some(msg) = batch
-                            .iter()
-                            .find(|x| x.partition() == e.partition && x.offset() == e.offset)
-                        {
-                            letters.push((msg, class, reason));
-                        }
-                    }
-                }
-            }
-            for (msg, class, reason) in letters {
-                count("dead_lettered", 1);
-                dlq.send(dead_letter::<A>(msg, class, reason).to_record()?)
-                    .await?;
-            }
-            store.store(&state, &done).await?;
-
-            // Applied or dead-lettered: now the offsets may move.
-            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            for msg in &batch {
-                let e = next.entry(msg.partition()).or_insert(0);
-                *e = (*e).max(msg.offset() + 1);
-            }
-            let mut tpl = TopicPartitionList::new();
-            for (partition, offset) in next {
-                tpl.add_partition_offset(&physical_topic, partition, Offset::Offset(offset))?;
-            }
-            consumer.commit(&tpl, CommitMode::Sync).map_err(fenced)?;
         }
-    }
-    .await;
-    if consumed.is_ok() && shutdown.is_cancelled() {
-        leave_group(&consumer).await;
-    }
-    consumed
-}
-
-/// Leaves the consumer group on a graceful stop, so the other workers take
-/// this one's partitions at once. A static member does not leave when it is
-/// merely closed (KIP-345: librdkafka skips LeaveGroup on termination; a
-/// worker that crashes or restarts keeps its place and gets it back in
-/// seconds), but it does on unsubscribe, once its partitions are revoked —
-/// which needs the consumer polled. Without this, tansu lists the stopped
-/// member until another member's heartbeat sweeps it, and `flywheel replay`
-/// refuses the group.
-async fn leave_group(consumer: &StreamConsumer) {
-    consumer.unsubscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < deadline {
-        let held = consumer.assignment().map_or(0, |t| t.count());
-        if held == 0 {
-            break;
+        let mut done = Vec::new();
+        let now_micros = chrono::Utc::now().timestamp_micros();
+        for (e, outcome) in fresh.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Applied => {
+                    count("applied", 1);
+                    freshness.observe((now_micros - e.source_ts_micros).max(0) as f64 / 1e6);
+                    done.push((e.key.clone(), e.version.clone()));
+                }
+                Outcome::NotApplicable => {
+                    count("not_applicable", 1);
+                    done.push((e.key.clone(), e.version.clone()));
+                }
+                Outcome::Observed(what) => {
+                    count(what, 1);
+                    done.push((e.key.clone(), e.version.clone()));
+                }
+                // Retried above until it was something else.
+                Outcome::Contended => {}
+                Outcome::DeadLetter { class, reason } => {
+                    if let Some(msg) = batch
+                        .iter()
+                        .find(|x| x.partition() == e.partition && x.offset() == e.offset)
+                    {
+                        letters.push((msg, class, reason));
+                    }
+                }
+            }
         }
-        // Serves the revoke; records still in flight are dropped uncommitted
-        // (they replay, and the writes are idempotent).
-        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        for (msg, class, reason) in letters {
+            count("dead_lettered", 1);
+            dlq.send(dead_letter::<A>(msg, class, reason).to_record()?)
+                .await?;
+        }
+        store.store(&state, &done).await?;
+
+        // Applied or dead-lettered: now the offsets may move.
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for msg in &batch {
+            let e = next.entry(msg.partition()).or_insert(0);
+            *e = (*e).max(msg.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            tpl.add_partition_offset(&physical_topic, partition, Offset::Offset(offset))?;
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
     }
-    // The LeaveGroup goes out from librdkafka's own thread once the revoke
-    // is served; give it a moment before the client is destroyed.
-    let _ = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await;
 }
 
 /// Aborts a task when dropped: the watch ends with its processor.
@@ -523,36 +489,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Watches one processor until aborted: exports the partitions it holds, and
-/// marks it stalled (`flywheel_processor_stalled`, not ready, a warning once a
-/// minute saying why) while its group has records waiting and for
+/// Watches one processor until aborted: marks it stalled
+/// (`flywheel_processor_stalled`, not ready, a warning once a minute saying
+/// why) while its group has records waiting and for
 /// `processors.stall_timeout_secs` neither the group's committed offsets moved
 /// nor the shop answered one of its requests (a large batch under the shop's
-/// rate limit commits rarely but is working). The
-/// group's offsets, not this worker's, so a worker left without partitions
-/// while others do the work is not stalled, but one left without partitions
-/// while nobody works is — the silent failure a restart after `kill -9` once
-/// produced (see `bus::group`).
-async fn watch_progress(
-    config: Config,
-    entity: &'static str,
-    topic: &'static str,
-    slot: ConsumerSlot,
-    rejoins: Rejoins,
-) {
+/// rate limit commits rarely but is working). The group's offsets, not this
+/// worker's, so a worker whose partitions other workers lease and apply is not
+/// stalled, but a group nobody makes progress in is.
+async fn watch_progress(config: Config, entity: &'static str, topic: &'static str) {
     let m = metrics();
     let (assigned, stalled) = (
         m.assigned.with_label_values(&[entity]),
         m.stalled.with_label_values(&[entity]),
     );
     let limit = config.processors.stall_timeout();
-    // Held nothing for this long while nobody else holds the group's
-    // partitions (or commits its waiting records): join afresh.
-    let rejoin_after = Duration::from_millis(config.processors.session_timeout_ms) * 2;
-    let every = (limit / 4)
-        .min(rejoin_after / 8)
-        .clamp(Duration::from_millis(500), Duration::from_secs(15));
-    let mut empty_since: Option<tokio::time::Instant> = None;
+    let every = (limit / 4).clamp(Duration::from_millis(500), Duration::from_secs(15));
     let group = group::group_name(&config.processors, entity);
     let physical = config.kafka.topic(topic);
     let mut last_committed: Option<i64> = None;
@@ -561,12 +513,6 @@ async fn watch_progress(
     let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(every).await;
-        let held = slot
-            .lock()
-            .as_ref()
-            .and_then(|(c, _)| c.assignment().ok())
-            .map_or(0, |t| t.count());
-        assigned.set(held as i64);
         let (kafka, g, t) = (config.kafka.clone(), group.clone(), physical.clone());
         let lags = match tokio::task::spawn_blocking(move || group::group_lag(&kafka, &g, &t)).await
         {
@@ -591,36 +537,6 @@ async fn watch_progress(
         last_answers = answers;
         last_committed = Some(committed);
         let still = now - moved_at;
-        // tansu 0.6 can leave a static member that rejoined after a kill
-        // without an assignment (`bus::group`); a fresh join ends that.
-        empty_since = if held == 0 {
-            empty_since.or(Some(now))
-        } else {
-            None
-        };
-        let nobody_holds = || {
-            let (kafka, g) = (config.kafka.clone(), group.clone());
-            async move {
-                tokio::task::spawn_blocking(move || group::anyone_holds_partitions(&kafka, &g))
-                    .await
-                    .is_ok_and(|r| r.is_ok_and(|held| !held))
-            }
-        };
-        if let Some(since) = empty_since
-            && now - since >= rejoin_after
-            && ((waiting > 0 && still >= rejoin_after) || nobody_holds().await)
-            && let Some((_, rejoin)) = slot.lock().as_ref()
-        {
-            tracing::warn!(
-                entity, group = %group, waiting, empty_secs = (now - since).as_secs(),
-                "this worker has held no partition for {} s while nobody else holds them or commits \
-                 the {waiting} records waiting; joining the group again",
-                (now - since).as_secs()
-            );
-            rejoins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            rejoin.cancel();
-            empty_since = Some(now);
-        }
         if still < limit {
             if stalled.get() == 1 {
                 tracing::info!(entity, "processor is moving again");
@@ -634,14 +550,14 @@ async fn watch_progress(
             continue;
         }
         warned_at = Some(now);
-        let secs = still.as_secs();
+        let (secs, held) = (still.as_secs(), assigned.get());
         if held == 0 {
             tracing::warn!(
                 entity, group = %group, waiting, still_secs = secs,
-                "processor stalled: this worker holds no partition while {waiting} records wait and \
-                 the group committed nothing for {secs} s; another worker holds them, or the broker \
-                 has not handed them over (a worker killed under another processors.instance_id \
-                 keeps them until processors.session_timeout_ms)"
+                "processor stalled: this worker leases no partition while {waiting} records wait and \
+                 the group committed nothing for {secs} s; other workers hold the leases and do not \
+                 progress, or this worker cannot reach the state database (its errors are logged \
+                 above); `flywheel replay` names the workers holding leases"
             );
         } else {
             tracing::warn!(

@@ -4,6 +4,7 @@
 
 pub mod apply_loop;
 pub mod orders_to_erp;
+pub mod partition_leases;
 pub mod price_to_shop;
 pub mod shop_catalog;
 pub mod shop_inventory;
@@ -12,8 +13,8 @@ pub mod stock_to_shop;
 pub mod version_store;
 pub mod written_levels;
 
-/// (entity, logical topic) of every processor: its consumer group is
-/// `processors.group_id` + `.` + entity.
+/// (entity, logical topic) of every processor: its consumer group (where its
+/// offsets are committed) is `processors.group_id` + `.` + entity.
 pub const CONSUMED: [(&str, &str); 5] = [
     ("stock", crate::bus::topics::ERP_STOCK),
     ("price", crate::bus::topics::ERP_PRICE),
