@@ -32,6 +32,10 @@ const KILLS_PER_ROLE: usize = 3;
 const RESUME_BOUND: Duration = Duration::from_secs(15);
 const CONVERGE: Duration = Duration::from_secs(180);
 const SECRET: &str = "chaos-secret";
+/// What the convergence check found last, for the timeout message.
+static NOT_YET: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+/// (topic, key prefix) of what differed at the last check.
+static OFF_KEYS: std::sync::Mutex<Vec<(&'static str, String)>> = std::sync::Mutex::new(Vec::new());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Role {
@@ -171,7 +175,10 @@ where
                 };
                 let processors: Vec<&str> = metrics
                     .lines()
-                    .filter(|l| l.starts_with("flywheel_processor_") && !l.contains("_bucket"))
+                    .filter(|l| {
+                        (l.starts_with("flywheel_processor_") || l.starts_with("flywheel_source_"))
+                            && !l.contains("_bucket")
+                    })
                     .collect();
                 logs.push(format!(
                     "--- {} ---\n{}\n{}",
@@ -181,7 +188,8 @@ where
                 ));
             }
             panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
+                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+                NOT_YET.lock().unwrap(),
                 logs.join("\n")
             );
         }
@@ -388,16 +396,65 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
                 .is_some_and(|o| o.fulfillment_status.as_deref() == Some("fulfilled"))
         })
     };
+    let converged = || async {
+        let (on_hand, want) = (shop_on_hand(&sim).await, want_stock().await);
+        let (prices, list) = (shop_prices(&sim).await, erp_list_prices(&env).await);
+        let (orders, shipped) = (orders_match().await, shipments_fulfilled().await);
+        let levels_off = want
+            .iter()
+            .filter(|(k, v)| on_hand.get(*k) != Some(*v))
+            .count();
+        *OFF_KEYS.lock().unwrap() = want
+            .iter()
+            .filter(|(k, v)| on_hand.get(*k) != Some(*v))
+            .map(|((sku, wh), _)| ("erp.stock.v1", format!("{sku}/{wh}")))
+            .chain(
+                list.iter()
+                    .filter(|(k, v)| prices.get(*k) != Some(*v))
+                    .map(|(k, _)| ("erp.price.v1", format!("{k}/"))),
+            )
+            .collect();
+        let prices_off: Vec<String> = list
+            .iter()
+            .filter(|(k, v)| prices.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}: shop {:?}, ERP {v:?}", prices.get(k)))
+            .collect();
+        let levels: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| on_hand.get(*k) != Some(*v))
+            .take(5)
+            .map(|(k, v)| format!("{k:?}: shop {:?}, ERP {v}", on_hand.get(k)))
+            .collect();
+        *NOT_YET.lock().unwrap() = format!(
+            "not converged yet: {levels_off} of {} levels ({levels:?}) and {} of {} prices \
+                 ({prices_off:?}) differ, orders match: {orders}, shipments fulfilled: {shipped}",
+            want.len(),
+            prices_off.len(),
+            list.len()
+        );
+        let prices_off = prices_off.len();
+        levels_off == 0
+            && on_hand.len() == want.len()
+            && prices_off == 0
+            && prices.len() == list.len()
+            && orders
+            && shipped
+    };
+    let converge_deadline = Instant::now() + CONVERGE;
+    while Instant::now() < converge_deadline {
+        if converged().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !converged().await {
+        eprintln!("POST-MORTEM\n{}", post_mortem(&env).await);
+    }
     wait_working(
         "the shop and the ERP to converge",
-        CONVERGE,
+        Duration::from_secs(1),
         &roles,
-        || async {
-            shop_on_hand(&sim).await == want_stock().await
-                && shop_prices(&sim).await == erp_list_prices(&env).await
-                && orders_match().await
-                && shipments_fulfilled().await
-        },
+        converged,
     )
     .await;
     let converged_after = load_stopped.elapsed();
@@ -473,4 +530,95 @@ async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
         slow.join("\n")
     );
     drop(roles);
+}
+
+/// For a convergence timeout: every record of the keys that differ (partition,
+/// offset, version, value), what the processors recorded as applied, and the
+/// groups' committed offsets.
+async fn post_mortem(env: &TestEnv) -> String {
+    let off = OFF_KEYS.lock().unwrap().clone();
+    let mut out = String::new();
+    for (topic, prefix) in off {
+        let mut reader = env.reader(topic);
+        for r in reader.drain(Duration::from_secs(2)).await {
+            if r.key.starts_with(&prefix) || r.key == prefix.trim_end_matches('/') {
+                out.push_str(&format!(
+                    "{topic} p{} @{} {} v{} {:?}\n",
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.version(),
+                    r.value
+                ));
+            }
+        }
+        let applied = env
+            .erp
+            .query(
+                "SELECT processor, key, version FROM flywheel.applied_versions WHERE key LIKE $1 || '%'",
+                &[&prefix.trim_end_matches('/')],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| format!("{}:{}={}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)))
+                    .collect::<Vec<_>>()
+            });
+        out.push_str(&format!("applied {applied:?}\n"));
+    }
+    let sessions = env
+        .erp
+        .query(
+            "SELECT pid, backend_type, coalesce(application_name, ''), coalesce(state, ''),
+                    coalesce(wait_event_type || ':' || wait_event, ''),
+                    coalesce(left(query, 160), ''), coalesce((now() - xact_start)::text, '')
+             FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} [{}] {} wait={} xact_age={} q={}",
+                        r.get::<_, i32>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(3),
+                        r.get::<_, String>(4),
+                        r.get::<_, String>(6),
+                        r.get::<_, String>(5)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+    out.push_str(&format!(
+        "sessions:\n{}\n",
+        sessions.unwrap_or_else(|e| e.to_string())
+    ));
+    let slots = env
+        .erp
+        .query(
+            "SELECT slot_name, active::text, coalesce(active_pid::text, ''), confirmed_flush_lsn::text,
+                    pg_current_wal_lsn()::text FROM pg_replication_slots",
+            &[],
+        )
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| (0..5).map(|i| r.get::<_, String>(i)).collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+        });
+    out.push_str(&format!("slots: {slots:?}\n"));
+    let config = env.config.clone();
+    let lags = tokio::task::spawn_blocking(move || flywheel::ops::lag::consumer_lag(&config))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    for l in lags {
+        out.push_str(&format!("{l:?}\n"));
+    }
+    out
 }

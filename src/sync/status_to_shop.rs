@@ -164,6 +164,11 @@ impl StatusToShop {
             return Ok(Self::missing(e));
         };
         if order.fulfilled {
+            // Fulfilled but this shipment not recorded as applied: a crash
+            // came between the fulfilment and the check below (or the
+            // merchant fulfilled it by hand). The check is a compare-and-set,
+            // so running it again changes nothing when it was done.
+            self.undo_double_count(&order, version).await?;
             return Ok(Outcome::Applied);
         }
         if order.cancelled {
