@@ -128,9 +128,166 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     /// How long the producer retries one record before reporting it failed.
     pub message_timeout_ms: u64,
+    /// Entity (state) topics are created with `cleanup.policy=compact`, and
+    /// existing ones without it are reported.
+    pub compact_state_topics: bool,
+    /// `min.compaction.lag.ms` of the state topics: every version stays at
+    /// least this long before compaction may drop it for a newer one.
+    pub min_compaction_lag_ms: u64,
+    /// `retention.ms` of the event topics (raw webhooks, dead letters), and of
+    /// the state topics when `compact_state_topics` is off.
+    pub event_retention_ms: i64,
+    /// How the clients talk to the brokers.
+    pub security_protocol: SecurityProtocol,
+    /// SASL mechanism (with `sasl_plaintext` / `sasl_ssl`).
+    pub sasl_mechanism: SaslMechanism,
+    pub sasl_username: String,
+    /// Also `FLYWHEEL_KAFKA__SASL_PASSWORD`; never logged.
+    pub sasl_password: Secret,
+    /// PEM file of the certificate authorities that signed the brokers'
+    /// certificates (with `ssl` / `sasl_ssl`); the system's when unset.
+    pub ssl_ca_file: Option<PathBuf>,
+    /// Client certificate and its key (PEM), for brokers that require one.
+    pub ssl_certificate_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// Any other librdkafka property, passed to every client as is (the
+    /// escape hatch: `socket.keepalive.enable`, `ssl.endpoint.identification.algorithm`,
+    /// `sasl.oauthbearer.*`, ...). Properties Flywheel sets from the settings
+    /// above, or relies on for its guarantees, are refused here.
+    pub librdkafka: std::collections::BTreeMap<String, String>,
 }
 
+/// librdkafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// librdkafka's `sasl.mechanism`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// librdkafka properties the `[kafka]` settings own (set them there), or
+/// that Flywheel's guarantees rest on (manual commits after applying, the
+/// idempotent producer acknowledged by all replicas).
+pub const OWNED_LIBRDKAFKA_PROPERTIES: [(&str, &str); 12] = [
+    ("bootstrap.servers", "kafka.bootstrap"),
+    ("client.id", "kafka.client_id"),
+    ("security.protocol", "kafka.security_protocol"),
+    ("sasl.mechanism", "kafka.sasl_mechanism"),
+    ("sasl.mechanisms", "kafka.sasl_mechanism"),
+    ("sasl.username", "kafka.sasl_username"),
+    ("sasl.password", "kafka.sasl_password"),
+    ("ssl.ca.location", "kafka.ssl_ca_file"),
+    ("ssl.certificate.location", "kafka.ssl_certificate_file"),
+    ("ssl.key.location", "kafka.ssl_key_file"),
+    (
+        "enable.auto.commit",
+        "nothing: processors commit after applying",
+    ),
+    (
+        "enable.idempotence",
+        "nothing: the producer is always idempotent",
+    ),
+];
+
 impl KafkaConfig {
+    /// Settings that cannot work together, named, before any client is built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.bootstrap.trim().is_empty() {
+            return bad("kafka.bootstrap is empty: give host:port of one or more brokers".into());
+        }
+        let sasl = self.security_protocol.uses_sasl();
+        if sasl && (self.sasl_username.is_empty() || self.sasl_password.0.is_empty()) {
+            return bad(format!(
+                "kafka.security_protocol = \"{}\" needs kafka.sasl_username and kafka.sasl_password (or FLYWHEEL_KAFKA__SASL_PASSWORD)",
+                self.security_protocol.as_str()
+            ));
+        }
+        if !sasl && !self.sasl_username.is_empty() {
+            return bad(format!(
+                "kafka.sasl_username is set but kafka.security_protocol = \"{}\" does not use SASL: use sasl_ssl or sasl_plaintext",
+                self.security_protocol.as_str()
+            ));
+        }
+        let files = [
+            ("kafka.ssl_ca_file", &self.ssl_ca_file),
+            ("kafka.ssl_certificate_file", &self.ssl_certificate_file),
+            ("kafka.ssl_key_file", &self.ssl_key_file),
+        ];
+        for (name, file) in files {
+            let Some(file) = file else { continue };
+            if !self.security_protocol.uses_tls() {
+                return bad(format!(
+                    "{name} is set but kafka.security_protocol = \"{}\" does not use TLS: use ssl or sasl_ssl",
+                    self.security_protocol.as_str()
+                ));
+            }
+            if let Err(e) = std::fs::metadata(file) {
+                return bad(format!("{name} = {}: {e}", file.display()));
+            }
+        }
+        if self.ssl_certificate_file.is_some() != self.ssl_key_file.is_some() {
+            return bad(
+                "kafka.ssl_certificate_file and kafka.ssl_key_file go together (a client certificate and its key)".into(),
+            );
+        }
+        for key in self.librdkafka.keys() {
+            if let Some((_, instead)) = OWNED_LIBRDKAFKA_PROPERTIES.iter().find(|(k, _)| k == key) {
+                return bad(format!(
+                    "kafka.librdkafka.\"{key}\" cannot be set there; set {instead}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The physical name of a logical topic.
     pub fn topic(&self, logical: &str) -> String {
         format!("{}{logical}", self.topic_prefix)
@@ -146,6 +303,17 @@ impl Default for KafkaConfig {
             client_id: "flywheel".into(),
             topic_prefix: String::new(),
             message_timeout_ms: 30_000,
+            compact_state_topics: true,
+            min_compaction_lag_ms: 3_600_000,
+            event_retention_ms: 7 * 24 * 3_600_000,
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            ssl_ca_file: None,
+            ssl_certificate_file: None,
+            ssl_key_file: None,
+            librdkafka: Default::default(),
         }
     }
 }
@@ -409,6 +577,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.erp.pg_config()?;
+        self.kafka.validate()?;
         if let Some(dsn) = &self.processors.state_dsn {
             parse_dsn("processors.state_dsn", dsn)?;
         }

@@ -155,6 +155,16 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Fails with the setting to fix when Kafka cannot be reached or refuses us.
+async fn kafka_answers(config: &Config) -> anyhow::Result<()> {
+    let kafka = config.kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        flywheel::bus::client::probe(&kafka, std::time::Duration::from_secs(10))
+    })
+    .await??;
+    Ok(())
+}
+
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
@@ -163,9 +173,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Gateway => run_roles(&config, &[roles::Role::Gateway], shutdown).await?,
         Command::Processors => run_roles(&config, &[roles::Role::Processors], shutdown).await?,
         Command::Run { roles } => run_roles(&config, &roles, shutdown).await?,
-        Command::Lag => print_lag(&config).await?,
-        Command::Replay(args) => replay(&config, args).await?,
-        Command::Dlq { action } => dlq(&config, action).await?,
+        Command::Lag => {
+            kafka_answers(&config).await?;
+            print_lag(&config).await?
+        }
+        Command::Replay(args) => {
+            kafka_answers(&config).await?;
+            replay(&config, args).await?
+        }
+        Command::Dlq { action } => {
+            kafka_answers(&config).await?;
+            dlq(&config, action).await?
+        }
         Command::Topics => {
             let connector =
                 flywheel::erp::connector::Connector::load(config.erp.connector.as_deref())?;
@@ -178,7 +197,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             );
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             flywheel::bus::topics::ensure_topics(&config.kafka, &names).await?;
-            println!("topics ready: {}", names.join(", "));
+            let physical: Vec<String> = names.iter().map(|n| config.kafka.topic(n)).collect();
+            println!("topics ready: {}", physical.join(", "));
         }
         Command::Demo(args) => demo::run(args, config, shutdown).await?,
         Command::SeedDemoErp {

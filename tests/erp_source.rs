@@ -562,8 +562,12 @@ async fn a_source_started_before_its_broker_catches_up_once_the_broker_is_there(
         env.snapshot_done()
     })
     .await;
+    let late = flywheel::config::KafkaConfig {
+        bootstrap: broker.bootstrap(),
+        ..env.config.kafka.clone()
+    };
     let mut stock = common::TopicReader::new(
-        &broker.bootstrap(),
+        &late,
         &env.config.kafka.topic("erp.stock.v1"),
         "erp.stock.v1",
     );

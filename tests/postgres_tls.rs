@@ -3,37 +3,23 @@
 //! connections negotiate TLS as `sslmode` asks, verify the certificate when
 //! `erp.tls_ca_file` is set, and refuse a certificate from another CA.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use common::tls::ca;
 use flywheel::erp::replication::ReplicationConn;
 use flywheel::local_infra::{LocalPostgres, unprivileged_user};
 use flywheel::pg_tls::PgTls;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// A throwaway CA: its certificate (PEM) and what signs with it.
-fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate().expect("a CA key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let pem = params.self_signed(&key).expect("the CA certificate").pem();
-    (pem, Issuer::new(params, key))
-}
+use rcgen::{Issuer, KeyPair};
 
 /// A PostgreSQL server with TLS on, its certificate (for 127.0.0.1 and
 /// localhost) signed by `issuer`. The files live in `dir`, readable by the
 /// server's user only, as PostgreSQL insists.
 async fn tls_server(issuer: &Issuer<'static, KeyPair>, dir: &Path) -> LocalPostgres {
-    let key = KeyPair::generate().expect("a server key");
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("server parameters")
-        .signed_by(&key, issuer)
-        .expect("the server certificate");
-    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (cert_path, key_path) = common::tls::signed_cert(issuer, dir, "server");
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     if let Some((uid, gid)) = unprivileged_user() {
         for p in [dir, &cert_path, &key_path] {

@@ -119,11 +119,7 @@ async fn shopify(
 }
 
 fn reader(gw: &Gw, topic: &str) -> TopicReader {
-    TopicReader::new(
-        &gw.config.kafka.bootstrap,
-        &gw.config.kafka.topic(topic),
-        topic,
-    )
+    TopicReader::new(&gw.config.kafka, &gw.config.kafka.topic(topic), topic)
 }
 
 fn order(r: &Rec) -> ShopOrderEvent {

@@ -13,6 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::client::client_config;
+
 use crate::config::{KafkaConfig, ProcessorsConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,13 +29,8 @@ pub fn group_name(p: &ProcessorsConfig, entity: &str) -> String {
 /// processor itself after applying; a partition the group never committed
 /// starts at `processors.new_group_start`.
 pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, entity: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.bootstrap)
-        .set("group.id", group_name(p, entity))
-        .set(
-            "client.id",
-            format!("{}-processor-{entity}", kafka.client_id),
-        )
+    let mut c = client_config(kafka, &format!("processor-{entity}"));
+    c.set("group.id", group_name(p, entity))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", p.new_group_start.as_str());
     c
@@ -42,10 +39,7 @@ pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, entity: &st
 /// How many partitions `physical_topic` has (0 when it does not exist).
 /// Blocking: call it from a blocking task.
 pub fn partition_count(kafka: &KafkaConfig, physical_topic: &str) -> Result<i32, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("client.id", format!("{}-metadata", kafka.client_id))
-        .create()?;
+    let consumer: BaseConsumer = client_config(kafka, "metadata").create()?;
     let metadata = consumer.fetch_metadata(Some(physical_topic), TIMEOUT)?;
     Ok(metadata
         .topics()
@@ -76,10 +70,8 @@ pub fn group_lag(
     group: &str,
     physical_topic: &str,
 ) -> Result<Option<Vec<PartitionLag>>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
+    let consumer: BaseConsumer = client_config(kafka, "lag")
         .set("group.id", group)
-        .set("client.id", format!("{}-lag", kafka.client_id))
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(physical_topic), TIMEOUT)?;
@@ -106,7 +98,7 @@ pub fn group_lag(
         .iter()
         .map(|(p, low, _, c)| (*p, c.unwrap_or(*low)))
         .collect();
-    let fetched = fetched_high_watermarks(&kafka.bootstrap, physical_topic, &starts)?;
+    let fetched = fetched_high_watermarks(kafka, physical_topic, &starts)?;
     let mut out = Vec::with_capacity(rows.len());
     for (partition, low, listed_high, committed) in rows {
         let high = listed_high.max(fetched.get(&partition).copied().unwrap_or(-1));
@@ -129,12 +121,11 @@ pub fn group_lag(
 /// fetches from `starts` (partition, offset) and reads the watermarks that
 /// came back. One probe per topic; nothing is committed (it is in no group).
 fn fetched_high_watermarks(
-    bootstrap: &str,
+    kafka: &KafkaConfig,
     topic: &str,
     starts: &[(i32, i64)],
 ) -> Result<HashMap<i32, i64>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client_config(kafka, "lag-probe")
         .set("group.id", "flywheel-lag-probe")
         .set("enable.auto.commit", "false")
         .set("max.partition.fetch.bytes", "65536")

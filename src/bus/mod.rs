@@ -2,6 +2,7 @@
 //! codec, dead letters.
 
 pub mod avro;
+pub mod client;
 pub mod dlq;
 pub mod group;
 pub mod producer;
@@ -26,4 +27,6 @@ pub enum BusError {
     CreateTopic { topic: String, reason: String },
     #[error(transparent)]
     Avro(#[from] avro::AvroError),
+    #[error(transparent)]
+    Connect(#[from] client::ConnectError),
 }

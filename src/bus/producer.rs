@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -38,9 +37,7 @@ pub struct EventProducer {
 
 impl EventProducer {
     pub fn new(kafka: &KafkaConfig, role: &str) -> Result<Self, BusError> {
-        let inner: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.bootstrap)
-            .set("client.id", format!("{}-{role}", kafka.client_id))
+        let inner: FutureProducer = super::client::client_config(kafka, role)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")

@@ -1,12 +1,15 @@
 //! The topics Flywheel writes, and their creation.
 //!
 //! Flywheel creates its topics explicitly (operators want them declared, and
-//! brokers such as the test broker do not auto-create).
+//! brokers such as the test broker do not auto-create). Topics that hold the
+//! state of an entity (every record keyed by the entity, the newest version
+//! is what counts) are compacted, so a replay from the start still finds the
+//! newest version of every key however old; topics of events (raw webhooks,
+//! dead letters) keep records by time.
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -16,27 +19,83 @@ use crate::config::KafkaConfig;
 pub const ERP_STOCK: &str = "erp.stock.v1";
 pub const ERP_PRICE: &str = "erp.price.v1";
 pub const ERP_ORDER_STATUS: &str = "erp.order_status.v1";
+pub const SHOP_ORDERS: &str = "shop.orders.v1";
+pub const SHOP_INVENTORY: &str = "shop.inventory.v1";
+/// Every verified webhook, byte for byte, with its headers.
+pub const SHOP_WEBHOOKS_RAW: &str = "shop.webhooks.raw.v1";
 pub const DEAD_LETTERS: &str = "flywheel.dlq.v1";
 
-/// Creates each topic that does not exist yet, with the configured partitions
-/// and replication factor. Existing topics are left as they are.
+/// How a topic keeps its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// `cleanup.policy=compact`: the newest record per key, forever.
+    Compact,
+    /// `cleanup.policy=delete`: every record, for `kafka.event_retention_ms`.
+    Delete,
+}
+
+/// Raw webhooks and dead letters are events to keep for a while; every other
+/// topic (entity topics, whatever an ERP connector declares) is keyed state.
+pub fn cleanup_of(logical: &str) -> Cleanup {
+    if logical == SHOP_WEBHOOKS_RAW || logical == DEAD_LETTERS {
+        Cleanup::Delete
+    } else {
+        Cleanup::Compact
+    }
+}
+
+/// The topic configuration Flywheel creates `logical` with.
+pub fn topic_config(kafka: &KafkaConfig, logical: &str) -> Vec<(&'static str, String)> {
+    match cleanup_of(logical) {
+        Cleanup::Compact if kafka.compact_state_topics => vec![
+            ("cleanup.policy", "compact".into()),
+            (
+                "min.compaction.lag.ms",
+                kafka.min_compaction_lag_ms.to_string(),
+            ),
+        ],
+        Cleanup::Compact | Cleanup::Delete => vec![
+            ("cleanup.policy", "delete".into()),
+            ("retention.ms", kafka.event_retention_ms.to_string()),
+        ],
+    }
+}
+
+/// How long the connection check before creating topics (the first thing
+/// every role does with Kafka) waits for the cluster.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates each topic that does not exist yet, with the configured partitions,
+/// replication factor and cleanup ([`topic_config`]). Existing topics are left
+/// as they are, but a state topic that is not compacted is reported (see
+/// [`warn_if_not_compacted`]). First checks the connection, so a wrong
+/// password or certificate is named as such.
 pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), BusError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("client.id", format!("{}-admin", kafka.client_id))
+    let probed = kafka.clone();
+    tokio::task::spawn_blocking(move || super::client::probe(&probed, PROBE_TIMEOUT))
+        .await
+        .unwrap_or(Err(super::client::ConnectError::Client(
+            rdkafka::error::KafkaError::Canceled,
+        )))?;
+    let admin: AdminClient<DefaultClientContext> = super::client::client_config(kafka, "admin")
         .create()
         .map_err(|source| BusError::Client {
             bootstrap: kafka.bootstrap.clone(),
             source: Box::new(source),
         })?;
     let physical: Vec<String> = names.iter().map(|n| kafka.topic(n)).collect();
+    let configs: Vec<Vec<(&str, String)>> = names.iter().map(|n| topic_config(kafka, n)).collect();
     let new_topics: Vec<NewTopic> = physical
         .iter()
-        .map(|n| {
-            NewTopic::new(
-                n,
-                kafka.partitions,
-                TopicReplication::Fixed(kafka.replication_factor),
+        .zip(&configs)
+        .map(|(n, config)| {
+            config.iter().fold(
+                NewTopic::new(
+                    n,
+                    kafka.partitions,
+                    TopicReplication::Fixed(kafka.replication_factor),
+                ),
+                |topic, (key, value)| topic.set(key, value),
             )
         })
         .collect();
@@ -48,10 +107,11 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), Bu
             topic: physical.join(","),
             reason: format!("{e} (broker {})", kafka.bootstrap),
         })?;
+    let mut existing = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, partitions = kafka.partitions, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             Err((topic, code)) => {
                 return Err(BusError::CreateTopic {
                     topic,
@@ -60,5 +120,54 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), Bu
             }
         }
     }
+    if kafka.compact_state_topics {
+        let state: Vec<&String> = existing
+            .iter()
+            .filter(|t| {
+                names
+                    .iter()
+                    .any(|n| kafka.topic(n) == **t && cleanup_of(n) == Cleanup::Compact)
+            })
+            .collect();
+        warn_if_not_compacted(&admin, &state, &opts).await;
+    }
     Ok(())
+}
+
+/// Warns about each existing state topic whose `cleanup.policy` lacks
+/// `compact`: a replay from the start would miss every key whose newest
+/// version was deleted by time retention. A broker that cannot describe
+/// configurations is noted at debug level only.
+async fn warn_if_not_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[&String],
+    opts: &AdminOptions,
+) {
+    if topics.is_empty() {
+        return;
+    }
+    let specs: Vec<ResourceSpecifier> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let described = match admin.describe_configs(specs.iter(), opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not describe the topics' configuration");
+            return;
+        }
+    };
+    for (topic, resource) in topics.iter().zip(described) {
+        let Ok(resource) = resource else { continue };
+        let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
+        // Absent (tansu lists only what was set): the broker's default, delete.
+        let policy = value("cleanup.policy").unwrap_or_else(|| "delete".into());
+        if !policy.contains("compact") {
+            tracing::warn!(
+                topic = %topic, cleanup_policy = %policy,
+                retention_ms = value("retention.ms").unwrap_or_default(),
+                "state topic is not compacted: a replay from the start reads only what retention \
+                 kept, so keys whose newest version is older than retention.ms are missed; set \
+                 cleanup.policy=compact on it (or kafka.compact_state_topics = false to silence this)"
+            );
+        }
+    }
 }

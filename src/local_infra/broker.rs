@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 
 use super::process::{log_tail, spawn_guarded, stop};
@@ -16,6 +15,17 @@ pub struct LocalBroker {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    security: BrokerSecurity,
+}
+
+/// How a broker started for tests of secured clients is reached.
+#[derive(Clone, Debug, Default)]
+pub struct BrokerSecurity {
+    /// The port clients are told to use (the advertised listener), e.g. a
+    /// TLS-terminating proxy in front of the broker's plaintext listener.
+    pub advertised_port: Option<u16>,
+    /// Clients must authenticate with SASL (tansu `--authentication`).
+    pub authentication: bool,
 }
 
 impl LocalBroker {
@@ -28,6 +38,15 @@ impl LocalBroker {
     /// Like [`start`](Self::start) on a given port, e.g. one a client was told
     /// about before the broker existed.
     pub async fn start_on_port(port: u16) -> Result<Self, LocalInfraError> {
+        Self::start_with(port, BrokerSecurity::default()).await
+    }
+
+    /// Starts a broker whose listener needs TLS and/or SASL.
+    pub async fn start_secured(security: BrokerSecurity) -> Result<Self, LocalInfraError> {
+        Self::start_with(free_port()?, security).await
+    }
+
+    async fn start_with(port: u16, security: BrokerSecurity) -> Result<Self, LocalInfraError> {
         let bin = find_tansu()?;
         let dir = tempfile::Builder::new()
             .prefix("flywheel-tansu-")
@@ -36,6 +55,7 @@ impl LocalBroker {
             port,
             dir,
             child: None,
+            security,
         };
         broker.spawn(&bin)?;
         broker.wait_ready().await?;
@@ -44,14 +64,24 @@ impl LocalBroker {
 
     fn spawn(&mut self, bin: &PathBuf) -> Result<(), LocalInfraError> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            self.security.advertised_port.unwrap_or(self.port)
+        );
         let logfile = std::fs::File::options()
             .create(true)
             .append(true)
             .open(self.log_path())?;
         let mut cmd = Command::new(bin);
         cmd.arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(self.security_args())
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -61,9 +91,21 @@ impl LocalBroker {
         Ok(())
     }
 
+    fn security_args(&self) -> Vec<&'static str> {
+        if self.security.authentication {
+            vec!["--authentication"]
+        } else {
+            Vec::new()
+        }
+    }
+
     async fn wait_ready(&mut self) -> Result<(), LocalInfraError> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let bootstrap = self.bootstrap();
+        // The bootstrap answers metadata itself, wherever it advertises.
+        let kafka = crate::config::KafkaConfig {
+            bootstrap: self.bootstrap(),
+            ..Default::default()
+        };
         let mut last_err = String::from("no answer yet");
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
@@ -75,8 +117,13 @@ impl LocalBroker {
                 .await
                 .is_ok()
             {
-                let b = bootstrap.clone();
-                let answer = tokio::task::spawn_blocking(move || metadata_answers(&b))
+                // Nobody can pass its SASL check without a user in its
+                // storage, so a listener that accepts is as ready as it gets.
+                if self.security.authentication {
+                    return Ok(());
+                }
+                let k = kafka.clone();
+                let answer = tokio::task::spawn_blocking(move || metadata_answers(&k))
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 match answer {
@@ -95,6 +142,11 @@ impl LocalBroker {
             reason,
             log_tail: log_tail(&self.log_path(), 30),
         }
+    }
+
+    /// The port of its own (plaintext) listener.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn bootstrap(&self) -> String {
@@ -127,9 +179,8 @@ impl Drop for LocalBroker {
     }
 }
 
-fn metadata_answers(bootstrap: &str) -> Result<(), String> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn metadata_answers(kafka: &crate::config::KafkaConfig) -> Result<(), String> {
+    let producer: BaseProducer = crate::bus::client::client_config(kafka, "local-broker-probe")
         .set("log_level", "3")
         .create()
         .map_err(|e| e.to_string())?;

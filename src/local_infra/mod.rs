@@ -9,7 +9,7 @@ mod broker;
 mod postgres;
 mod process;
 
-pub use broker::LocalBroker;
+pub use broker::{BrokerSecurity, LocalBroker};
 pub use postgres::{LocalPostgres, find_pg_binary};
 pub use process::unprivileged_user;
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::bus::client::client_config;
 
 use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
@@ -66,8 +68,7 @@ impl rdkafka::consumer::ConsumerContext for EndIsNotAnError {}
 
 /// Every dead letter in the topic, oldest first per partition.
 pub fn read_all(kafka: &KafkaConfig) -> Result<Vec<Parked>, DlqError> {
-    let consumer: BaseConsumer<EndIsNotAnError> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
+    let consumer: BaseConsumer<EndIsNotAnError> = client_config(kafka, "dlq")
         .set("group.id", "flywheel-dlq-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, KafkaConfig};
 use crate::sync::apply_loop::{SyncError, connect_db};
@@ -89,10 +89,8 @@ pub fn replay(
     target: Target,
     dry_run: bool,
 ) -> Result<Vec<Move>, ReplayError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
+    let consumer: BaseConsumer = crate::bus::client::client_config(kafka, "replay")
         .set("group.id", group)
-        .set("client.id", format!("{}-replay", kafka.client_id))
         .set("enable.auto.commit", "false")
         .create()?;
     let groups = consumer.fetch_group_list(Some(group), TIMEOUT)?;

@@ -7,10 +7,7 @@ use serde_json::Value;
 
 use crate::config::Platform;
 
-pub const SHOP_ORDERS: &str = "shop.orders.v1";
-pub const SHOP_INVENTORY: &str = "shop.inventory.v1";
-/// Every verified webhook, byte for byte, with its headers.
-pub const SHOP_WEBHOOKS_RAW: &str = "shop.webhooks.raw.v1";
+pub use crate::bus::topics::{SHOP_INVENTORY, SHOP_ORDERS, SHOP_WEBHOOKS_RAW};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MappingError {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +106,7 @@ impl TestEnv {
 
     pub fn reader(&self, logical_topic: &str) -> TopicReader {
         TopicReader::new(
-            &self.config.kafka.bootstrap,
+            &self.config.kafka,
             &self.config.kafka.topic(logical_topic),
             logical_topic,
         )
@@ -325,9 +327,12 @@ pub struct TopicReader {
 }
 
 impl TopicReader {
-    pub fn new(bootstrap: &str, physical_topic: &str, logical_topic: &str) -> TopicReader {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+    pub fn new(
+        kafka: &flywheel::config::KafkaConfig,
+        physical_topic: &str,
+        logical_topic: &str,
+    ) -> TopicReader {
+        let consumer: BaseConsumer = flywheel::bus::client::client_config(kafka, "test-reader")
             .set("group.id", "flywheel-tests-unused")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
