@@ -307,12 +307,18 @@ impl StockToShop {
         if chunk.is_empty() {
             return Ok(SetOutcome::Done);
         }
-        // Same keys and versions → same key: re-sending after a crash is a no-op.
-        let idempotency_key = {
+        // The key covers the whole input — keys, versions, target quantities and
+        // the compare values — so only a true re-send of the same request is
+        // answered from the shop's record. After a restart the same event is
+        // sent with the compare values read anew; under a key of keys and
+        // versions alone the shop answered it with the earlier success and
+        // applied nothing, leaving a fulfilment that came in between counted
+        // twice.
+        let idempotency_key = |compare: &[Option<i64>]| {
             use std::hash::{DefaultHasher, Hash, Hasher};
             let mut h = DefaultHasher::new();
-            for (e, ..) in &chunk {
-                (&e.key, &e.version).hash(&mut h);
+            for ((e, _, _, qty), from) in chunk.iter().zip(compare) {
+                (&e.key, &e.version, qty, from).hash(&mut h);
             }
             format!("flywheel-stock-{:016x}", h.finish())
         };
@@ -332,9 +338,13 @@ impl StockToShop {
                            "changeFromQuantity": self.levels.get(pair)})
                 })
                 .collect();
-            // The compare values are part of the input, so each attempt has its own key.
+            let compare: Vec<Option<i64>> = pairs
+                .iter()
+                .map(|pair| self.levels.get(pair).copied())
+                .collect();
             let query = format!(
-                "mutation($input: InventorySetQuantitiesInput!) {{ inventorySetQuantities(input: $input) @idempotent(key: \"{idempotency_key}-{attempt}\") {{ userErrors {{ code field message }} }} }}"
+                "mutation($input: InventorySetQuantitiesInput!) {{ inventorySetQuantities(input: $input) @idempotent(key: \"{}\") {{ userErrors {{ code field message }} }} }}",
+                idempotency_key(&compare)
             );
             let input = json!({"input": {"name": "on_hand", "reason": "correction",
                 "referenceDocumentUri": "flywheel://erp/stock", "quantities": quantities}});
