@@ -158,23 +158,18 @@ async fn refused_sasl_credentials_are_named_and_the_password_is_never_printed() 
     }
 
     // The command line says the same, password from the environment.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
-        .arg("topics")
-        .env("FLYWHEEL_KAFKA__BOOTSTRAP", broker.bootstrap())
-        .env("FLYWHEEL_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext")
-        .env("FLYWHEEL_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
-        .env("FLYWHEEL_KAFKA__SASL_USERNAME", "flywheel")
-        .env("FLYWHEEL_KAFKA__SASL_PASSWORD", password)
-        .env("FLYWHEEL_METRICS__LISTEN", "")
-        .output()
-        .await
-        .expect("running flywheel topics");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::flywheel_cli_with_env(
+        &["topics"],
+        &[
+            ("FLYWHEEL_KAFKA__BOOTSTRAP", &broker.bootstrap()),
+            ("FLYWHEEL_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+            ("FLYWHEEL_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("FLYWHEEL_KAFKA__SASL_USERNAME", "flywheel"),
+            ("FLYWHEEL_KAFKA__SASL_PASSWORD", password),
+        ],
+    )
+    .await;
+    assert!(!ok, "{text}");
     assert!(
         text.contains("Kafka refused the SASL credentials"),
         "{text}"

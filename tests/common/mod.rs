@@ -489,13 +489,25 @@ pub async fn start_shop(skus: u32) -> shopsim::ShopSim {
 /// Runs the `flywheel` binary with `args` against `config`'s ERP, Kafka and
 /// processor group; returns whether it succeeded and its stdout + stderr.
 pub async fn flywheel_cli(config: &Config, args: &[&str]) -> (bool, String) {
+    flywheel_cli_with_env(
+        args,
+        &[
+            ("FLYWHEEL_ERP__DSN", &config.erp.dsn),
+            ("FLYWHEEL_ERP__SLOT", &config.erp.slot),
+            ("FLYWHEEL_KAFKA__BOOTSTRAP", &config.kafka.bootstrap),
+            ("FLYWHEEL_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix),
+            ("FLYWHEEL_PROCESSORS__GROUP_ID", &config.processors.group_id),
+        ],
+    )
+    .await
+}
+
+/// Runs the `flywheel` binary with `args` and only the settings in `env`
+/// (metrics off); returns whether it succeeded and its stdout + stderr.
+pub async fn flywheel_cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
         .args(args)
-        .env("FLYWHEEL_ERP__DSN", &config.erp.dsn)
-        .env("FLYWHEEL_ERP__SLOT", &config.erp.slot)
-        .env("FLYWHEEL_KAFKA__BOOTSTRAP", &config.kafka.bootstrap)
-        .env("FLYWHEEL_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix)
-        .env("FLYWHEEL_PROCESSORS__GROUP_ID", &config.processors.group_id)
+        .envs(env.iter().copied())
         .env("FLYWHEEL_METRICS__LISTEN", "")
         .output()
         .await
