@@ -246,11 +246,10 @@ shutdown_timeout_secs = 10
     path
 }
 
-// Out of the gating suite until its intermittent non-convergence (about one
-// run in six: a level left a shipment's units low, a shipment left
-// unfulfilled, or the last ERP changes missing from Kafka) is understood;
-// `.ci/run` still runs it and prints the outcome. See issue 10.
-#[ignore = "intermittent non-convergence under investigation (issue 10); run with --ignored"]
+// It once failed to converge about one run in six: a level left a shipment's
+// units low (the stock write's idempotency key did not cover its values), and
+// a shipment never fulfilled or a last price never published (the source read
+// transactions before PostgreSQL made them visible, `erp::visibility`).
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_any_role_under_load_delays_the_sync_and_never_breaks_it() {
     let size = DemoSize {

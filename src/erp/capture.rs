@@ -15,6 +15,9 @@ pub type TriggerRow = Vec<Option<String>>;
 
 #[derive(Debug, Default)]
 pub struct CommittedTxn {
+    /// The transaction id of its Begin: what a snapshot must show as
+    /// committed before its entities are read (see `erp::visibility`).
+    pub xid: u32,
     pub commit_lsn: Lsn,
     pub end_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
@@ -100,6 +103,7 @@ impl Capture {
                         commit: c.commit_lsn,
                     });
                 }
+                txn.xid = begin.xid;
                 txn.commit_lsn = c.commit_lsn;
                 txn.end_lsn = c.end_lsn;
                 txn.commit_ts_micros = c.commit_ts + PG_EPOCH_OFFSET_MICROS;

@@ -13,3 +13,4 @@ pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod source_metrics;
+pub mod visibility;

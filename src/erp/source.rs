@@ -504,6 +504,8 @@ impl Processor {
         batch: &[CommittedTxn],
     ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
         let models = &*self.models;
+        let xids: Vec<u32> = batch.iter().map(|t| t.xid).collect();
+        super::visibility::wait_until_visible(&self.client, &xids).await?;
         // Resolve keys per transaction (so each key gets the LSN of the newest
         // transaction that touched it); the queries run pipelined on one connection.
         let mut lookups = Vec::new();

@@ -35,6 +35,9 @@ pub struct SourceMetrics {
     pub oldest_unconfirmed_commit_micros: IntGauge,
     pub commit_to_ack_seconds: HistogramVec,
     pub batch_transactions: Histogram,
+    /// Snapshots that did not yet show a delivered transaction as committed
+    /// (`erp::visibility`): how often reading at once would have read stale.
+    pub visibility_waits: IntCounter,
 }
 
 impl SourceMetrics {
@@ -73,6 +76,11 @@ impl SourceMetrics {
             own_write_transactions: register_int_counter!(
                 "flywheel_source_own_write_transactions_total",
                 "ERP transactions written by Flywheel itself (its replication origin), not captured"
+            )
+            .expect(REGISTER),
+            visibility_waits: register_int_counter!(
+                "flywheel_source_visibility_waits_total",
+                "Times a transaction from the replication stream was not yet visible to queries, so the source waited before reading its entities"
             )
             .expect(REGISTER),
             row_changes: register_int_counter!(
