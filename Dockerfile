@@ -1,8 +1,10 @@
 # The flywheel binary (every role is a subcommand) and the shop simulator.
+# Without the development broker (`--no-default-features`): a deployment
+# connects to the Kafka of `kafka.bootstrap`.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin flywheel -p flywheel \
+RUN cargo build --release --locked --no-default-features --bin flywheel -p flywheel \
  && cargo build --release --locked -p shopsim
 
 FROM debian:bookworm-slim

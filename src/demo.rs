@@ -1,7 +1,7 @@
 //! `flywheel demo`: the main job on a local default setup.
 //!
-//! Starts what is not configured (PostgreSQL with the demo ERP, a tansu broker,
-//! the shop simulator throttled like Shopify), runs every role against them
+//! Starts what is not configured (PostgreSQL with the demo ERP, the development
+//! broker, the shop simulator throttled like Shopify), runs every role against them
 //! (source, gateway, processors), generates ERP activity (stock moves, price
 //! changes, shipments) and shop orders, and prints a status line every second.
 //! Ctrl-C stops the activity, lets the roles finish what they hold, and stops
@@ -30,7 +30,7 @@ use crate::roles;
 pub struct DemoArgs {
     /// SKUs in the demo ERP (the first sync maps each SKU in the shop, about
     /// three API points apiece under Shopify's cost model).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 200)]
     skus: u32,
     /// Warehouses in the demo ERP.
     #[arg(long, default_value_t = 3)]
@@ -47,6 +47,16 @@ pub struct DemoArgs {
     /// Stop after this many seconds (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
+    /// Log to the terminal too (by default logs go to a file, so the status
+    /// line stays readable).
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// Where the demo's logs go unless `--verbose`: one file per run, kept after
+/// the demo stops so it can be read.
+pub fn log_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("flywheel-demo-{}.log", std::process::id()))
 }
 
 pub async fn run(
@@ -77,7 +87,7 @@ pub async fn run(
         local_pg = Some(pg);
     }
     if config.kafka.bootstrap == KafkaConfig::default().bootstrap {
-        eprintln!("starting a local tansu broker…");
+        eprintln!("starting the development broker (tansu, built in)…");
         let broker = LocalBroker::start().await?;
         config.kafka.bootstrap = broker.bootstrap();
         local_broker = Some(broker);
@@ -159,6 +169,9 @@ pub async fn run(
     let started_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Snapshot::take();
+    // Seconds in a row that looked steady, and when that run began.
+    let mut steady_run: Option<(u32, Duration)> = None;
+    let mut steady = false;
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -179,6 +192,20 @@ pub async fn run(
                     None => String::new(),
                 };
                 print_status(&last, &now, &sales);
+                steady_run = match (is_steady(&last, &now), steady_run) {
+                    (false, _) => None,
+                    (true, None) => Some((1, started_at.elapsed().saturating_sub(Duration::from_secs(1)))),
+                    (true, Some((n, since))) => Some((n + 1, since)),
+                };
+                if let Some((STEADY_SECONDS, since)) = steady_run
+                    && !steady
+                {
+                    steady = true;
+                    println!(
+                        "steady state since {:.0} s after start: the first sync is done and ERP changes reach the shop within a second (p99)",
+                        since.as_secs_f64()
+                    );
+                }
                 last = now;
                 if args.seconds > 0 && started_at.elapsed() >= Duration::from_secs(args.seconds) {
                     break Ok(());
@@ -332,6 +359,19 @@ fn print_status(before: &Snapshot, now: &Snapshot, sales: &str) {
         (now.throttle_wait_secs - before.throttle_wait_secs) / secs,
         now.dead
     );
+}
+
+/// Seconds in a row [`is_steady`] must hold before the demo says so: one
+/// such second also happens during the first sync, between two throttled ones.
+const STEADY_SECONDS: u32 = 5;
+
+/// What reached the shop in the last interval was at most a second old
+/// (p99), and the shop's budget was not the limit.
+fn is_steady(before: &Snapshot, now: &Snapshot) -> bool {
+    let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
+    let throttled = (now.throttle_wait_secs - before.throttle_wait_secs) / secs;
+    let to_shop = now.to_shop.since(&before.to_shop);
+    to_shop.quantile(0.99).is_some_and(|p99| p99 <= 1.0) && throttled < 0.5
 }
 
 fn fmt_secs(s: Option<f64>) -> String {

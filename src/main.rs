@@ -60,6 +60,10 @@ enum Command {
     /// a shop simulator (unless configured), all roles, ERP activity and shop
     /// orders, with a live status line. Ctrl-C stops it all.
     Demo(demo::DemoArgs),
+    /// A Kafka-protocol development broker (tansu, in-memory storage): what
+    /// `flywheel demo` and the tests start when no Kafka is configured.
+    #[cfg(feature = "dev-broker")]
+    DevBroker(flywheel::local_infra::dev_broker::DevBrokerArgs),
     /// Create and fill the demo ERP schema in the database of `erp.dsn`.
     SeedDemoErp {
         #[arg(long, default_value_t = 1000)]
@@ -113,6 +117,12 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "dev-broker")]
+    if let Command::DevBroker(args) = &cli.command {
+        // Needs no Flywheel configuration: it is started by `local_infra`
+        // with whatever environment its parent has.
+        return dev_broker(args.clone());
+    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -123,7 +133,21 @@ fn main() -> ExitCode {
     if cli.json_logs {
         config.log.format = LogFormat::Json;
     }
-    ops::logging::init(&config.log);
+    match &cli.command {
+        // The terminal shows the demo's status line; its logs go to a file.
+        Command::Demo(args) if !args.verbose => {
+            let path = demo::log_path();
+            if let Err(e) = ops::logging::init_to_file(&config.log, &path) {
+                eprintln!(
+                    "flywheel: cannot write the log file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            eprintln!("logs: {} (--verbose shows them here)", path.display());
+        }
+        _ => ops::logging::init(&config.log),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -135,6 +159,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flywheel: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "dev-broker")]
+fn dev_broker(args: flywheel::local_infra::dev_broker::DevBrokerArgs) -> ExitCode {
+    ops::logging::init(&Default::default());
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(flywheel::local_infra::dev_broker::run(args))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flywheel dev-broker: {e}");
             ExitCode::FAILURE
         }
     }
@@ -201,6 +243,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("topics ready: {}", physical.join(", "));
         }
         Command::Demo(args) => demo::run(args, config, shutdown).await?,
+        #[cfg(feature = "dev-broker")]
+        Command::DevBroker(args) => flywheel::local_infra::dev_broker::run(args).await?,
         Command::SeedDemoErp {
             skus,
             warehouses,

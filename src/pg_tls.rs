@@ -27,6 +27,8 @@ pub enum PgTlsError {
     },
     #[error("erp.tls_ca_file {path}: {reason}")]
     BadCa { path: String, reason: String },
+    #[error("TLS setup: {0}")]
+    Setup(#[from] rustls::Error),
 }
 
 /// The TLS settings of every PostgreSQL connection of a process.
@@ -38,14 +40,16 @@ pub struct PgTls {
 impl PgTls {
     /// Verifies server certificates against `ca_file` when given.
     pub fn new(ca_file: Option<&Path>) -> Result<PgTls, PgTlsError> {
+        // An explicit provider: the build links two rustls backends (aws-lc-rs
+        // and, through the development broker, ring), so there is no default.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
         let config = match ca_file {
-            None => {
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                ClientConfig::builder()
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-                    .with_no_client_auth()
-            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                .with_no_client_auth(),
             Some(path) => {
                 let shown = path.display().to_string();
                 let bad = |reason: String| PgTlsError::BadCa {
@@ -66,9 +70,7 @@ impl PgTls {
                 if roots.is_empty() {
                     return Err(bad("holds no certificate".into()));
                 }
-                ClientConfig::builder()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth()
+                builder.with_root_certificates(roots).with_no_client_auth()
             }
         };
         Ok(PgTls {

@@ -3,10 +3,8 @@
 //! credentials and an unreachable broker each fail with a message naming the
 //! setting to fix.
 //!
-//! TLS: tansu 0.6.0's command line puts `--cert` and `--key` in one clap group
-//! ("the argument '--cert' cannot be used with '--key'"), so its own TLS
-//! listener cannot be started; a TLS-terminating proxy (rustls) in front of
-//! its plaintext listener, advertised as the broker, plays that listener.
+//! The broker is `flywheel dev-broker` (tansu 0.6.0 built in) with
+//! `--tls-cert/--tls-key` or `--authentication`.
 //!
 //! What tansu 0.6.0 cannot show: a *successful* SASL login. Its SASL layer
 //! offers SCRAM only (rsasl built without PLAIN) and checks SCRAM users kept
@@ -43,19 +41,14 @@ async fn tls_with_the_brokers_authority_works_and_an_unknown_authority_is_named(
     std::fs::write(&ca_file, ca_pem).unwrap();
     let (broker_cert, broker_key) = common::tls::signed_cert(&issuer, dir.path(), "broker");
     let (client_cert, client_key) = common::tls::signed_cert(&issuer, dir.path(), "client");
-    // tansu's plaintext listener behind a TLS listener on `tls_port`, which
-    // is what the broker advertises.
-    let tls_port = free_port().unwrap();
     let broker = LocalBroker::start_secured(BrokerSecurity {
-        advertised_port: Some(tls_port),
-        authentication: false,
+        tls: Some((broker_cert, broker_key)),
+        ..BrokerSecurity::default()
     })
     .await
-    .expect("tansu starts");
-    let proxy_port =
-        common::tls::tls_proxy_on(tls_port, &broker_cert, &broker_key, broker.port()).await;
+    .expect("the TLS broker starts");
     let kafka = KafkaConfig {
-        bootstrap: format!("127.0.0.1:{proxy_port}"),
+        bootstrap: broker.bootstrap(),
         security_protocol: SecurityProtocol::Ssl,
         ssl_ca_file: Some(ca_file),
         ssl_certificate_file: Some(client_cert),
@@ -131,7 +124,7 @@ async fn refused_sasl_credentials_are_named_and_the_password_is_never_printed() 
         ..BrokerSecurity::default()
     })
     .await
-    .expect("tansu with --authentication starts");
+    .expect("the broker with --authentication starts");
     let password = "not-the-password-7f3a";
     for mechanism in [SaslMechanism::ScramSha512, SaslMechanism::ScramSha256] {
         let kafka = KafkaConfig {

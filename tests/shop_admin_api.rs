@@ -177,13 +177,17 @@ async fn https_front(sim: &ShopSim) -> (String, String) {
         .expect("server parameters")
         .signed_by(&leaf_key, &issuer)
         .expect("the server certificate");
-    let tls = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .expect("a TLS server configuration");
+    let tls = ServerConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .expect("a TLS server configuration");
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -1,4 +1,5 @@
-//! A throwaway tansu broker (Kafka protocol) with in-memory storage.
+//! A throwaway development broker (Kafka protocol, in-memory storage): the
+//! `flywheel dev-broker` of this build, run as a child process.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +10,9 @@ use rdkafka::producer::{BaseProducer, Producer};
 use super::process::{log_tail, spawn_guarded, stop};
 use super::{LocalInfraError, free_port};
 
-const INSTALL_HINT: &str = "run `cargo install tansu@0.6.0 --features dynostore --locked` (see DEVELOPERS.md) or set FLYWHEEL_TANSU_BIN";
+const MISSING_HINT: &str = "this build has no development broker (built with --no-default-features): \
+     build with the default features, set FLYWHEEL_BIN to a flywheel binary that has one, \
+     or configure kafka.bootstrap";
 
 pub struct LocalBroker {
     port: u16,
@@ -21,16 +24,15 @@ pub struct LocalBroker {
 /// How a broker started for tests of secured clients is reached.
 #[derive(Clone, Debug, Default)]
 pub struct BrokerSecurity {
-    /// The port clients are told to use (the advertised listener), e.g. a
-    /// TLS-terminating proxy in front of the broker's plaintext listener.
-    pub advertised_port: Option<u16>,
-    /// Clients must authenticate with SASL (tansu `--authentication`).
+    /// Clients must authenticate with SASL (`flywheel dev-broker --authentication`).
     pub authentication: bool,
+    /// The listener speaks TLS with this PEM certificate chain and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl LocalBroker {
-    /// Starts tansu on a free port from an empty working directory (it reads a
-    /// `.env` from there) and waits until it answers a metadata request.
+    /// Starts the development broker on a free port from an empty working
+    /// directory and waits until it answers a metadata request.
     pub async fn start() -> Result<Self, LocalInfraError> {
         Self::start_on_port(free_port()?).await
     }
@@ -47,9 +49,9 @@ impl LocalBroker {
     }
 
     async fn start_with(port: u16, security: BrokerSecurity) -> Result<Self, LocalInfraError> {
-        let bin = find_tansu()?;
+        let bin = broker_program()?;
         let dir = tempfile::Builder::new()
-            .prefix("flywheel-tansu-")
+            .prefix("flywheel-dev-broker-")
             .tempdir()?;
         let mut broker = LocalBroker {
             port,
@@ -63,27 +65,19 @@ impl LocalBroker {
     }
 
     fn spawn(&mut self, bin: &PathBuf) -> Result<(), LocalInfraError> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let advertised = format!(
-            "tcp://127.0.0.1:{}",
-            self.security.advertised_port.unwrap_or(self.port)
-        );
+        let listen = format!("127.0.0.1:{}", self.port);
         let logfile = std::fs::File::options()
             .create(true)
             .append(true)
             .open(self.log_path())?;
         let mut cmd = Command::new(bin);
-        cmd.arg("broker")
-            .args([
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &advertised,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+        cmd.arg("dev-broker")
+            .args(["--listen", &listen])
             .args(self.security_args())
             .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
+            // Its own log level: a test's RUST_LOG=debug would drown the
+            // broker's log in protocol frames.
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
             .stderr(logfile);
@@ -91,12 +85,20 @@ impl LocalBroker {
         Ok(())
     }
 
-    fn security_args(&self) -> Vec<&'static str> {
+    fn security_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
         if self.security.authentication {
-            vec!["--authentication"]
-        } else {
-            Vec::new()
+            args.push("--authentication".into());
         }
+        if let Some((cert, key)) = &self.security.tls {
+            args.extend([
+                "--tls-cert".into(),
+                cert.into(),
+                "--tls-key".into(),
+                key.into(),
+            ]);
+        }
+        args
     }
 
     async fn wait_ready(&mut self) -> Result<(), LocalInfraError> {
@@ -118,8 +120,9 @@ impl LocalBroker {
                 .is_ok()
             {
                 // Nobody can pass its SASL check without a user in its
-                // storage, so a listener that accepts is as ready as it gets.
-                if self.security.authentication {
+                // storage, and a TLS listener answers only clients with the
+                // test's CA: a listener that accepts is as ready as it gets.
+                if self.security.authentication || self.security.tls.is_some() {
                     return Ok(());
                 }
                 let k = kafka.clone();
@@ -138,7 +141,7 @@ impl LocalBroker {
 
     fn start_failed(&self, reason: String) -> LocalInfraError {
         LocalInfraError::StartFailed {
-            what: "tansu broker".into(),
+            what: "development broker".into(),
             reason,
             log_tail: log_tail(&self.log_path(), 30),
         }
@@ -154,7 +157,7 @@ impl LocalBroker {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("tansu.log")
+        self.dir.path().join("broker.log")
     }
 
     /// Stops the broker (SIGTERM, SIGKILL after 5 s). Memory storage is lost.
@@ -168,7 +171,7 @@ impl LocalBroker {
     /// tests of what clients do while the broker is away.
     pub async fn restart(&mut self) -> Result<(), LocalInfraError> {
         self.stop();
-        self.spawn(&find_tansu()?)?;
+        self.spawn(&broker_program()?)?;
         self.wait_ready().await
     }
 }
@@ -191,22 +194,35 @@ fn metadata_answers(kafka: &crate::config::KafkaConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn find_tansu() -> Result<PathBuf, LocalInfraError> {
-    let mut candidates = Vec::new();
-    if let Ok(bin) = std::env::var("FLYWHEEL_TANSU_BIN") {
-        candidates.push(PathBuf::from(bin));
+/// The executable whose `dev-broker` subcommand runs the broker: `FLYWHEEL_BIN`
+/// when set; this executable when it is Flywheel with the broker built in;
+/// else the `flywheel` binary cargo builds beside a test or benchmark binary
+/// (`target/<profile>/deps/<test>` → `target/<profile>/flywheel`).
+fn broker_program() -> Result<PathBuf, LocalInfraError> {
+    if let Some(bin) = std::env::var_os("FLYWHEEL_BIN") {
+        return Ok(PathBuf::from(bin));
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("tansu")));
+    let exe = std::env::current_exe()?;
+    if exe.file_stem().is_some_and(|s| s == "flywheel") {
+        return if cfg!(feature = "dev-broker") {
+            Ok(exe)
+        } else {
+            Err(LocalInfraError::Missing {
+                what: "development broker".into(),
+                hint: MISSING_HINT.into(),
+            })
+        };
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/tansu"));
-    }
-    candidates
-        .into_iter()
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join("flywheel"))
         .find(|p| p.is_file())
         .ok_or_else(|| LocalInfraError::Missing {
-            what: "tansu".into(),
-            hint: INSTALL_HINT.into(),
+            what: "the flywheel binary (for its development broker)".into(),
+            hint: format!(
+                "no flywheel binary beside {}: run through cargo test/bench (which build it) or set FLYWHEEL_BIN",
+                exe.display()
+            ),
         })
 }

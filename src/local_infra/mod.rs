@@ -1,11 +1,14 @@
-//! Throwaway local infrastructure: a PostgreSQL cluster and a tansu Kafka broker,
-//! each in its own temporary directory on a free port.
+//! Throwaway local infrastructure: a PostgreSQL cluster and a Kafka-protocol
+//! development broker (tansu, built in), each in its own temporary directory on
+//! a free port.
 //!
 //! Used by `flywheel demo` (when nothing else is configured), by every
 //! integration test and by the benchmarks, so all three run against the same
 //! real servers started the same way.
 
 mod broker;
+#[cfg(feature = "dev-broker")]
+pub mod dev_broker;
 mod postgres;
 mod process;
 

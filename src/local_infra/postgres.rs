@@ -191,7 +191,7 @@ pub fn find_pg_binary(name: &str) -> Result<PathBuf, LocalInfraError> {
         .find(|p| p.is_file())
         .ok_or_else(|| LocalInfraError::Missing {
             what: name.into(),
-            hint: "install the PostgreSQL 15+ server (Debian: postgresql-15) or set FLYWHEEL_PG_BINDIR"
+            hint: "install PostgreSQL 15 or newer (Debian/Ubuntu: `sudo apt-get install postgresql`; macOS: `brew install postgresql@16`) or set FLYWHEEL_PG_BINDIR to the folder holding initdb and postgres"
                 .into(),
         })
 }

@@ -1,5 +1,6 @@
 //! Integration-test harness: one real PostgreSQL cluster and one real tansu
-//! broker per test binary, a database, slot and topic prefix per test.
+//! broker (the development broker built into `flywheel`) per test binary, a
+//! database, slot and topic prefix per test.
 //!
 //! Servers start on first use and fail the test loudly if they cannot; they are
 //! killed when the test binary exits (see `local_infra`).
