@@ -101,8 +101,8 @@ impl ErpConfig {
     }
 
     /// TLS for every PostgreSQL connection (ERP and state database).
-    pub fn tls(&self) -> Result<crate::pg_tls::PgTls, ConfigError> {
-        crate::pg_tls::PgTls::new(self.tls_ca_file.as_deref())
+    pub fn tls(&self) -> Result<crate::pg::tls::PgTls, ConfigError> {
+        crate::pg::tls::PgTls::new(self.tls_ca_file.as_deref())
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 

@@ -251,7 +251,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             orders,
         } => {
             let mut client =
-                flywheel::pg_tls::connect(&config.erp.pg_config()?, &config.erp.tls()?).await?;
+                flywheel::pg::tls::connect(&config.erp.pg_config()?, &config.erp.tls()?).await?;
             let size = DemoSize {
                 skus,
                 warehouses,

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::tls::ca;
-use flywheel::erp::replication::ReplicationConn;
+use flywheel::erp::postgres::replication::ReplicationConn;
 use flywheel::local_infra::{LocalPostgres, unprivileged_user};
-use flywheel::pg_tls::PgTls;
+use flywheel::pg::tls::PgTls;
 use rcgen::{Issuer, KeyPair};
 
 /// A PostgreSQL server with TLS on, its certificate (for 127.0.0.1 and
@@ -74,7 +74,7 @@ async fn replication_and_query_connections_use_tls_and_verify_the_configured_ca(
         .await
         .expect("replication connection over TLS");
     repl.identify_system().await.expect("IDENTIFY_SYSTEM");
-    let client = flywheel::pg_tls::connect(&config, &tls)
+    let client = flywheel::pg::tls::connect(&config, &tls)
         .await
         .expect("query connection over TLS");
     let ssl: bool = client
@@ -100,7 +100,7 @@ async fn replication_and_query_connections_use_tls_and_verify_the_configured_ca(
         .expect("the replication connection refuses the certificate")
         .to_string();
     assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
-    let err = flywheel::pg_tls::connect(&config, &wrong)
+    let err = flywheel::pg::tls::connect(&config, &wrong)
         .await
         .expect_err("the query connection refuses the certificate");
     assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
@@ -158,7 +158,7 @@ async fn sslmode_require_refuses_a_server_without_tls_and_prefer_falls_back() {
         .expect("refused")
         .to_string();
     assert!(err.contains("does not offer TLS"), "{err}");
-    assert!(flywheel::pg_tls::connect(&require, &tls).await.is_err());
+    assert!(flywheel::pg::tls::connect(&require, &tls).await.is_err());
 
     // The default (prefer) connects in plain text to such a server.
     let prefer: tokio_postgres::Config = pg.dsn("postgres").parse().unwrap();
@@ -166,7 +166,7 @@ async fn sslmode_require_refuses_a_server_without_tls_and_prefer_falls_back() {
         .await
         .expect("plain replication connection");
     repl.identify_system().await.expect("IDENTIFY_SYSTEM");
-    flywheel::pg_tls::connect(&prefer, &tls)
+    flywheel::pg::tls::connect(&prefer, &tls)
         .await
         .expect("plain query connection");
 }

@@ -30,3 +30,24 @@ pub enum BusError {
     #[error(transparent)]
     Connect(#[from] client::ConnectError),
 }
+
+impl BusError {
+    /// Whether trying again later can help. A broker away, a record not yet
+    /// accepted, a topic not created, and also refused credentials or an
+    /// untrusted certificate — the role stays not ready and logs the setting
+    /// to fix on every try, so an operator fixing the broker side needs no
+    /// restart. Not: a client librdkafka refuses to build (a wrong
+    /// `[kafka.librdkafka]` property) or a record that does not fit its schema.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BusError::Client { .. } | BusError::Avro(_) => false,
+            BusError::Connect(client::ConnectError::Client(_)) => false,
+            BusError::Delivery { .. } | BusError::CreateTopic { .. } => true,
+            BusError::Connect(
+                client::ConnectError::Authentication { .. }
+                | client::ConnectError::Tls { .. }
+                | client::ConnectError::Unreachable { .. },
+            ) => true,
+        }
+    }
+}

@@ -11,10 +11,10 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Statement};
 
 use super::connector::{Connector, EntityDef};
-use super::lsn::Lsn;
+use super::position::Position;
 use crate::bus::avro::{AvroCodec, FieldKind, nullable_string};
 use crate::bus::producer::OutRecord;
-use crate::pg_error::db_error_text;
+use crate::pg::error::db_error_text;
 
 /// Fields every entity record carries that the model does not supply.
 const ENVELOPE: &[&str] = &["key", "version", "source_ts", "event_id", "deleted"];
@@ -397,7 +397,7 @@ impl Entity {
     pub fn to_record(
         &self,
         value: &EntityValue,
-        version: Lsn,
+        version: Position,
         source_ts_micros: i64,
     ) -> Result<OutRecord, String> {
         let key = value.key.kafka_key();

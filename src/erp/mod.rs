@@ -1,16 +1,14 @@
-//! The ERP side: replication client, pgoutput decoder, capture of touched rows,
-//! slot and publication, connector models, snapshot, the source loop, and the
-//! demo ERP.
+//! The ERP side. Shared by every kind of ERP database: connectors
+//! (`connector`), entity models run on the connector's SQL (`entity_model`),
+//! the source's metrics (`source_metrics`), the event version
+//! (`position`), and the entry point `source`. One folder per database kind:
+//! `postgres` (replication client, pgoutput decoder, capture, slot, snapshot,
+//! source loop). `demo_erp`: the Odoo-shaped demo ERP.
 
-pub mod capture;
 pub mod connector;
 pub mod demo_erp;
 pub mod entity_model;
-pub mod lsn;
-pub mod pgoutput;
-pub mod replication;
-pub mod slot;
-pub mod snapshot;
+pub mod position;
+pub mod postgres;
 pub mod source;
 pub mod source_metrics;
-pub mod visibility;

@@ -31,7 +31,7 @@ pub fn consumer_lag(config: &Config) -> Result<Vec<PartitionLag>, KafkaError> {
 
 /// The source slot: (active, bytes of WAL not yet confirmed), if it exists.
 pub async fn slot_lag(config: &Config) -> anyhow::Result<Option<(bool, i64)>> {
-    let client = crate::pg_tls::connect(&config.erp.pg_config()?, &config.erp.tls()?).await?;
+    let client = crate::pg::tls::connect(&config.erp.pg_config()?, &config.erp.tls()?).await?;
     let row = client
         .query_opt(
             "SELECT active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint

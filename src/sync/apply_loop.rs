@@ -37,7 +37,7 @@ pub enum SyncError {
     Consumer(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("state database: {}", crate::pg_error::db_error_text(.0))]
+    #[error("state database: {}", crate::pg::error::db_error_text(.0))]
     State(#[from] tokio_postgres::Error),
     #[error("shop API: {0}")]
     Shop(#[from] AdminApiError),
@@ -56,9 +56,9 @@ impl SyncError {
     /// operator must fix (an unmapped warehouse, an answer the shop should not give).
     pub fn is_retryable(&self) -> bool {
         match self {
-            SyncError::State(e) => crate::tls_error::rustls_cause(e).is_none(),
+            SyncError::State(e) => crate::pg::error::is_retryable(e),
             SyncError::Consumer(_) => true,
-            SyncError::Bus(e) => !matches!(e, BusError::Avro(_)),
+            SyncError::Bus(e) => e.is_retryable(),
             SyncError::Shop(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
             | SyncError::ErpPrivilege(_)
@@ -266,7 +266,7 @@ impl Drop for HeldGauge {
 /// A connection to the state database or the ERP, with the configured TLS.
 pub async fn connect_db(config: &Config, dsn: &str) -> Result<tokio_postgres::Client, SyncError> {
     let pg: tokio_postgres::Config = dsn.parse()?;
-    Ok(crate::pg_tls::connect(&pg, &config.erp.tls()?).await?)
+    Ok(crate::pg::tls::connect(&pg, &config.erp.tls()?).await?)
 }
 
 /// Runs `applier` until `shutdown` or its first error.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
 use crate::config::Config;
-use crate::erp::capture::OWN_ORIGIN_PREFIX;
+use crate::erp::postgres::capture::OWN_ORIGIN_PREFIX;
 use crate::shop::mapping::{SHOP_ORDERS, ShopOrderEvent};
 
 pub struct OrdersToErp {

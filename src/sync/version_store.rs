@@ -29,7 +29,7 @@ impl VersionStore {
         client: &Client,
         processor: &str,
     ) -> Result<VersionStore, tokio_postgres::Error> {
-        crate::own_schema::create_tables(client, DDL).await?;
+        crate::pg::own_schema::create_tables(client, DDL).await?;
         Ok(VersionStore {
             processor: processor.to_owned(),
         })

@@ -42,7 +42,7 @@ pub fn numeric_id(id: &str) -> &str {
 }
 
 pub async fn open(client: &Client) -> Result<(), tokio_postgres::Error> {
-    crate::own_schema::create_tables(client, DDL).await
+    crate::pg::own_schema::create_tables(client, DDL).await
 }
 
 /// Records writes about to be sent: (item, location, quantity, version).

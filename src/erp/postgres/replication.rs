@@ -5,7 +5,7 @@
 //! MD5, SCRAM-SHA-256), replication commands (`IDENTIFY_SYSTEM`,
 //! `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT`, `START_REPLICATION`), and the
 //! CopyBoth stream of XLogData / keepalive frames with standby status updates.
-//! Over TCP it asks for TLS as the DSN's `sslmode` says (see `crate::pg_tls`).
+//! Over TCP it asks for TLS as the DSN's `sslmode` says (see `crate::pg::tls`).
 
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::{Host, SslMode};
 
 use super::lsn::Lsn;
-use crate::pg_tls::PgTls;
+use crate::pg::tls::PgTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {

@@ -7,17 +7,17 @@ use std::time::{Duration, Instant};
 use futures::future::try_join_all;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::entity_model::EntityModels;
-use super::lsn::Lsn;
-use super::replication::CreatedSlot;
-use super::source::{SourceError, connect_client, invalid_model_row, now_micros};
-use super::source_metrics::SourceMetrics;
+use super::{SourceError, connect_client, invalid_model_row, now_micros};
 use crate::bus::producer::EventProducer;
+use crate::erp::entity_model::EntityModels;
+use crate::erp::postgres::lsn::Lsn;
+use crate::erp::postgres::replication::CreatedSlot;
+use crate::erp::source_metrics::SourceMetrics;
 
 /// Reads and produces every entity key; returns the number of events.
 pub async fn take_snapshot(
     pg: &tokio_postgres::Config,
-    tls: &crate::pg_tls::PgTls,
+    tls: &crate::pg::tls::PgTls,
     models: &EntityModels,
     producer: &EventProducer,
     slot: &CreatedSlot,
@@ -59,7 +59,7 @@ pub async fn take_snapshot(
             let values = models.read(&tx, &prepared, i, chunk).await?;
             let mut records = Vec::with_capacity(values.len());
             for v in &values {
-                match entity.to_record(v, version, source_ts) {
+                match entity.to_record(v, version.into(), source_ts) {
                     Ok(r) => records.push(r),
                     Err(reason) => {
                         let letter = invalid_model_row(entity, v, version, reason);

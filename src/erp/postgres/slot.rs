@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::lsn::Lsn;
 use super::replication::quote_ident;
-use crate::pg_error::db_error_text;
+use crate::pg::error::db_error_text;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -191,7 +191,7 @@ const STATE_DDL: &str = "CREATE SCHEMA IF NOT EXISTS flywheel;
 
 /// Inspects the slot: exists, healthy, ours, not in use, snapshot done.
 pub async fn inspect_slot(client: &Client, slot: &str) -> Result<SlotState, SetupError> {
-    crate::own_schema::create_tables(client, STATE_DDL).await.map_err(|e| {
+    crate::pg::own_schema::create_tables(client, STATE_DDL).await.map_err(|e| {
         misconfigured(
             format!(
                 "cannot create Flywheel's bookkeeping schema `flywheel`: {}",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::source_metrics::SourceMetrics;
+use crate::erp::source_metrics::SourceMetrics;
 
 /// A PostgreSQL snapshot (`pg_current_snapshot()`) as 64-bit transaction ids.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,9 +6,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::entity_model::EntityModels;
 use super::lsn::Lsn;
 use super::pgoutput::{Begin, Message, OldTuple, Relation, Tuple, Value};
+use crate::erp::entity_model::EntityModels;
 
 /// Trigger column values of one changed row.
 pub type TriggerRow = Vec<Option<String>>;
@@ -219,7 +219,7 @@ fn trigger_row(
 mod tests {
     use super::*;
     use crate::erp::connector::Connector;
-    use crate::erp::pgoutput::{Column, Commit};
+    use crate::erp::postgres::pgoutput::{Column, Commit};
     use bytes::Bytes;
 
     fn models() -> EntityModels {

@@ -28,3 +28,18 @@ pub fn db_error_text(e: &tokio_postgres::Error) -> String {
         },
     }
 }
+
+/// Whether trying again later can help: a connection lost or refused, a
+/// server shutting down, a serialization failure. Not: a certificate that
+/// does not verify, refused credentials (SQLSTATE class 28), a database that
+/// does not exist (3D), or SQL the server rejects — a missing table or
+/// column, a privilege revoked (class 42): those wait for an operator.
+pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    if crate::tls_error::rustls_cause(e).is_some() {
+        return false;
+    }
+    match e.code() {
+        Some(code) => !matches!(&code.code()[..2], "28" | "3D" | "42"),
+        None => true,
+    }
+}
