@@ -558,7 +558,11 @@ impl Default for LogConfig {
 }
 
 impl Config {
-    /// Defaults, then `file` (if given), then `FLYWHEEL_*` environment variables.
+    /// Defaults, then `file` (if given), then `FLYWHEEL_<SECTION>__<KEY>`
+    /// environment variables. Every setting lives in a section, so a
+    /// `FLYWHEEL_*` variable without `__` is not a setting but one of the
+    /// program's own (`FLYWHEEL_CONFIG`, `FLYWHEEL_BIN`, `FLYWHEEL_PG_BINDIR`)
+    /// and is left out rather than refused as an unknown field.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
@@ -568,7 +572,11 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         let config: Config = fig
-            .merge(Env::prefixed("FLYWHEEL_").split("__"))
+            .merge(
+                Env::prefixed("FLYWHEEL_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
@@ -658,6 +666,19 @@ mod tests {
             assert_eq!(c.erp.slot, "from_file");
             assert_eq!(c.kafka.partitions, 12);
             assert_eq!(c.kafka.replication_factor, 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_programs_own_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FLYWHEEL_PG_BINDIR", "/usr/lib/postgresql/15/bin");
+            jail.set_env("FLYWHEEL_BIN", "/usr/local/bin/flywheel");
+            jail.set_env("FLYWHEEL_REQUIRE_PROMTOOL", "1");
+            jail.set_env("FLYWHEEL_ERP__SLOT", "from_env");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.erp.slot, "from_env");
             Ok(())
         });
     }
