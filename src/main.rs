@@ -117,13 +117,14 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    #[cfg(feature = "dev-broker")]
-    if let Command::DevBroker(args) = &cli.command {
-        // Needs no Flywheel configuration: it is started by `local_infra`
-        // with whatever environment its parent has.
-        return dev_broker(args.clone());
-    }
-    let mut config = match Config::load(cli.config.as_deref()) {
+    let loaded = match &cli.command {
+        // Needs no Flywheel configuration: `local_infra` starts it with
+        // whatever environment its parent has.
+        #[cfg(feature = "dev-broker")]
+        Command::DevBroker(_) => Ok(Config::default()),
+        _ => Config::load(cli.config.as_deref()),
+    };
+    let mut config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("flywheel: {e}");
@@ -159,24 +160,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flywheel: {}", error_chain(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-#[cfg(feature = "dev-broker")]
-fn dev_broker(args: flywheel::local_infra::dev_broker::DevBrokerArgs) -> ExitCode {
-    ops::logging::init(&Default::default());
-    let result = tokio::runtime::Runtime::new()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(flywheel::local_infra::dev_broker::run(args))
-                .map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flywheel dev-broker: {e}");
             ExitCode::FAILURE
         }
     }

@@ -96,7 +96,7 @@ pub async fn run(args: DevBrokerArgs) -> Result<(), DevBrokerError> {
         .storage(memory)
         .listener(listener)
         .authentication(args.authentication)
-        // Not silent, tansu clears the terminal on exit.
+        // Otherwise tansu prints a banner and clears the terminal on exit.
         .silent(true)
         .build()
         .await
@@ -108,8 +108,8 @@ pub async fn run(args: DevBrokerArgs) -> Result<(), DevBrokerError> {
         .map_err(|e| DevBrokerError::Broker(format!("{e:?}")))
 }
 
-/// The tansu version built in, for log lines and `--version`-style checks.
-pub const TANSU_VERSION: &str = "0.6.0";
+/// The tansu version built in (Cargo.toml pins it), for the start-up line.
+const TANSU_VERSION: &str = "0.6.0";
 
 /// Accepts TLS connections on `front` and relays each, decrypted, to the
 /// broker's loopback listener on `inner`.
@@ -119,7 +119,9 @@ async fn terminate_tls(front: tokio::net::TcpListener, config: rustls::ServerCon
         let (socket, peer) = match front.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
+                // E.g. out of file descriptors: give connections time to end.
                 tracing::warn!(error = %e, "accepting a TLS connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -522,7 +522,13 @@ impl Processor {
         batch: &[CommittedTxn],
     ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
         let models = &*self.models;
-        let xids: Vec<u32> = batch.iter().map(|t| t.xid).collect();
+        // Only transactions whose entities are read need to be visible
+        // (Flywheel's own writes and heartbeats carry nothing to read).
+        let xids: Vec<u32> = batch
+            .iter()
+            .filter(|t| !t.touched.is_empty() || !t.truncated.is_empty())
+            .map(|t| t.xid)
+            .collect();
         super::visibility::wait_until_visible(&self.client, &xids).await?;
         // Resolve keys per transaction (so each key gets the LSN of the newest
         // transaction that touched it); the queries run pipelined on one connection.

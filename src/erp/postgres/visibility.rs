@@ -53,6 +53,9 @@ pub async fn wait_until_visible(
     client: &Client,
     xids: &[u32],
 ) -> Result<(), tokio_postgres::Error> {
+    if xids.is_empty() {
+        return Ok(());
+    }
     let started = Instant::now();
     let mut warned = false;
     loop {
