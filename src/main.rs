@@ -11,6 +11,8 @@ use flywheel::erp::demo_erp::{self, DemoSize};
 use flywheel::ops;
 
 mod demo;
+#[cfg(feature = "dev-broker")]
+mod dev_broker;
 mod roles;
 
 #[derive(Parser)]
@@ -63,7 +65,7 @@ enum Command {
     /// A Kafka-protocol development broker (tansu, in-memory storage): what
     /// `flywheel demo` and the tests start when no Kafka is configured.
     #[cfg(feature = "dev-broker")]
-    DevBroker(flywheel::local_infra::dev_broker::DevBrokerArgs),
+    DevBroker(dev_broker::DevBrokerArgs),
     /// Create and fill the demo ERP schema in the database of `erp.dsn`.
     SeedDemoErp {
         #[arg(long, default_value_t = 1000)]
@@ -227,7 +229,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args, config, shutdown).await?,
         #[cfg(feature = "dev-broker")]
-        Command::DevBroker(args) => flywheel::local_infra::dev_broker::run(args).await?,
+        Command::DevBroker(args) => dev_broker::run(args).await?,
         Command::SeedDemoErp {
             skus,
             warehouses,

@@ -7,8 +7,6 @@
 //! real servers started the same way.
 
 mod broker;
-#[cfg(feature = "dev-broker")]
-pub mod dev_broker;
 mod postgres;
 mod process;
 

@@ -72,7 +72,7 @@ pub async fn run(args: DevBrokerArgs) -> Result<(), DevBrokerError> {
             let front = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .map_err(|e| DevBrokerError::Address(format!("{}: {e}", args.listen)))?;
-            let inner = super::free_port()
+            let inner = flywheel::local_infra::free_port()
                 .map_err(|e| DevBrokerError::Address(format!("a loopback port: {e}")))?;
             tokio::spawn(terminate_tls(front, config.clone(), inner));
             tcp_url(SocketAddr::from(([127, 0, 0, 1], inner)))?
