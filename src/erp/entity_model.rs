@@ -1,20 +1,21 @@
-//! Runs a connector's SQL against the ERP: keys from changed rows, all keys, and
-//! the current value of a set of keys; and turns values into Avro records.
+//! A connector's entities, whatever the database: keys from changed rows, all
+//! keys, and the current value of a set of keys — each through a
+//! [`ModelQueries`] of the source's database kind — and values turned into
+//! Avro records.
 //!
 //! Everything is batched: a trigger's `keys` query gets all changed rows of a
-//! table at once as arrays, and the `model` query all keys of a batch at once.
+//! table at once, and the `model` query all keys of a batch at once.
 
 use std::collections::{BTreeSet, HashMap};
 
 use apache_avro::types::Value;
-use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient, Statement};
 
+use super::committed::TriggerRow;
 use super::connector::{Connector, EntityDef};
+use super::model_queries::{ModelQueries, TextRow};
 use super::position::Position;
 use crate::bus::avro::{AvroCodec, FieldKind, nullable_string};
 use crate::bus::producer::OutRecord;
-use crate::pg::error::db_error_text;
 
 /// Fields every entity record carries that the model does not supply.
 const ENVELOPE: &[&str] = &["key", "version", "source_ts", "event_id", "deleted"];
@@ -23,11 +24,14 @@ const ENVELOPE: &[&str] = &["key", "version", "source_ts", "event_id", "deleted"
 pub enum ModelError {
     #[error("entity `{entity}`: {reason}")]
     Invalid { entity: String, reason: String },
-    #[error("entity `{entity}`: {what} query failed: {source}")]
+    /// A query failed on the database. `retryable` is decided by the database
+    /// kind where the error arose (a server away vs a broken query).
+    #[error("entity `{entity}`: {what} query failed: {reason}")]
     Query {
         entity: String,
         what: String,
-        source: tokio_postgres::Error,
+        reason: String,
+        retryable: bool,
     },
 }
 
@@ -72,18 +76,27 @@ pub struct Entity {
     fields: Vec<(String, FieldKind)>,
 }
 
-/// The connector's entities with their statements prepared on one connection.
+impl Entity {
+    /// The columns the `model` query must return besides the key parts.
+    pub fn value_columns(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !ENVELOPE.contains(n))
+            .collect()
+    }
+
+    /// The key parts, which `all_keys` and every trigger's `keys` return.
+    pub fn key_columns(&self) -> Vec<&str> {
+        self.def.key.iter().map(String::as_str).collect()
+    }
+}
+
+/// The connector's entities, and which triggers each table fires.
 pub struct EntityModels {
     pub entities: Vec<Entity>,
     /// qualified table → (entity index, trigger index)
     by_table: HashMap<String, Vec<(usize, usize)>>,
-}
-
-/// Statements prepared on one connection (statements are per connection).
-pub struct PreparedModels {
-    model: Vec<Statement>,
-    all_keys: Vec<Statement>,
-    triggers: Vec<Vec<Statement>>,
 }
 
 fn leak_topic(topic: &str) -> &'static str {
@@ -138,90 +151,26 @@ impl EntityModels {
             .unwrap_or(&[])
     }
 
-    /// Prepares every statement on `client` and checks each against the
-    /// connector's contract (parameters, returned columns and their types), so a
-    /// broken connector fails at start with the entity and column named.
-    pub async fn prepare(&self, client: &Client) -> Result<PreparedModels, ModelError> {
-        let mut p = PreparedModels {
-            model: Vec::new(),
-            all_keys: Vec::new(),
-            triggers: Vec::new(),
-        };
-        for e in &self.entities {
-            let value_columns: Vec<&str> = e
-                .fields
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .filter(|n| !ENVELOPE.contains(n))
-                .collect();
-            let model = e
-                .prepare(
-                    client,
-                    "model",
-                    &e.def.model,
-                    e.def.key.len(),
-                    &value_columns,
-                )
-                .await?;
-            let key_columns: Vec<&str> = e.def.key.iter().map(String::as_str).collect();
-            let all_keys = e
-                .prepare(client, "all_keys", &e.def.all_keys, 0, &key_columns)
-                .await?;
-            let mut triggers = Vec::new();
-            for t in &e.def.triggers {
-                triggers.push(
-                    e.prepare(
-                        client,
-                        &format!("trigger `{}` keys", t.table),
-                        &t.keys,
-                        t.columns.len(),
-                        &key_columns,
-                    )
-                    .await?,
-                );
-            }
-            p.model.push(model);
-            p.all_keys.push(all_keys);
-            p.triggers.push(triggers);
-        }
-        Ok(p)
-    }
-
     /// Keys affected by changed rows of one trigger. `rows` hold the trigger's
     /// columns in order. Keys with a NULL part come back as [`Unmappable`].
     pub async fn keys_for_rows(
         &self,
-        client: &impl GenericClient,
-        prepared: &PreparedModels,
+        queries: &impl ModelQueries,
         (entity, trigger): (usize, usize),
-        rows: &[Vec<Option<String>>],
+        rows: &[TriggerRow],
     ) -> Result<(Vec<EntityKey>, Vec<Unmappable>), ModelError> {
         let e = &self.entities[entity];
         let t = &e.def.triggers[trigger];
-        let columns: Vec<Vec<Option<String>>> = (0..t.columns.len())
-            .map(|c| rows.iter().map(|r| r.get(c).cloned().flatten()).collect())
-            .collect();
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
-            .iter()
-            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let result = client
-            .query(&prepared.triggers[entity][trigger], &params)
-            .await
-            .map_err(|source| ModelError::Query {
-                entity: e.name.clone(),
-                what: format!("trigger `{}` keys", t.table),
-                source,
-            })?;
+        let result = queries.trigger_keys(entity, trigger, rows).await?;
         let mut keys = Vec::new();
         let mut unmappable = Vec::new();
         for row in result {
             let mut parts = Vec::with_capacity(e.def.key.len());
             let mut missing = None;
             for part in &e.def.key {
-                match row.try_get::<_, Option<String>>(part.as_str()) {
-                    Ok(Some(v)) => parts.push(v),
-                    _ => {
+                match column(&row, part) {
+                    Some(v) => parts.push(v.to_owned()),
+                    None => {
                         missing = Some(part.clone());
                         break;
                     }
@@ -252,26 +201,18 @@ impl EntityModels {
     /// Every key of an entity (snapshot, truncate, reconciliation).
     pub async fn all_keys(
         &self,
-        client: &impl GenericClient,
-        prepared: &PreparedModels,
+        queries: &impl ModelQueries,
         entity: usize,
     ) -> Result<Vec<EntityKey>, ModelError> {
         let e = &self.entities[entity];
-        let rows = client
-            .query(&prepared.all_keys[entity], &[])
-            .await
-            .map_err(|source| ModelError::Query {
-                entity: e.name.clone(),
-                what: "all_keys".into(),
-                source,
-            })?;
+        let rows = queries.all_keys(entity).await?;
         let keys: BTreeSet<EntityKey> = rows
             .iter()
             .filter_map(|row| {
                 e.def
                     .key
                     .iter()
-                    .map(|p| row.try_get::<_, Option<String>>(p.as_str()).ok().flatten())
+                    .map(|p| column(row, p).map(str::to_owned))
                     .collect::<Option<Vec<String>>>()
                     .map(EntityKey)
             })
@@ -283,36 +224,15 @@ impl EntityModels {
     /// with `fields: None` (deleted).
     pub async fn read(
         &self,
-        client: &impl GenericClient,
-        prepared: &PreparedModels,
+        queries: &impl ModelQueries,
         entity: usize,
         keys: &[EntityKey],
     ) -> Result<Vec<EntityValue>, ModelError> {
         let e = &self.entities[entity];
-        let arrays: Vec<Vec<&str>> = (0..e.def.key.len())
-            .map(|i| keys.iter().map(|k| k.0[i].as_str()).collect())
-            .collect();
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-            .iter()
-            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = client
-            .query(&prepared.model[entity], &params)
-            .await
-            .map_err(|source| ModelError::Query {
-                entity: e.name.clone(),
-                what: "model".into(),
-                source,
-            })?;
+        let rows = queries.model(entity, keys).await?;
         let mut found: HashMap<EntityKey, HashMap<String, Option<String>>> = HashMap::new();
         for row in rows {
-            let mut fields = HashMap::new();
-            for (i, col) in row.columns().iter().enumerate() {
-                fields.insert(
-                    col.name().to_owned(),
-                    row.try_get::<_, Option<String>>(i).ok().flatten(),
-                );
-            }
+            let fields: HashMap<String, Option<String>> = row.into_iter().collect();
             let key: Option<Vec<String>> = e
                 .def
                 .key
@@ -334,64 +254,6 @@ impl EntityModels {
 }
 
 impl Entity {
-    async fn prepare(
-        &self,
-        client: &Client,
-        what: &str,
-        sql: &str,
-        params: usize,
-        required_columns: &[&str],
-    ) -> Result<Statement, ModelError> {
-        let invalid = |reason: String| ModelError::Invalid {
-            entity: self.name.clone(),
-            reason,
-        };
-        let stmt = client.prepare(sql).await.map_err(|e| {
-            invalid(format!(
-                "{what} SQL does not prepare: {}",
-                db_error_text(&e)
-            ))
-        })?;
-        if stmt.params().len() != params {
-            return Err(invalid(format!(
-                "{what} SQL takes {} parameters, expected {params} (one text[] per {})",
-                stmt.params().len(),
-                if params == self.def.key.len() {
-                    "key part"
-                } else {
-                    "trigger column"
-                }
-            )));
-        }
-        if let Some((i, t)) = stmt
-            .params()
-            .iter()
-            .enumerate()
-            .find(|(_, t)| **t != Type::TEXT_ARRAY)
-        {
-            return Err(invalid(format!(
-                "{what} SQL parameter ${} is {t}; write it as ${}::text[]",
-                i + 1,
-                i + 1
-            )));
-        }
-        for col in required_columns {
-            match stmt.columns().iter().find(|c| c.name() == *col) {
-                None => {
-                    return Err(invalid(format!("{what} SQL returns no column `{col}`")));
-                }
-                Some(c) if *c.type_() != Type::TEXT && *c.type_() != Type::VARCHAR => {
-                    return Err(invalid(format!(
-                        "{what} SQL column `{col}` is {}; cast it to text ({col}::text)",
-                        c.type_()
-                    )));
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(stmt)
-    }
-
     /// The Avro record for a value at `version`. Fails (for the dead-letter
     /// topic) when the model left a required field NULL.
     pub fn to_record(
@@ -450,28 +312,24 @@ impl Entity {
     }
 }
 
-fn row_context(row: &tokio_postgres::Row) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
-    for (i, col) in row.columns().iter().enumerate() {
-        let v = match *col.type_() {
-            Type::INT4 => row
-                .try_get::<_, Option<i32>>(i)
-                .ok()
-                .flatten()
-                .map(|v| v.to_string()),
-            Type::INT8 => row
-                .try_get::<_, Option<i64>>(i)
-                .ok()
-                .flatten()
-                .map(|v| v.to_string()),
-            _ => row.try_get::<_, Option<String>>(i).ok().flatten(),
-        };
-        map.insert(
-            col.name().into(),
-            v.map_or(serde_json::Value::Null, serde_json::Value::String),
-        );
-    }
-    serde_json::Value::Object(map)
+/// The text of a row's column; `None` for NULL or a missing column.
+fn column<'r>(row: &'r TextRow, name: &str) -> Option<&'r str> {
+    row.iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+fn row_context(row: &TextRow) -> serde_json::Value {
+    serde_json::Value::Object(
+        row.iter()
+            .map(|(n, v)| {
+                let v = v
+                    .clone()
+                    .map_or(serde_json::Value::Null, serde_json::Value::String);
+                (n.clone(), v)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

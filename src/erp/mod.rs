@@ -1,13 +1,18 @@
 //! The ERP side. Shared by every kind of ERP database: connectors
-//! (`connector`), entity models run on the connector's SQL (`entity_model`),
-//! the source's metrics (`source_metrics`), the event version
-//! (`position`), and the entry point `source`. One folder per database kind:
-//! `postgres` (replication client, pgoutput decoder, capture, slot, snapshot,
-//! source loop). `demo_erp`: the Odoo-shaped demo ERP.
+//! (`connector`), committed transactions (`committed`), the seam to a
+//! database's SQL (`model_queries`), entity models (`entity_model`), the
+//! pipeline from transactions to acknowledged events (`pipeline`), the
+//! source's metrics (`source_metrics`), the event version (`position`), and
+//! the entry point `source`. One folder per database kind: `postgres`
+//! (replication client, pgoutput decoder, capture, slot, snapshot, source
+//! loop). `demo_erp`: the Odoo-shaped demo ERP.
 
+pub mod committed;
 pub mod connector;
 pub mod demo_erp;
 pub mod entity_model;
+pub mod model_queries;
+pub mod pipeline;
 pub mod position;
 pub mod postgres;
 pub mod source;

@@ -1,5 +1,60 @@
-//! `flywheel source`: the ERP source for the configured database kind. Today
-//! that is PostgreSQL (`erp::postgres`); a binlog source for MariaDB/MySQL
-//! will sit beside it behind this entry point.
+//! `flywheel source`: the ERP source for the configured database kind
+//! (`erp::postgres` today), and the errors every source shares. Errors of one
+//! database kind live in its folder and are classed retryable or final there.
 
-pub use super::postgres::source::{SourceError, run, run_with_retries};
+use tokio_util::sync::CancellationToken;
+
+use super::connector::ConnectorError;
+use super::entity_model::ModelError;
+use super::postgres::PostgresError;
+use crate::bus::BusError;
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+    #[error("connector model: {0}")]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+    #[error("Kafka: {0}")]
+    Bus(#[from] BusError),
+    #[error("the {0} task stopped unexpectedly")]
+    TaskGone(&'static str),
+}
+
+impl SourceError {
+    /// Whether trying again later can help (a server away, a slot briefly in
+    /// use), as opposed to something an operator must fix first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Config(_) | SourceError::Connector(_) => false,
+            SourceError::Model(ModelError::Invalid { .. }) => false,
+            SourceError::Model(ModelError::Query { retryable, .. }) => *retryable,
+            SourceError::Postgres(e) => e.is_retryable(),
+            SourceError::Bus(e) => e.is_retryable(),
+            // A task gone is a symptom; its own error was reported first.
+            SourceError::TaskGone(_) => true,
+        }
+    }
+}
+
+/// Runs the source until `shutdown` is cancelled or an error occurs.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SourceError> {
+    super::postgres::source::run(config, shutdown).await
+}
+
+/// Runs the source as a long-lived worker (see [`crate::supervise`]): transient
+/// failures restart it from its stored position.
+pub async fn run_with_retries(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<(), SourceError> {
+    crate::supervise::with_restarts("source", &shutdown, SourceError::is_retryable, || {
+        run(config, shutdown.clone())
+    })
+    .await
+}

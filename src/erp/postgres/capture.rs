@@ -4,33 +4,12 @@
 //! [`CommittedTxn`] out at each Commit, holding per (entity, trigger) the
 //! distinct values of the trigger's columns in the rows the transaction changed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::lsn::Lsn;
 use super::pgoutput::{Begin, Message, OldTuple, Relation, Tuple, Value};
+use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::EntityModels;
-
-/// Trigger column values of one changed row.
-pub type TriggerRow = Vec<Option<String>>;
-
-#[derive(Debug, Default)]
-pub struct CommittedTxn {
-    /// The transaction id of its Begin: what a snapshot must show as
-    /// committed before its entities are read (see `erp::visibility`).
-    pub xid: u32,
-    pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
-    /// Commit time, microseconds since the Unix epoch.
-    pub commit_ts_micros: i64,
-    /// (entity, trigger) → distinct trigger rows.
-    pub touched: HashMap<(usize, usize), HashSet<TriggerRow>>,
-    /// Entities whose trigger tables were truncated: every key is affected.
-    pub truncated: HashSet<usize>,
-    pub row_changes: u64,
-    /// Written by Flywheel itself (its replication origin): its rows are not
-    /// captured, or an order written into the ERP would echo back to the shop.
-    pub own_write: bool,
-}
 
 /// Replication origins Flywheel's ERP writers set up start with this; a
 /// transaction carrying one is Flywheel's own write.
@@ -103,9 +82,9 @@ impl Capture {
                         commit: c.commit_lsn,
                     });
                 }
-                txn.xid = begin.xid;
-                txn.commit_lsn = c.commit_lsn;
-                txn.end_lsn = c.end_lsn;
+                txn.txid = u64::from(begin.xid);
+                txn.version = c.commit_lsn.into();
+                txn.resume_at = c.end_lsn.into();
                 txn.commit_ts_micros = c.commit_ts + PG_EPOCH_OFFSET_MICROS;
                 return Ok(Captured::Committed(txn));
             }
@@ -289,7 +268,7 @@ mod tests {
             panic!("no commit")
         };
         assert_eq!(txn.row_changes, 50);
-        assert_eq!(txn.end_lsn, Lsn(108));
+        assert_eq!(txn.resume_at, Lsn(108).into());
         assert_eq!(txn.commit_ts_micros, 1_000_000 + PG_EPOCH_OFFSET_MICROS);
         let stock = m.entities.iter().position(|e| e.name == "stock").unwrap();
         let rows = &txn.touched[&(stock, 0)];

@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use futures::future::try_join_all;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{SourceError, connect_client, invalid_model_row, now_micros};
+use super::connect_client;
 use crate::bus::producer::EventProducer;
 use crate::erp::entity_model::EntityModels;
-use crate::erp::postgres::lsn::Lsn;
+use crate::erp::pipeline::{invalid_model_row, now_micros};
+use crate::erp::position::Position;
+use crate::erp::postgres::queries::PgQueries;
 use crate::erp::postgres::replication::CreatedSlot;
+use crate::erp::source::SourceError;
 use crate::erp::source_metrics::SourceMetrics;
 
 /// Reads and produces every entity key; returns the number of events.
@@ -23,27 +26,22 @@ pub async fn take_snapshot(
     slot: &CreatedSlot,
     batch_keys: usize,
 ) -> Result<u64, SourceError> {
-    let mut client = connect_client(pg, tls).await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let client = connect_client(pg, tls).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            slot.snapshot_name
+        ))
         .await?;
-    tx.batch_execute(&format!(
-        "SET TRANSACTION SNAPSHOT '{}'",
-        slot.snapshot_name
-    ))
-    .await?;
-    let prepared = models.prepare(tx.client()).await?;
-    let version: Lsn = slot.consistent_point;
+    let queries = PgQueries::prepare(client, models).await?;
+    let version = Position::from(slot.consistent_point);
     let source_ts = now_micros();
     let metrics = SourceMetrics::get();
     let started = Instant::now();
     let mut total = 0u64;
 
     for (i, entity) in models.entities.iter().enumerate() {
-        let keys = models.all_keys(&tx, &prepared, i).await?;
+        let keys = models.all_keys(&queries, i).await?;
         tracing::info!(entity = %entity.name, keys = keys.len(), %version, "snapshot started");
         let bar = ProgressBar::new(keys.len() as u64);
         bar.set_style(
@@ -56,10 +54,10 @@ pub async fn take_snapshot(
         bar.set_message(entity.name.clone());
         let mut last_log = Instant::now();
         for chunk in keys.chunks(batch_keys) {
-            let values = models.read(&tx, &prepared, i, chunk).await?;
+            let values = models.read(&queries, i, chunk).await?;
             let mut records = Vec::with_capacity(values.len());
             for v in &values {
-                match entity.to_record(v, version.into(), source_ts) {
+                match entity.to_record(v, version, source_ts) {
                     Ok(r) => records.push(r),
                     Err(reason) => {
                         let letter = invalid_model_row(entity, v, version, reason);
@@ -88,7 +86,7 @@ pub async fn take_snapshot(
         bar.finish_and_clear();
         tracing::info!(entity = %entity.name, events = keys.len(), "snapshot of entity done");
     }
-    tx.commit().await?;
+    queries.client().batch_execute("COMMIT").await?;
     tracing::info!(events = total, elapsed_ms = started.elapsed().as_millis() as u64, %version, "snapshot complete");
     Ok(total)
 }

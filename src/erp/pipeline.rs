@@ -1,0 +1,287 @@
+//! The shared half of every ERP source: from committed transactions to
+//! acknowledged events.
+//!
+//! The [`Processor`] merges the transactions waiting for it (one under light
+//! load, many under heavy load), resolves the touched entity keys, re-reads
+//! their current values in batches through the database's [`ModelQueries`],
+//! produces one event per key with the newest touching transaction's version,
+//! waits for Kafka's acknowledgements, and only then publishes the batch's
+//! resume position, which the source's reader stores or reports to the
+//! database. A crash therefore replays from the last stored position: events
+//! may repeat (with the same versions), none are skipped.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::future::try_join_all;
+use futures::stream::FuturesOrdered;
+use tokio::sync::{mpsc, watch};
+
+use super::committed::CommittedTxn;
+use super::entity_model::{Entity, EntityKey, EntityModels, EntityValue, Unmappable};
+use super::model_queries::ModelQueries;
+use super::position::Position;
+use super::source::SourceError;
+use super::source_metrics::SourceMetrics;
+use crate::bus::BusError;
+use crate::bus::dlq::DeadLetter;
+use crate::bus::producer::{EventProducer, OutRecord};
+
+const STAGE: &str = "erp.source";
+
+/// The dead letter for a model row that does not fit the entity's schema.
+pub fn invalid_model_row(
+    entity: &Entity,
+    value: &EntityValue,
+    version: Position,
+    reason: String,
+) -> DeadLetter {
+    DeadLetter {
+        key: value.key.kafka_key(),
+        error_class: "invalid_model_row".into(),
+        reason: format!(
+            "entity `{}`: {reason}; fix the connector's model SQL",
+            entity.name
+        ),
+        stage: STAGE.into(),
+        occurred_at_micros: now_micros(),
+        attempts: 1,
+        source_position: Some(version.to_string()),
+        context: Some(serde_json::json!({"entity": entity.name, "fields": value.fields})),
+        ..Default::default()
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i64
+}
+
+/// Runs on its own task; see the module doc.
+pub struct Processor<Q> {
+    pub queries: Q,
+    pub models: Arc<EntityModels>,
+    pub producer: EventProducer,
+    /// The resume position of the last batch whose events were all acknowledged.
+    pub confirmed: watch::Sender<Position>,
+    /// Keys per model query.
+    pub batch_keys: usize,
+    /// Transactions merged into one batch at most.
+    pub max_batch: usize,
+}
+
+/// The newest transaction that touched a key.
+#[derive(Clone, Copy)]
+struct Touch {
+    version: Position,
+    commit_ts_micros: i64,
+}
+
+impl<Q: ModelQueries> Processor<Q> {
+    /// Batches waiting for acks at once: the next batch is re-read while the
+    /// previous one is in flight, and positions are confirmed strictly in order.
+    const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+    pub async fn run(self, mut txns: mpsc::Receiver<CommittedTxn>) -> Result<(), SourceError> {
+        let metrics = SourceMetrics::get();
+        let mut in_flight = FuturesOrdered::new();
+        // First commit time of each batch in flight, in order: the oldest is
+        // how far behind the source is (flywheel_source_replication_lag_seconds).
+        let mut oldest: VecDeque<i64> = Default::default();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                Some(acked) = in_flight.next(), if !in_flight.is_empty() => {
+                    let end: Position = acked?;
+                    self.confirmed.send_replace(end);
+                    oldest.pop_front();
+                    metrics
+                        .oldest_unconfirmed_commit_micros
+                        .set(oldest.front().copied().unwrap_or(0));
+                }
+                first = txns.recv(), if open && in_flight.len() < Self::MAX_BATCHES_IN_FLIGHT => {
+                    let Some(first) = first else {
+                        open = false;
+                        continue;
+                    };
+                    let mut batch = vec![first];
+                    while batch.len() < self.max_batch {
+                        match txns.try_recv() {
+                            Ok(t) => batch.push(t),
+                            Err(_) => break,
+                        }
+                    }
+                    metrics.batch_transactions.observe(batch.len() as f64);
+                    let end = batch.last().map(|t| t.resume_at).unwrap_or_default();
+                    oldest.push_back(batch[0].commit_ts_micros);
+                    metrics
+                        .oldest_unconfirmed_commit_micros
+                        .set(oldest.front().copied().unwrap_or(0));
+                    let acks = self.process(&batch).await?;
+                    in_flight.push_back(async move { acks.await.map(|()| end) });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the batch's entities and enqueues their events (in order).
+    /// Returns the wait for all of the batch's acknowledgements.
+    async fn process(
+        &self,
+        batch: &[CommittedTxn],
+    ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
+        let models = &*self.models;
+        // Only transactions whose entities are read need to be visible
+        // (Flywheel's own writes and heartbeats carry nothing to read).
+        let readable: Vec<&CommittedTxn> = batch.iter().filter(|t| t.has_work()).collect();
+        self.queries.wait_visible(&readable).await?;
+        // Resolve keys per transaction (so each key gets the LSN of the newest
+        // transaction that touched it); the queries run pipelined on one connection.
+        let mut lookups = Vec::new();
+        for (t, txn) in batch.iter().enumerate() {
+            for (&trigger, rows) in &txn.touched {
+                let rows: Vec<_> = rows.iter().cloned().collect();
+                lookups.push(
+                    async move {
+                        models
+                            .keys_for_rows(&self.queries, trigger, &rows)
+                            .await
+                            .map(|r| (t, trigger.0, r))
+                    }
+                    .boxed(),
+                );
+            }
+            for &entity in &txn.truncated {
+                lookups.push(
+                    async move {
+                        models
+                            .all_keys(&self.queries, entity)
+                            .await
+                            .map(|keys| (t, entity, (keys, Vec::new())))
+                    }
+                    .boxed(),
+                );
+            }
+        }
+        let resolved = try_join_all(lookups).await?;
+
+        let mut touched: Vec<BTreeMap<EntityKey, Touch>> =
+            vec![BTreeMap::new(); models.entities.len()];
+        let mut dead: Vec<(Unmappable, &CommittedTxn)> = Vec::new();
+        let mut seen_dead = HashSet::new();
+        for (t, entity, (keys, unmappable)) in resolved {
+            let txn = &batch[t];
+            let touch = Touch {
+                version: txn.version,
+                commit_ts_micros: txn.commit_ts_micros,
+            };
+            for key in keys {
+                let e = touched[entity].entry(key).or_insert(touch);
+                if touch.version > e.version {
+                    *e = touch;
+                }
+            }
+            for u in unmappable {
+                if seen_dead.insert((u.entity.clone(), u.context.to_string(), txn.version)) {
+                    dead.push((u, txn));
+                }
+            }
+        }
+
+        let mut records: Vec<(usize, Touch, OutRecord)> = Vec::new();
+        let mut dead_letters: Vec<DeadLetter> = dead
+            .into_iter()
+            .map(|(u, txn)| DeadLetter {
+                key: u.table.clone(),
+                error_class: "unmappable_row".into(),
+                reason: u.reason,
+                stage: STAGE.into(),
+                occurred_at_micros: now_micros(),
+                attempts: 1,
+                source_position: Some(txn.version.to_string()),
+                context: Some(
+                    serde_json::json!({"entity": u.entity, "table": u.table, "row": u.context}),
+                ),
+                ..Default::default()
+            })
+            .collect();
+        let mut reads = Vec::new();
+        for (entity, keys) in touched.iter().enumerate() {
+            let keys: Vec<EntityKey> = keys.keys().cloned().collect();
+            for chunk in keys.chunks(self.batch_keys) {
+                let chunk = chunk.to_vec();
+                reads.push(async move {
+                    models
+                        .read(&self.queries, entity, &chunk)
+                        .await
+                        .map(|v| (entity, v))
+                });
+            }
+        }
+        for (entity, values) in try_join_all(reads).await? {
+            let e = &models.entities[entity];
+            for value in values {
+                let touch = touched[entity][&value.key];
+                match e.to_record(&value, touch.version, touch.commit_ts_micros) {
+                    Ok(r) => records.push((entity, touch, r)),
+                    Err(reason) => {
+                        dead_letters.push(invalid_model_row(e, &value, touch.version, reason))
+                    }
+                }
+            }
+        }
+
+        let metrics = SourceMetrics::get();
+        let mut acks = Vec::with_capacity(records.len() + dead_letters.len());
+        for (entity, touch, record) in records {
+            let ack = self.producer.enqueue(record).await?;
+            let name = models.entities[entity].name.clone();
+            acks.push(
+                async move {
+                    ack.await?;
+                    metrics.events.with_label_values(&[&name]).inc();
+                    let age = (now_micros() - touch.commit_ts_micros).max(0) as f64 / 1e6;
+                    metrics
+                        .commit_to_ack_seconds
+                        .with_label_values(&[&name])
+                        .observe(age);
+                    Ok::<_, BusError>(())
+                }
+                .boxed(),
+            );
+        }
+        for d in dead_letters {
+            tracing::warn!(key = %d.key, class = %d.error_class, reason = %d.reason, "dead-lettered an ERP change");
+            let entity = d
+                .context
+                .as_ref()
+                .and_then(|c| c.get("entity"))
+                .and_then(|e| e.as_str())
+                .unwrap_or("")
+                .to_owned();
+            let ack = self.producer.enqueue(d.to_record()?).await?;
+            acks.push(
+                async move {
+                    ack.await?;
+                    metrics
+                        .dead_letters
+                        .with_label_values(&[&entity, &d.error_class])
+                        .inc();
+                    Ok(())
+                }
+                .boxed(),
+            );
+        }
+        Ok(async move {
+            try_join_all(acks).await?;
+            Ok(())
+        })
+    }
+}

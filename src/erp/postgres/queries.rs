@@ -1,0 +1,231 @@
+//! The connector's SQL on PostgreSQL ([`ModelQueries`]): statements prepared
+//! once per connection and checked against the connector's contract, keys
+//! and trigger columns passed as one `text[]` per part.
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::erp::committed::{CommittedTxn, TriggerRow};
+use crate::erp::entity_model::{Entity, EntityKey, EntityModels, ModelError};
+use crate::erp::model_queries::{ModelQueries, TextRow};
+use crate::pg::error::{self as pg_error, db_error_text};
+
+/// What a statement is for, to name it in errors.
+struct Named {
+    entity: String,
+    what: String,
+    statement: Statement,
+    /// Its `text[]` parameters: one per key part or trigger column.
+    params: usize,
+}
+
+/// Prepared statements on one connection (statements are per connection).
+pub struct PgQueries {
+    client: Client,
+    model: Vec<Named>,
+    all_keys: Vec<Named>,
+    triggers: Vec<Vec<Named>>,
+}
+
+impl PgQueries {
+    /// Prepares every statement on `client` and checks each against the
+    /// connector's contract (parameters, returned columns and their types), so
+    /// a broken connector fails at start with the entity and column named.
+    pub async fn prepare(client: Client, models: &EntityModels) -> Result<PgQueries, ModelError> {
+        let mut q = PgQueries {
+            client,
+            model: Vec::new(),
+            all_keys: Vec::new(),
+            triggers: Vec::new(),
+        };
+        for e in &models.entities {
+            let key_columns = e.key_columns();
+            let model = prepare(
+                &q.client,
+                e,
+                "model",
+                &e.def.model,
+                e.def.key.len(),
+                &e.value_columns(),
+            )
+            .await?;
+            let all_keys =
+                prepare(&q.client, e, "all_keys", &e.def.all_keys, 0, &key_columns).await?;
+            let mut triggers = Vec::new();
+            for t in &e.def.triggers {
+                let what = format!("trigger `{}` keys", t.table);
+                triggers.push(
+                    prepare(&q.client, e, &what, &t.keys, t.columns.len(), &key_columns).await?,
+                );
+            }
+            q.model.push(model);
+            q.all_keys.push(all_keys);
+            q.triggers.push(triggers);
+        }
+        Ok(q)
+    }
+
+    /// The connection, for what else the source runs on it.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn query(
+        &self,
+        s: &Named,
+        params: &[Vec<Option<&str>>],
+    ) -> Result<Vec<TextRow>, ModelError> {
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .client
+            .query(&s.statement, &params)
+            .await
+            .map_err(|e| ModelError::Query {
+                entity: s.entity.clone(),
+                what: s.what.clone(),
+                reason: db_error_text(&e),
+                retryable: pg_error::is_retryable(&e),
+            })?;
+        Ok(rows.iter().map(text_row).collect())
+    }
+}
+
+impl ModelQueries for PgQueries {
+    async fn trigger_keys(
+        &self,
+        entity: usize,
+        trigger: usize,
+        rows: &[TriggerRow],
+    ) -> Result<Vec<TextRow>, ModelError> {
+        let s = &self.triggers[entity][trigger];
+        let columns: Vec<Vec<Option<&str>>> = (0..s.params)
+            .map(|c| {
+                rows.iter()
+                    .map(|r| r.get(c).and_then(|v| v.as_deref()))
+                    .collect()
+            })
+            .collect();
+        self.query(s, &columns).await
+    }
+
+    async fn all_keys(&self, entity: usize) -> Result<Vec<TextRow>, ModelError> {
+        self.query(&self.all_keys[entity], &[]).await
+    }
+
+    async fn model(&self, entity: usize, keys: &[EntityKey]) -> Result<Vec<TextRow>, ModelError> {
+        let s = &self.model[entity];
+        let arrays: Vec<Vec<Option<&str>>> = (0..s.params)
+            .map(|i| {
+                keys.iter()
+                    .map(|k| k.0.get(i).map(String::as_str))
+                    .collect()
+            })
+            .collect();
+        self.query(s, &arrays).await
+    }
+
+    async fn wait_visible(&self, txns: &[&CommittedTxn]) -> Result<(), ModelError> {
+        // A Begin's xid is 32 bits; `txid` only widens it.
+        let xids: Vec<u32> = txns.iter().map(|t| t.txid as u32).collect();
+        super::visibility::wait_until_visible(&self.client, &xids)
+            .await
+            .map_err(|e| ModelError::Query {
+                entity: "(every entity)".into(),
+                what: "visibility (pg_current_snapshot)".into(),
+                reason: db_error_text(&e),
+                retryable: pg_error::is_retryable(&e),
+            })
+    }
+}
+
+async fn prepare(
+    client: &Client,
+    e: &Entity,
+    what: &str,
+    sql: &str,
+    params: usize,
+    required_columns: &[&str],
+) -> Result<Named, ModelError> {
+    let invalid = |reason: String| ModelError::Invalid {
+        entity: e.name.clone(),
+        reason,
+    };
+    let stmt = client.prepare(sql).await.map_err(|err| {
+        invalid(format!(
+            "{what} SQL does not prepare: {}",
+            db_error_text(&err)
+        ))
+    })?;
+    if stmt.params().len() != params {
+        return Err(invalid(format!(
+            "{what} SQL takes {} parameters, expected {params} (one text[] per {})",
+            stmt.params().len(),
+            if params == e.def.key.len() {
+                "key part"
+            } else {
+                "trigger column"
+            }
+        )));
+    }
+    if let Some((i, t)) = stmt
+        .params()
+        .iter()
+        .enumerate()
+        .find(|(_, t)| **t != Type::TEXT_ARRAY)
+    {
+        return Err(invalid(format!(
+            "{what} SQL parameter ${} is {t}; write it as ${}::text[]",
+            i + 1,
+            i + 1
+        )));
+    }
+    for col in required_columns {
+        match stmt.columns().iter().find(|c| c.name() == *col) {
+            None => return Err(invalid(format!("{what} SQL returns no column `{col}`"))),
+            Some(c) if *c.type_() != Type::TEXT && *c.type_() != Type::VARCHAR => {
+                return Err(invalid(format!(
+                    "{what} SQL column `{col}` is {}; cast it to text ({col}::text)",
+                    c.type_()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Named {
+        entity: e.name.clone(),
+        what: what.to_owned(),
+        statement: stmt,
+        params,
+    })
+}
+
+/// Every column as text. The contract makes key and value columns text;
+/// integer columns are extra context (e.g. a product id in a dead letter).
+fn text_row(row: &Row) -> TextRow {
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            let v = match *col.type_() {
+                Type::INT2 => row
+                    .try_get::<_, Option<i16>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|v| v.to_string()),
+                Type::INT4 => row
+                    .try_get::<_, Option<i32>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|v| v.to_string()),
+                Type::INT8 => row
+                    .try_get::<_, Option<i64>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|v| v.to_string()),
+                _ => row.try_get::<_, Option<String>>(i).ok().flatten(),
+            };
+            (col.name().to_owned(), v)
+        })
+        .collect()
+}
