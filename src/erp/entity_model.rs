@@ -33,6 +33,10 @@ pub enum ModelError {
         reason: String,
         retryable: bool,
     },
+    /// Waiting until the database shows a batch's transactions as committed
+    /// failed (see [`ModelQueries::wait_visible`]).
+    #[error("waiting until the ERP database shows committed transactions: {reason}")]
+    Visibility { reason: String, retryable: bool },
 }
 
 /// A key of an entity: its parts in connector order.
@@ -335,6 +339,75 @@ fn row_context(row: &TextRow) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::erp::committed::CommittedTxn;
+
+    /// Canned rows: the pure mapping from text rows to keys and values.
+    struct Canned(Vec<TextRow>);
+
+    impl ModelQueries for Canned {
+        async fn trigger_keys(
+            &self,
+            _: usize,
+            _: usize,
+            _: &[TriggerRow],
+        ) -> Result<Vec<TextRow>, ModelError> {
+            Ok(self.0.clone())
+        }
+        async fn all_keys(&self, _: usize) -> Result<Vec<TextRow>, ModelError> {
+            Ok(self.0.clone())
+        }
+        async fn model(&self, _: usize, _: &[EntityKey]) -> Result<Vec<TextRow>, ModelError> {
+            Ok(self.0.clone())
+        }
+        async fn wait_visible(&self, _: &[&CommittedTxn]) -> Result<(), ModelError> {
+            Ok(())
+        }
+    }
+
+    fn row(cols: &[(&str, Option<&str>)]) -> TextRow {
+        cols.iter()
+            .map(|(n, v)| ((*n).to_owned(), v.map(str::to_owned)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn text_rows_become_keys_dead_letters_and_values() {
+        let models = EntityModels::new(&Connector::load(None).unwrap()).unwrap();
+        let stock = models
+            .entities
+            .iter()
+            .position(|e| e.name == "stock")
+            .unwrap();
+        let rows = Canned(vec![
+            row(&[("sku", Some("SKU-1")), ("warehouse", Some("WH1"))]),
+            row(&[
+                ("sku", None),
+                ("warehouse", Some("WH1")),
+                ("product_id", Some("7")),
+            ]),
+        ]);
+        let (keys, unmappable) = models.keys_for_rows(&rows, (stock, 0), &[]).await.unwrap();
+        assert_eq!(keys, vec![EntityKey(vec!["SKU-1".into(), "WH1".into()])]);
+        assert_eq!(unmappable.len(), 1);
+        assert_eq!(unmappable[0].context["product_id"], "7");
+        assert!(
+            unmappable[0].reason.contains("without `sku`"),
+            "{}",
+            unmappable[0].reason
+        );
+
+        let asked = [
+            EntityKey(vec!["SKU-1".into(), "WH1".into()]),
+            EntityKey(vec!["SKU-2".into(), "WH1".into()]),
+        ];
+        let values = models.read(&rows, stock, &asked).await.unwrap();
+        assert_eq!(values[0].key, asked[0]);
+        assert!(
+            values[0].fields.is_some(),
+            "a key with a row has its fields"
+        );
+        assert!(values[1].fields.is_none(), "a key without a row is deleted");
+    }
 
     #[test]
     fn kafka_key_escapes_separators() {

@@ -29,7 +29,8 @@ pub type TextRow = Vec<(String, Option<String>)>;
 ///   transactions as committed. A change stream may hand out a transaction
 ///   before ordinary sessions can see it (see `erp::postgres::visibility`).
 /// - Queries only read, so a retry repeats nothing. Each error says whether a
-///   retry can help (`ModelError::Query::retryable`), decided where it arose.
+///   retry can help (`retryable` of `ModelError::Query` and
+///   `ModelError::Visibility`), decided where it arose.
 pub trait ModelQueries: Send + Sync {
     fn trigger_keys(
         &self,

@@ -16,7 +16,7 @@ pub enum SourceError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Connector(#[from] ConnectorError),
-    #[error("connector model: {0}")]
+    #[error("ERP entity model: {0}")]
     Model(#[from] ModelError),
     #[error(transparent)]
     Postgres(#[from] PostgresError),
@@ -33,7 +33,9 @@ impl SourceError {
         match self {
             SourceError::Config(_) | SourceError::Connector(_) => false,
             SourceError::Model(ModelError::Invalid { .. }) => false,
-            SourceError::Model(ModelError::Query { retryable, .. }) => *retryable,
+            SourceError::Model(
+                ModelError::Query { retryable, .. } | ModelError::Visibility { retryable, .. },
+            ) => *retryable,
             SourceError::Postgres(e) => e.is_retryable(),
             SourceError::Bus(e) => e.is_retryable(),
             // A task gone is a symptom; its own error was reported first.

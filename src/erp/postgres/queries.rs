@@ -130,10 +130,8 @@ impl ModelQueries for PgQueries {
         let xids: Vec<u32> = txns.iter().map(|t| t.txid as u32).collect();
         super::visibility::wait_until_visible(&self.client, &xids)
             .await
-            .map_err(|e| ModelError::Query {
-                entity: "(every entity)".into(),
-                what: "visibility (pg_current_snapshot)".into(),
-                reason: db_error_text(&e),
+            .map_err(|e| ModelError::Visibility {
+                reason: format!("pg_current_snapshot(): {}", db_error_text(&e)),
                 retryable: pg_error::is_retryable(&e),
             })
     }
