@@ -48,8 +48,14 @@ impl Default for LifecycleConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ErpConfig {
-    /// libpq-style DSN (`host=… port=… user=… dbname=…` or `postgres://…`). The user
-    /// needs the REPLICATION attribute and SELECT on the connector's tables.
+    /// The ERP's database kind. Unset: `mysql` for a `mysql://` or
+    /// `mariadb://` DSN, `postgres` otherwise.
+    pub kind: Option<ErpKind>,
+    /// PostgreSQL: a libpq-style DSN (`host=… port=… user=… dbname=…` or
+    /// `postgres://…`); the user needs the REPLICATION attribute and SELECT on
+    /// the connector's tables. MariaDB/MySQL: `mysql://user:password@host:port/db`
+    /// (or `mariadb://…`); the user needs REPLICATION SLAVE, REPLICATION CLIENT
+    /// and SELECT on the connector's tables.
     pub dsn: String,
     /// A PEM file of the CA(s) that signed the PostgreSQL servers'
     /// certificates (ERP and state database). Set: certificates are verified
@@ -71,11 +77,26 @@ pub struct ErpConfig {
     pub batch_keys: usize,
     /// Upper bound of transactions merged into one re-read under load.
     pub max_batch_transactions: usize,
+    /// MariaDB/MySQL: the server id Flywheel registers as a replica with. It
+    /// must differ from the server's and from every other replica's.
+    pub server_id: u32,
+    /// MariaDB/MySQL: the database holding Flywheel's own state (source
+    /// position, echo marks), on the ERP's server.
+    pub state_database: String,
+}
+
+/// Which kind of database the ERP runs on; it selects the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErpKind {
+    Postgres,
+    Mysql,
 }
 
 impl Default for ErpConfig {
     fn default() -> Self {
         ErpConfig {
+            kind: None,
             dsn: "host=127.0.0.1 port=5432 user=postgres dbname=erp".into(),
             tls_ca_file: None,
             connector: None,
@@ -85,6 +106,8 @@ impl Default for ErpConfig {
             heartbeat_interval_ms: 10_000,
             batch_keys: 1_000,
             max_batch_transactions: 500,
+            server_id: 4_171_001,
+            state_database: "flywheel".into(),
         }
     }
 }
@@ -96,6 +119,35 @@ fn parse_dsn(setting: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigE
 }
 
 impl ErpConfig {
+    pub fn kind(&self) -> ErpKind {
+        self.kind.unwrap_or_else(|| {
+            if self.dsn.starts_with("mysql://") || self.dsn.starts_with("mariadb://") {
+                ErpKind::Mysql
+            } else {
+                ErpKind::Postgres
+            }
+        })
+    }
+
+    /// Connection options of a MariaDB/MySQL ERP (`erp.kind = "mysql"`).
+    pub fn mysql_opts(&self) -> Result<mysql_async::Opts, ConfigError> {
+        let url = match self.dsn.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => self.dsn.clone(),
+        };
+        // The URL may hold a password: the error names the setting, not the value.
+        mysql_async::Opts::from_url(&url).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "erp.dsn is not a mysql://user:password@host:port/database URL ({})",
+                match e {
+                    mysql_async::UrlError::UnsupportedScheme { .. } => "unsupported scheme",
+                    mysql_async::UrlError::Parse(_) => "does not parse",
+                    _ => "invalid option",
+                }
+            ))
+        })
+    }
+
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         parse_dsn("erp.dsn", &self.dsn)
     }
@@ -584,7 +636,23 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.erp.pg_config()?;
+        match self.erp.kind() {
+            ErpKind::Postgres => drop(self.erp.pg_config()?),
+            ErpKind::Mysql => {
+                let opts = self.erp.mysql_opts()?;
+                if opts.db_name().is_none() {
+                    return Err(ConfigError::Invalid(
+                        "erp.dsn names no database: mysql://user:password@host:port/<database>"
+                            .into(),
+                    ));
+                }
+                if self.erp.server_id == 0 {
+                    return Err(ConfigError::Invalid(
+                        "erp.server_id must not be 0: a replica needs an id of its own".into(),
+                    ));
+                }
+            }
+        }
         self.kafka.validate()?;
         if let Some(dsn) = &self.processors.state_dsn {
             parse_dsn("processors.state_dsn", dsn)?;

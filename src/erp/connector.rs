@@ -47,12 +47,19 @@ pub struct TriggerDef {
 }
 
 impl TriggerDef {
-    /// `schema.table`, as pgoutput relations are matched.
+    /// `schema.table` on PostgreSQL (schema `public` when unqualified), as
+    /// pgoutput relations are matched.
     pub fn qualified_table(&self) -> String {
+        self.qualified_table_in("public")
+    }
+
+    /// `schema.table`, with `default_schema` when the connector names none
+    /// (MariaDB/MySQL: the database of `erp.dsn`).
+    pub fn qualified_table_in(&self, default_schema: &str) -> String {
         if self.table.contains('.') {
             self.table.clone()
         } else {
-            format!("public.{}", self.table)
+            format!("{default_schema}.{}", self.table)
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct EntityModels {
     pub entities: Vec<Entity>,
     /// qualified table → (entity index, trigger index)
     by_table: HashMap<String, Vec<(usize, usize)>>,
+    /// The schema of tables the connector does not qualify.
+    default_schema: String,
 }
 
 fn leak_topic(topic: &str) -> &'static str {
@@ -109,7 +111,17 @@ fn leak_topic(topic: &str) -> &'static str {
 }
 
 impl EntityModels {
+    /// A PostgreSQL connector: unqualified tables are in schema `public`.
     pub fn new(connector: &Connector) -> Result<EntityModels, ModelError> {
+        Self::with_default_schema(connector, "public")
+    }
+
+    /// Unqualified trigger tables are in `default_schema` (MariaDB/MySQL: the
+    /// ERP's database).
+    pub fn with_default_schema(
+        connector: &Connector,
+        default_schema: &str,
+    ) -> Result<EntityModels, ModelError> {
         let mut entities = Vec::new();
         let mut by_table: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
         for (i, (name, def)) in connector.entities.iter().enumerate() {
@@ -132,7 +144,7 @@ impl EntityModels {
             }
             for (j, t) in def.triggers.iter().enumerate() {
                 by_table
-                    .entry(t.qualified_table())
+                    .entry(t.qualified_table_in(default_schema))
                     .or_default()
                     .push((i, j));
             }
@@ -144,7 +156,11 @@ impl EntityModels {
                 fields,
             });
         }
-        Ok(EntityModels { entities, by_table })
+        Ok(EntityModels {
+            entities,
+            by_table,
+            default_schema: default_schema.to_owned(),
+        })
     }
 
     /// (entity, trigger) pairs fired by changes to `qualified_table`.
@@ -184,16 +200,16 @@ impl EntityModels {
                 None => keys.push(EntityKey(parts)),
                 Some(part) => {
                     let context = row_context(&row);
+                    let table = t.qualified_table_in(&self.default_schema);
                     unmappable.push(Unmappable {
                         entity: e.name.clone(),
-                        table: t.qualified_table(),
                         reason: format!(
-                            "a changed {} row maps to a {} key without `{part}` ({context}); \
+                            "a changed {table} row maps to a {} key without `{part}` ({context}); \
                              the ERP row cannot be published until it has one \
                              (e.g. give the product a SKU / internal reference)",
-                            t.qualified_table(),
                             e.name
                         ),
+                        table,
                         context,
                     });
                 }

@@ -1,14 +1,15 @@
 //! `flywheel source`: the ERP source for the configured database kind
-//! (`erp::postgres` today), and the errors every source shares. Errors of one
+//! (`erp.kind`: `erp::postgres` or `erp::mysql`), and the errors every source shares. Errors of one
 //! database kind live in its folder and are classed retryable or final there.
 
 use tokio_util::sync::CancellationToken;
 
 use super::connector::ConnectorError;
 use super::entity_model::ModelError;
+use super::mysql::MysqlError;
 use super::postgres::PostgresError;
 use crate::bus::BusError;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ErpKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -20,6 +21,8 @@ pub enum SourceError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Postgres(#[from] PostgresError),
+    #[error(transparent)]
+    Mysql(#[from] MysqlError),
     #[error("Kafka: {0}")]
     Bus(#[from] BusError),
     #[error("the {0} task stopped unexpectedly")]
@@ -37,6 +40,7 @@ impl SourceError {
                 ModelError::Query { retryable, .. } | ModelError::Visibility { retryable, .. },
             ) => *retryable,
             SourceError::Postgres(e) => e.is_retryable(),
+            SourceError::Mysql(e) => e.is_retryable(),
             SourceError::Bus(e) => e.is_retryable(),
             // A task gone is a symptom; its own error was reported first.
             SourceError::TaskGone(_) => true,
@@ -46,7 +50,10 @@ impl SourceError {
 
 /// Runs the source until `shutdown` is cancelled or an error occurs.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SourceError> {
-    super::postgres::source::run(config, shutdown).await
+    match config.erp.kind() {
+        ErpKind::Postgres => super::postgres::source::run(config, shutdown).await,
+        ErpKind::Mysql => super::mysql::source::run(config, shutdown).await,
+    }
 }
 
 /// Runs the source as a long-lived worker (see [`crate::supervise`]): transient

@@ -1,0 +1,427 @@
+//! From row-based binlog events to committed transactions of touched trigger
+//! rows.
+//!
+//! Binlog events of a transaction arrive in commit order: `BEGIN` (a Query
+//! event; MariaDB sends its GTID event as one to a replica that does not ask
+//! for GTIDs), TABLE_MAP events naming each table, rows events with the full
+//! before/after images, and the commit (an XID event, or a `COMMIT` Query event
+//! for non-transactional tables). [`Capture`] folds them into one
+//! [`CommittedTxn`] per commit, holding per (entity, trigger) the distinct
+//! values of the trigger's columns, exactly as the PostgreSQL capture does.
+//!
+//! Tables in Flywheel's own database are recognised here: a row in its echo
+//! mark table marks the transaction as Flywheel's own write, and its source
+//! position bookkeeping is never captured (storing a position must not move it).
+
+use std::collections::HashMap;
+
+use mysql_common::Value;
+use mysql_common::binlog::events::{Event, EventData, OptionalMetaExtractor, TableMapEvent};
+use mysql_common::binlog::row::BinlogRow;
+use mysql_common::binlog::value::BinlogValue;
+
+use super::binlog_pos::BinlogPos;
+use crate::erp::committed::{CommittedTxn, TriggerRow};
+use crate::erp::entity_model::EntityModels;
+
+/// The table whose rows mark Flywheel's own ERP writes (in the state database).
+pub const ECHO_MARK_TABLE: &str = "echo_marks";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("the event does not decode: {0}")]
+    Decode(String),
+    #[error("a rows event for table id {0} without a TABLE_MAP event before it")]
+    UnknownTable(u64),
+    #[error(
+        "the binlog names no columns for `{table}` and information_schema had none at start; set binlog_row_metadata=FULL on the server"
+    )]
+    NoColumnNames { table: String },
+    #[error(
+        "`{table}` has no column `{column}`, which the connector's trigger reads; fix the connector file or the table"
+    )]
+    MissingColumn { table: String, column: String },
+    #[error(
+        "a rows event for `{table}` carries {got} of its {of} columns; set binlog_row_image=FULL on the server"
+    )]
+    PartialImage {
+        table: String,
+        got: usize,
+        of: usize,
+    },
+    #[error(
+        "a statement inside a transaction (`{statement}`): the server logged it statement-based, so its row changes are invisible to Flywheel; set binlog_format=ROW (globally, and in no session override it)"
+    )]
+    Statement { statement: String },
+    #[error("a binlog file name without a sequence number: {0}")]
+    BadFileName(String),
+}
+
+/// What one event meant.
+#[derive(Debug)]
+pub enum Captured {
+    Nothing,
+    /// A transaction without trigger rows committed (or a DDL statement ran):
+    /// nothing to publish, and confirmable once what came before is.
+    Idle,
+    /// Flywheel's own bookkeeping committed. It never moves the confirmed
+    /// position: storing a position would otherwise change it again.
+    Bookkeeping,
+    Committed(CommittedTxn),
+}
+
+enum Role {
+    Other,
+    Bookkeeping,
+    EchoMark,
+    /// (entity, trigger) with the indices of the trigger's columns in the table.
+    Triggers(Vec<((usize, usize), Vec<usize>)>),
+}
+
+struct MappedTable {
+    name: String,
+    columns: usize,
+    tme: TableMapEvent<'static>,
+    role: Role,
+}
+
+struct OpenTxn {
+    txn: CommittedTxn,
+    bookkeeping: bool,
+}
+
+pub struct Capture {
+    /// Where the stream stands: the current file, and the end of the last event.
+    at: BinlogPos,
+    state_db: String,
+    /// Column names per `database.table`, read from information_schema at
+    /// start, for servers whose TABLE_MAP events carry none.
+    known_columns: HashMap<String, Vec<String>>,
+    tables: HashMap<u64, MappedTable>,
+    open: Option<OpenTxn>,
+}
+
+impl Capture {
+    /// `start`: where the stream was requested from.
+    pub fn new(
+        start: BinlogPos,
+        state_db: &str,
+        known_columns: HashMap<String, Vec<String>>,
+    ) -> Capture {
+        Capture {
+            at: start,
+            state_db: state_db.to_owned(),
+            known_columns,
+            tables: HashMap::new(),
+            open: None,
+        }
+    }
+
+    /// Whether a transaction is open (its commit not seen yet).
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Where the stream stands: after the last event applied.
+    pub fn position(&self) -> &BinlogPos {
+        &self.at
+    }
+
+    /// Applies the next event of the stream.
+    pub fn apply(
+        &mut self,
+        models: &EntityModels,
+        event: &Event,
+    ) -> Result<Captured, CaptureError> {
+        let data = event
+            .read_data()
+            .map_err(|e| CaptureError::Decode(e.to_string()))?;
+        // Every event names its end in the current file, except artificial
+        // ones (position 0) and those describing the stream rather than the
+        // log (a re-sent format description, heartbeats).
+        let log_pos = u64::from(event.header().log_pos());
+        match &data {
+            Some(EventData::RotateEvent(r)) => {
+                self.at = BinlogPos::new(r.name().into_owned(), r.position());
+                return Ok(Captured::Nothing);
+            }
+            Some(EventData::FormatDescriptionEvent(_) | EventData::HeartbeatEvent) => {
+                return Ok(Captured::Nothing);
+            }
+            _ if log_pos > 0 => self.at.pos = log_pos,
+            _ => {}
+        }
+        let end = self.at.clone();
+        let end = &end;
+        let Some(data) = data else {
+            // Event types this library does not know (MariaDB's annotate,
+            // checkpoint and GTID-list events): none carries row changes.
+            return Ok(Captured::Nothing);
+        };
+        let commit_ts_micros = event.header().timestamp() as i64 * 1_000_000;
+        match data {
+            EventData::QueryEvent(q) => {
+                let query = q.query();
+                let statement = query.trim();
+                let word = statement
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                match word.as_str() {
+                    "BEGIN" => {
+                        self.open = Some(OpenTxn {
+                            txn: CommittedTxn::default(),
+                            bookkeeping: false,
+                        });
+                        Ok(Captured::Nothing)
+                    }
+                    // A rollback is logged only when non-transactional tables
+                    // kept their changes: those rows happened.
+                    "COMMIT" | "ROLLBACK" if !statement.to_ascii_uppercase().contains(" TO ") => {
+                        self.commit(end, commit_ts_micros)
+                    }
+                    "SAVEPOINT" | "ROLLBACK" | "RELEASE" => Ok(Captured::Nothing),
+                    _ if self.open.is_some() => Err(CaptureError::Statement {
+                        statement: statement.chars().take(120).collect(),
+                    }),
+                    // DDL and other statements outside a transaction commit by
+                    // themselves and change no rows Flywheel reads.
+                    _ => Ok(Captured::Idle),
+                }
+            }
+            EventData::XidEvent(_) => self.commit(end, commit_ts_micros),
+            EventData::TableMapEvent(tme) => {
+                let mapped = self.map_table(models, tme)?;
+                self.tables.insert(mapped.tme.table_id(), mapped);
+                Ok(Captured::Nothing)
+            }
+            EventData::RowsEvent(rows) => {
+                let table_id = rows.table_id();
+                let table = self
+                    .tables
+                    .get(&table_id)
+                    .ok_or(CaptureError::UnknownTable(table_id))?;
+                let open = self.open.get_or_insert_with(|| OpenTxn {
+                    txn: CommittedTxn::default(),
+                    bookkeeping: false,
+                });
+                for row in rows.rows(&table.tme) {
+                    let (before, after) = row.map_err(|e| CaptureError::Decode(e.to_string()))?;
+                    open.txn.row_changes += 1;
+                    match &table.role {
+                        Role::Other => {}
+                        Role::Bookkeeping => open.bookkeeping = true,
+                        Role::EchoMark => open.txn.own_write = true,
+                        Role::Triggers(triggers) => {
+                            for image in [&before, &after].into_iter().flatten() {
+                                if image.len() != table.columns {
+                                    return Err(CaptureError::PartialImage {
+                                        table: table.name.clone(),
+                                        got: image.len(),
+                                        of: table.columns,
+                                    });
+                                }
+                                for (trigger, columns) in triggers {
+                                    open.txn
+                                        .touched
+                                        .entry(*trigger)
+                                        .or_default()
+                                        .insert(trigger_row(image, columns));
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Captured::Nothing)
+            }
+            _ => Ok(Captured::Nothing),
+        }
+    }
+
+    fn commit(&mut self, end: &BinlogPos, commit_ts_micros: i64) -> Result<Captured, CaptureError> {
+        let Some(OpenTxn {
+            mut txn,
+            bookkeeping,
+        }) = self.open.take()
+        else {
+            return Ok(Captured::Idle);
+        };
+        let position = end
+            .position()
+            .ok_or_else(|| CaptureError::BadFileName(end.file.clone()))?;
+        txn.version = position;
+        txn.resume_at = position;
+        txn.commit_ts_micros = commit_ts_micros;
+        Ok(if txn.has_work() || txn.own_write {
+            Captured::Committed(txn)
+        } else if bookkeeping {
+            Captured::Bookkeeping
+        } else {
+            Captured::Idle
+        })
+    }
+
+    fn map_table(
+        &self,
+        models: &EntityModels,
+        tme: TableMapEvent<'_>,
+    ) -> Result<MappedTable, CaptureError> {
+        let db = tme.database_name().into_owned();
+        let table = tme.table_name().into_owned();
+        let name = format!("{db}.{table}");
+        let columns = tme.columns_count() as usize;
+        let role = if db == self.state_db {
+            if table == ECHO_MARK_TABLE {
+                Role::EchoMark
+            } else {
+                Role::Bookkeeping
+            }
+        } else {
+            let triggers = models.triggers_for(&name);
+            if triggers.is_empty() {
+                Role::Other
+            } else {
+                let names = self.column_names(&tme, &name)?;
+                let mut mapped = Vec::with_capacity(triggers.len());
+                for &(entity, trigger) in triggers {
+                    let wanted = &models.entities[entity].def.triggers[trigger].columns;
+                    let idx = wanted
+                        .iter()
+                        .map(|c| {
+                            names.iter().position(|n| n == c).ok_or_else(|| {
+                                CaptureError::MissingColumn {
+                                    table: name.clone(),
+                                    column: c.clone(),
+                                }
+                            })
+                        })
+                        .collect::<Result<Vec<usize>, _>>()?;
+                    mapped.push(((entity, trigger), idx));
+                }
+                Role::Triggers(mapped)
+            }
+        };
+        Ok(MappedTable {
+            name,
+            columns,
+            tme: tme.into_owned(),
+            role,
+        })
+    }
+
+    /// The table's column names in order: from the event's optional metadata
+    /// (`binlog_row_metadata=FULL`), else from information_schema.
+    fn column_names(
+        &self,
+        tme: &TableMapEvent<'_>,
+        name: &str,
+    ) -> Result<Vec<String>, CaptureError> {
+        let meta = OptionalMetaExtractor::new(tme.iter_optional_meta())
+            .map_err(|e| CaptureError::Decode(e.to_string()))?;
+        let names = meta
+            .iter_column_name()
+            .map(|n| n.map(|n| n.name().into_owned()))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| CaptureError::Decode(e.to_string()))?;
+        if names.len() == tme.columns_count() as usize {
+            return Ok(names);
+        }
+        match self.known_columns.get(name) {
+            Some(known) if known.len() == tme.columns_count() as usize => Ok(known.clone()),
+            _ => Err(CaptureError::NoColumnNames {
+                table: name.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The trigger's columns of one row image, as text.
+fn trigger_row(image: &BinlogRow, columns: &[usize]) -> TriggerRow {
+    columns
+        .iter()
+        .map(|&i| image.as_ref(i).and_then(binlog_value_text))
+        .collect()
+}
+
+/// A binlog value as the text the connector's SQL compares with; `None` for NULL.
+pub fn binlog_value_text(v: &BinlogValue<'_>) -> Option<String> {
+    match v {
+        BinlogValue::Value(v) => value_text(v),
+        BinlogValue::Jsonb(j) => serde_json::Value::try_from(j.clone())
+            .ok()
+            .map(|j| j.to_string()),
+        // Only MySQL 8's partial JSON updates send diffs; a JSON column is no
+        // sensible trigger column, so it reads as NULL.
+        BinlogValue::JsonDiff(_) => None,
+    }
+}
+
+/// A MariaDB/MySQL value as text, formatted as the server prints it.
+pub fn value_text(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::NULL => return None,
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::Date(y, mo, d, h, mi, s, us) => {
+            if (*h, *mi, *s, *us) == (0, 0, 0, 0) {
+                format!("{y:04}-{mo:02}-{d:02}")
+            } else if *us == 0 {
+                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+            } else {
+                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
+            }
+        }
+        Value::Time(neg, days, h, mi, s, us) => {
+            let hours = *days as u64 * 24 + *h as u64;
+            let sign = if *neg { "-" } else { "" };
+            if *us == 0 {
+                format!("{sign}{hours:02}:{mi:02}:{s:02}")
+            } else {
+                format!("{sign}{hours:02}:{mi:02}:{s:02}.{us:06}")
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_as_the_server_prints_them() {
+        assert_eq!(value_text(&Value::NULL), None);
+        assert_eq!(
+            value_text(&Value::Bytes(b"SKU-1".to_vec())).as_deref(),
+            Some("SKU-1")
+        );
+        assert_eq!(value_text(&Value::Int(-7)).as_deref(), Some("-7"));
+        assert_eq!(
+            value_text(&Value::UInt(u64::MAX)).as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(
+            value_text(&Value::Date(2026, 12, 2, 0, 0, 0, 0)).as_deref(),
+            Some("2026-12-02")
+        );
+        assert_eq!(
+            value_text(&Value::Date(2026, 12, 2, 9, 5, 1, 250)).as_deref(),
+            Some("2026-12-02 09:05:01.000250")
+        );
+        assert_eq!(
+            value_text(&Value::Time(true, 1, 2, 3, 4, 0)).as_deref(),
+            Some("-26:03:04")
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_do_not_fail() {
+        assert_eq!(
+            value_text(&Value::Bytes(vec![0xff, b'a'])).as_deref(),
+            Some("\u{fffd}a")
+        );
+    }
+}
