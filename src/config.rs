@@ -62,7 +62,8 @@ pub struct ErpConfig {
     /// (libpq's verify-full). Unset: TLS as the DSN's `sslmode` asks
     /// (`prefer` by default), encrypted but unverified, as libpq does.
     pub tls_ca_file: Option<PathBuf>,
-    /// Connector file; the built-in `connectors/odoo.toml` when unset.
+    /// Connector file, or a built-in connector's name (`odoo`, `erpnext`);
+    /// unset: `odoo` on PostgreSQL, `erpnext` on MariaDB/MySQL.
     pub connector: Option<PathBuf>,
     /// Logical replication slot Flywheel owns (created when missing).
     pub slot: String,

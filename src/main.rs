@@ -213,8 +213,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             dlq(&config, action).await?
         }
         Command::Topics => {
-            let connector =
-                flywheel::erp::connector::Connector::load(config.erp.connector.as_deref())?;
+            let connector = flywheel::erp::connector::Connector::for_erp(&config.erp)?;
             let mut topics = connector.topics();
             topics.push(flywheel::bus::topics::DEAD_LETTERS.into());
             topics.extend(

@@ -6,7 +6,14 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-const BUILTIN_ODOO: &str = include_str!("../../connectors/odoo.toml");
+use crate::config::{ErpConfig, ErpKind};
+
+/// The connectors built into the binary, by name: `erp.connector = "erpnext"`
+/// loads one without a file.
+const BUILTIN: &[(&str, &str)] = &[
+    ("odoo", include_str!("../../connectors/odoo.toml")),
+    ("erpnext", include_str!("../../connectors/erpnext.toml")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -65,10 +72,36 @@ impl TriggerDef {
 }
 
 impl Connector {
-    /// Loads `path`, or the built-in Odoo connector when `None`.
-    pub fn load(path: Option<&Path>) -> Result<Connector, ConnectorError> {
-        match path {
-            None => Connector::parse("<built-in connectors/odoo.toml>", BUILTIN_ODOO),
+    /// The connector of `erp`: `erp.connector`, or the built-in one of its
+    /// database kind (`odoo` on PostgreSQL, `erpnext` on MariaDB/MySQL).
+    pub fn for_erp(erp: &ErpConfig) -> Result<Connector, ConnectorError> {
+        let default = match erp.kind() {
+            ErpKind::Postgres => "odoo",
+            ErpKind::Mysql => "erpnext",
+        };
+        Connector::load(erp.connector.as_deref(), default)
+    }
+
+    /// Loads the connector `setting` names: a file, or a built-in connector
+    /// by name (`odoo`, `erpnext`) when no such file exists; `default` (a
+    /// built-in name) when unset.
+    pub fn load(setting: Option<&Path>, default: &str) -> Result<Connector, ConnectorError> {
+        let builtin = |name: &str| {
+            BUILTIN
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(n, text)| Connector::parse(&format!("<built-in connectors/{n}.toml>"), text))
+        };
+        match setting {
+            None => builtin(default).unwrap_or_else(|| {
+                Err(ConnectorError::Invalid {
+                    path: default.into(),
+                    reason: "no built-in connector has this name".into(),
+                })
+            }),
+            Some(p) if !p.exists() && builtin(&p.to_string_lossy()).is_some() => {
+                builtin(&p.to_string_lossy()).unwrap_or_else(|| unreachable!())
+            }
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConnectorError::Read {
                     path: p.display().to_string(),
@@ -133,7 +166,7 @@ mod tests {
 
     #[test]
     fn builtin_odoo_parses() {
-        let c = Connector::load(None).unwrap();
+        let c = Connector::load(None, "odoo").unwrap();
         assert_eq!(c.name, "odoo");
         assert_eq!(c.entities["stock"].key, vec!["sku", "warehouse"]);
         assert_eq!(
@@ -144,6 +177,16 @@ mod tests {
             c.trigger_tables()
                 .contains(&"public.stock_quant".to_string())
         );
+    }
+
+    #[test]
+    fn builtin_erpnext_loads_by_name() {
+        let c = Connector::load(Some(Path::new("erpnext")), "odoo").unwrap();
+        assert_eq!(c.name, "erpnext");
+        assert_eq!(c.entities["stock"].key, vec!["sku", "warehouse"]);
+        assert!(c.trigger_tables().iter().any(|t| t.ends_with(".tabBin")));
+        let err = Connector::load(Some(Path::new("no-such-connector.toml")), "odoo").unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
     }
 
     #[test]

@@ -388,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn text_rows_become_keys_dead_letters_and_values() {
-        let models = EntityModels::new(&Connector::load(None).unwrap()).unwrap();
+        let models = EntityModels::new(&Connector::load(None, "odoo").unwrap()).unwrap();
         let stock = models
             .entities
             .iter()

@@ -11,6 +11,7 @@
 pub mod committed;
 pub mod connector;
 pub mod demo_erp;
+pub mod demo_erpnext;
 pub mod entity_model;
 pub mod model_queries;
 pub mod mysql;

@@ -1,5 +1,5 @@
-//! Throwaway local infrastructure: a PostgreSQL cluster and a Kafka-protocol
-//! development broker (tansu, built in), each in its own temporary directory on
+//! Throwaway local infrastructure: a PostgreSQL cluster, a MariaDB server and a
+//! Kafka-protocol development broker (tansu, built in), each in its own temporary directory on
 //! a free port.
 //!
 //! Used by `flywheel demo` (when nothing else is configured), by every
@@ -7,12 +7,14 @@
 //! real servers started the same way.
 
 mod broker;
+mod mariadb;
 mod postgres;
 mod process;
 
 pub use broker::{BrokerSecurity, LocalBroker};
+pub use mariadb::{LOCAL_MARIADB_USER, LocalMariadb, find_mariadb_binary};
 pub use postgres::{LocalPostgres, find_pg_binary};
-pub use process::unprivileged_user;
+pub use process::{system_user_when_root, unprivileged_user};
 
 use std::net::TcpListener;
 

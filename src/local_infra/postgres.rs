@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{log_tail, spawn_guarded, stop, unprivileged_user};
+use super::process::{log_tail, run_as, spawn_guarded, stop, unprivileged_user};
 use super::{LocalInfraError, free_port};
 
 /// The superuser every local cluster is initialised with (trust auth, loopback only).
@@ -49,7 +49,7 @@ impl LocalPostgres {
             ])
             .args(["--locale=C.UTF-8", "--no-instructions"])
             .current_dir(dir.path());
-        as_user(&mut cmd, user);
+        run_as(&mut cmd, user);
         let out = cmd.output()?;
         if !out.status.success() {
             return Err(LocalInfraError::StartFailed {
@@ -84,7 +84,7 @@ impl LocalPostgres {
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
             .stderr(logfile);
-        as_user(&mut cmd, user);
+        run_as(&mut cmd, user);
         let child = spawn_guarded(cmd, Some(dir.path().to_path_buf()))?;
         let mut pg = LocalPostgres {
             port,
@@ -161,13 +161,6 @@ impl LocalPostgres {
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
-    use std::os::unix::process::CommandExt;
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
     }
 }
 

@@ -130,6 +130,12 @@ pub fn log_tail(path: &std::path::Path, n: usize) -> String {
 /// The uid/gid to run a server as: PostgreSQL refuses to run as root, so when we
 /// are root we drop to the `postgres` system user.
 pub fn unprivileged_user() -> Option<(u32, u32)> {
+    system_user_when_root("postgres")
+}
+
+/// When we run as root, the uid/gid of the system user `name` (servers refuse to
+/// run as root); `None` when we are not root or the user does not exist.
+pub fn system_user_when_root(name: &str) -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return None;
@@ -137,10 +143,19 @@ pub fn unprivileged_user() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
-        if f.first() == Some(&"postgres") && f.len() > 3 {
+        if f.first() == Some(&name) && f.len() > 3 {
             Some((f[2].parse().ok()?, f[3].parse().ok()?))
         } else {
             None
         }
     })
+}
+
+/// Makes `cmd` run as `user` (uid, gid) when one is given. The switch happens
+/// before `spawn_guarded`'s parent-death hook, which a later credential change
+/// inside the server would clear.
+pub fn run_as(cmd: &mut Command, user: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
 }

@@ -70,6 +70,18 @@ pub enum Captured {
     Committed(CommittedTxn),
 }
 
+impl Captured {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Captured::Nothing => "nothing",
+            Captured::Idle => "idle",
+            Captured::Bookkeeping => "bookkeeping",
+            Captured::Committed(_) => "committed",
+        }
+    }
+}
+
 enum Role {
     Other,
     Bookkeeping,
@@ -99,6 +111,9 @@ pub struct Capture {
     known_columns: HashMap<String, Vec<String>>,
     tables: HashMap<u64, MappedTable>,
     open: Option<OpenTxn>,
+    /// Whether this stream's format description arrived: before it, the
+    /// reader cannot know whether events end in a checksum.
+    seen_format: bool,
 }
 
 impl Capture {
@@ -114,7 +129,20 @@ impl Capture {
             known_columns,
             tables: HashMap::new(),
             open: None,
+            seen_format: false,
         }
+    }
+
+    /// The file a rotate event names. The server's first, artificial rotate
+    /// comes before the format description that says events carry a CRC32,
+    /// so its name may end in the 4 checksum bytes: it names the file the
+    /// stream was requested from, which is then kept.
+    fn rotate_name(&self, raw: &[u8]) -> String {
+        let ours = self.at.file.as_bytes();
+        if !self.seen_format && raw.len() == ours.len() + 4 && raw.starts_with(ours) {
+            return self.at.file.clone();
+        }
+        String::from_utf8_lossy(raw).into_owned()
     }
 
     /// Whether a transaction is open (its commit not seen yet).
@@ -142,12 +170,15 @@ impl Capture {
         let log_pos = u64::from(event.header().log_pos());
         match &data {
             Some(EventData::RotateEvent(r)) => {
-                self.at = BinlogPos::new(r.name().into_owned(), r.position());
+                let name = self.rotate_name(r.name_raw());
+                self.at = BinlogPos::new(name, r.position());
                 return Ok(Captured::Nothing);
             }
-            Some(EventData::FormatDescriptionEvent(_) | EventData::HeartbeatEvent) => {
+            Some(EventData::FormatDescriptionEvent(_)) => {
+                self.seen_format = true;
                 return Ok(Captured::Nothing);
             }
+            Some(EventData::HeartbeatEvent) => return Ok(Captured::Nothing),
             _ if log_pos > 0 => self.at.pos = log_pos,
             _ => {}
         }
@@ -182,6 +213,11 @@ impl Capture {
                         self.commit(end, commit_ts_micros)
                     }
                     "SAVEPOINT" | "ROLLBACK" | "RELEASE" => Ok(Captured::Nothing),
+                    // MariaDB sends a replica that did not announce its own
+                    // capabilities a comment in place of events it thinks the
+                    // replica cannot read (e.g. the statement annotating a
+                    // rows event): no rows in it.
+                    _ if statement.starts_with('#') => Ok(Captured::Nothing),
                     _ if self.open.is_some() => Err(CaptureError::Statement {
                         statement: statement.chars().take(120).collect(),
                     }),
@@ -253,6 +289,12 @@ impl Capture {
         txn.version = position;
         txn.resume_at = position;
         txn.commit_ts_micros = commit_ts_micros;
+        if txn.own_write {
+            // The mark may come after the rows it covers: drop them at the
+            // commit, where the whole transaction is known.
+            txn.touched.clear();
+            txn.truncated.clear();
+        }
         Ok(if txn.has_work() || txn.own_write {
             Captured::Committed(txn)
         } else if bookkeeping {
@@ -423,5 +465,23 @@ mod tests {
             value_text(&Value::Bytes(vec![0xff, b'a'])).as_deref(),
             Some("\u{fffd}a")
         );
+    }
+
+    #[test]
+    fn the_first_rotate_loses_its_checksum_bytes_and_later_ones_are_taken_as_named() {
+        let mut c = Capture::new(
+            BinlogPos::new("binlog.000007", 4),
+            "flywheel",
+            HashMap::new(),
+        );
+        // Before the format description: the requested file + 4 CRC bytes.
+        assert_eq!(
+            c.rotate_name(b"binlog.000007\x8a\x01\xfe\x33"),
+            "binlog.000007"
+        );
+        // A name that is not ours plus 4 bytes is taken as it is.
+        assert_eq!(c.rotate_name(b"binlog.000008"), "binlog.000008");
+        c.seen_format = true;
+        assert_eq!(c.rotate_name(b"binlog.000007abcd"), "binlog.000007abcd");
     }
 }

@@ -59,7 +59,7 @@ pub async fn check_prerequisites(
     trigger_tables: &[String],
 ) -> Result<HashMap<String, Vec<String>>, SetupError> {
     let settings: Option<(String, String, String, u32)> = conn
-        .query_first("SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@server_id")
+        .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format, @@GLOBAL.binlog_row_image, @@GLOBAL.server_id")
         .await?;
     let Some((log_bin, format, image, server_id)) = settings else {
         return Err(misconfigured(

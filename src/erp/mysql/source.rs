@@ -48,7 +48,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     let opts = erp.mysql_opts()?;
     let erp_db = opts.db_name().unwrap_or_default().to_owned();
     let state_db = erp.state_database.clone();
-    let connector = Connector::load(erp.connector.as_deref())?;
+    let connector = Connector::for_erp(erp)?;
     let models = Arc::new(EntityModels::with_default_schema(&connector, &erp_db)?);
     SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
 
@@ -304,6 +304,12 @@ impl Reader {
                         .capture
                         .apply(&self.models, &event)
                         .map_err(|source| MysqlError::Capture { at, source })?;
+                    tracing::trace!(
+                        event_type = ?event.header().event_type(),
+                        at = %self.capture.position(),
+                        captured = captured.kind(),
+                        "binlog event"
+                    );
                     match captured {
                         Captured::Nothing | Captured::Bookkeeping => {}
                         Captured::Idle => {

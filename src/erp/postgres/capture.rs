@@ -202,7 +202,7 @@ mod tests {
     use bytes::Bytes;
 
     fn models() -> EntityModels {
-        EntityModels::new(&Connector::load(None).unwrap()).unwrap()
+        EntityModels::new(&Connector::load(None, "odoo").unwrap()).unwrap()
     }
 
     fn quant_relation() -> Message {

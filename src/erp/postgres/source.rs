@@ -56,7 +56,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     let erp = &config.erp;
     let pg = erp.pg_config()?;
     let tls = erp.tls()?;
-    let connector = Connector::load(erp.connector.as_deref())?;
+    let connector = Connector::for_erp(erp)?;
     let models = Arc::new(EntityModels::new(&connector)?);
     SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
     let client = connect_client(&pg, &tls).await?;
