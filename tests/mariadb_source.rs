@@ -17,37 +17,33 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use common::{Rec, RunningSource, TopicReader, wait_for};
+use flywheel::bus::avro::AvroCodec;
+use flywheel::bus::producer::{EventProducer, OutRecord};
 use flywheel::bus::topics::ensure_topics;
 use flywheel::config::Config;
 use flywheel::erp::demo_erp::DemoSize;
 use flywheel::erp::demo_erpnext::{self, warehouse_name};
 use flywheel::erp::mysql::binlog_pos::BinlogPos;
-use flywheel::local_infra::{LocalBroker, LocalMariadb};
+use flywheel::local_infra::LocalMariadb;
+use flywheel::shop::mapping::{Customer, Line, SHOP_ORDERS, ShopOrderEvent};
 
 const T: Duration = Duration::from_secs(60);
 
-struct Shared {
-    mariadb: LocalMariadb,
-    broker: LocalBroker,
-}
-
-async fn shared() -> &'static Shared {
+/// The binary's MariaDB; the broker (and the PostgreSQL the processors keep
+/// their state in) are `common`'s.
+async fn mariadb() -> &'static LocalMariadb {
     // `RUST_LOG=flywheel=debug cargo test --test mariadb_source -- --nocapture`
     // shows what the source did.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    static SHARED: OnceCell<Shared> = OnceCell::const_new();
-    SHARED
+    static MARIADB: OnceCell<LocalMariadb> = OnceCell::const_new();
+    MARIADB
         .get_or_init(|| async {
-            let mariadb = LocalMariadb::start()
+            LocalMariadb::start()
                 .await
-                .unwrap_or_else(|e| panic!("test MariaDB did not start: {e}"));
-            let broker = LocalBroker::start()
-                .await
-                .unwrap_or_else(|e| panic!("test broker did not start: {e}"));
-            Shared { mariadb, broker }
+                .unwrap_or_else(|e| panic!("test MariaDB did not start: {e}"))
         })
         .await
 }
@@ -72,7 +68,7 @@ struct Env {
 
 impl Env {
     async fn new(name: &str, size: DemoSize) -> Env {
-        Env::on(&shared().await.mariadb, name, size).await
+        Env::on(mariadb().await, name, size).await
     }
 
     async fn on(server: &LocalMariadb, name: &str, size: DemoSize) -> Env {
@@ -92,7 +88,7 @@ impl Env {
         config.erp.server_id = replica_id(name);
         config.erp.status_interval_ms = 100;
         config.erp.heartbeat_interval_ms = 500;
-        config.kafka.bootstrap = shared().await.broker.bootstrap();
+        config.kafka.bootstrap = common::shared().await.broker.bootstrap();
         config.kafka.topic_prefix = format!("my_{name}.");
         config.kafka.partitions = 3;
         config.kafka.message_timeout_ms = 10_000;
@@ -104,6 +100,7 @@ impl Env {
                 "erp.price.v1",
                 "erp.order_status.v1",
                 "flywheel.dlq.v1",
+                "shop.orders.v1",
             ],
         )
         .await
@@ -699,4 +696,193 @@ async fn a_wrong_binlog_format_and_a_purged_binlog_are_refused_with_the_fix() {
         err.contains("DELETE FROM `flywheel`.source_state WHERE name = 'misconfigured'"),
         "{err}"
     );
+}
+
+/// A shop order event as the gateway would produce it.
+fn shop_order(
+    id: &str,
+    version: i64,
+    paid: bool,
+    cancelled: bool,
+    lines: &[(&str, i64)],
+) -> ShopOrderEvent {
+    ShopOrderEvent {
+        key: format!("demo/{id}"),
+        version,
+        version_tiebreak: String::new(),
+        source_ts: version,
+        event_id: format!("test-{id}-{version}"),
+        topic: "orders/updated".into(),
+        platform: "shopify".into(),
+        channel: "demo".into(),
+        order_id: id.into(),
+        order_name: Some(format!("#{id}")),
+        email: Some(format!("buyer{id}@example.com")),
+        currency: Some("EUR".into()),
+        total_price: Some("30.00".into()),
+        financial_status: Some(if paid { "paid" } else { "pending" }.into()),
+        fulfillment_status: None,
+        cancelled_at: cancelled.then(|| "2026-12-03T10:00:00Z".into()),
+        cancel_reason: None,
+        created_at: Some("2026-12-03T09:00:00Z".into()),
+        updated_at: "2026-12-03T09:00:00Z".into(),
+        customer: Some(Customer {
+            first_name: Some("Buyer".into()),
+            last_name: Some(id.into()),
+            ..Default::default()
+        }),
+        shipping_address: None,
+        billing_address: None,
+        lines: lines
+            .iter()
+            .enumerate()
+            .map(|(i, (sku, qty))| Line {
+                line_id: format!("{id}-{i}"),
+                sku: Some((*sku).into()),
+                title: None,
+                quantity: *qty,
+                price: "10.00".into(),
+            })
+            .collect(),
+        fulfillments: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shop_orders_reach_erpnext_once_and_do_not_echo() {
+    let mut env = Env::new("orders_in", small()).await;
+    // An existing customer with order 1's e-mail: matched, not duplicated.
+    env.commit(
+        "INSERT INTO `tabCustomer` (name, customer_name, email_id) VALUES ('Known Buyer', 'Known Buyer', 'BUYER1@example.com')",
+    )
+    .await;
+    let source = env.start_streaming().await;
+    let pg = &common::shared().await.pg;
+    pg.create_database("my_orders_in_state")
+        .await
+        .expect("state database");
+    let mut config = env.config.clone();
+    config.processors.state_dsn = Some(pg.dsn("my_orders_in_state"));
+    config.processors.group_id = "orders_in".into();
+    config.processors.batch_wait_ms = 100;
+
+    // Order 1 created unpaid then paid, order 2 paid then cancelled, each
+    // version delivered twice and out of order; order 3 has a SKU the ERP lacks.
+    let producer = EventProducer::new(&config.kafka, "test").expect("producer");
+    let codec = AvroCodec::for_topic(SHOP_ORDERS).expect("codec");
+    let one = [("SKU-000007", 2), ("SKU-000008", 1)];
+    let deliveries = [
+        shop_order("1", 2, true, false, &one),
+        shop_order("1", 1, false, false, &one),
+        shop_order("2", 1, true, false, &[("SKU-000009", 3)]),
+        shop_order("1", 2, true, false, &one),
+        shop_order("2", 2, true, true, &[("SKU-000009", 3)]),
+        shop_order("2", 1, true, false, &[("SKU-000009", 3)]),
+        shop_order("3", 1, true, false, &[("SKU-999999", 1)]),
+    ];
+    for e in &deliveries {
+        producer
+            .send(OutRecord {
+                topic: SHOP_ORDERS,
+                key: e.key.clone(),
+                payload: codec.encode_serde(e).expect("encoding"),
+                headers: vec![],
+            })
+            .await
+            .expect("producing");
+    }
+    let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::orders_to_erp::run(&c, t).await
+    });
+
+    let dsn = env.dsn.clone();
+    let orders = || {
+        let dsn = dsn.clone();
+        async move {
+            let mut c = shared_or_own(&dsn).await.expect("connect");
+            let rows: Vec<(String, String, i64, String, i64)> = c
+                .query(
+                    "SELECT so.custom_shop_order_id, so.customer, so.docstatus, so.status,
+                            (SELECT COUNT(*) FROM `tabSales Order Item` i WHERE i.parent = so.name)
+                     FROM `tabSales Order` so WHERE so.custom_channel = 'demo' ORDER BY 1",
+                )
+                .await
+                .expect("reading orders");
+            rows
+        }
+    };
+    wait_for("both orders in their final state", T, || async {
+        let rows = orders().await;
+        rows.len() == 2 && rows[0].2 == 1 && rows[1].2 == 2
+    })
+    .await;
+    let rows = orders().await;
+    assert_eq!(
+        rows[0],
+        (
+            "1".into(),
+            "Known Buyer".into(),
+            1,
+            "To Deliver and Bill".into(),
+            2
+        )
+    );
+    assert_eq!(rows[1].2, 2, "order 2 cancelled: {:?}", rows[1]);
+    assert_eq!(rows[1].3, "Cancelled");
+    assert_eq!(rows[1].4, 1);
+    let customers: Vec<String> = env
+        .erp
+        .query("SELECT name FROM `tabCustomer` ORDER BY name")
+        .await
+        .expect("customers");
+    assert_eq!(
+        customers,
+        vec!["Buyer 2".to_owned(), "Known Buyer".to_owned()]
+    );
+
+    // Order 3 is a dead letter naming the SKU; nothing of it was written.
+    let mut dlq = env.reader("flywheel.dlq.v1");
+    dlq.read_until(T, |r| {
+        r.iter()
+            .any(|e| e.str("reason").is_some_and(|r| r.contains("SKU-999999")))
+    })
+    .await;
+
+    // The submitted order reserves its lines (recomputed after the write, a
+    // change of its own): published with the channel's part.
+    let mut stock = env.reader("erp.stock.v1");
+    let k = key(7, 1);
+    stock
+        .read_until(T, |r| {
+            r.iter().any(|e| {
+                e.key == k
+                    && e.str("reserved_by_channel")
+                        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                        == Some(serde_json::json!({"demo": "2.000000000"}))
+            })
+        })
+        .await;
+    assert_eq!(env.bin("SKU-000007", "WH1 - FW").await.1, "2.000000000");
+
+    // No echo: Flywheel's own order writes produced no order status.
+    let mut status = env.reader("erp.order_status.v1");
+    let echoed = status.drain(Duration::from_secs(2)).await;
+    assert!(
+        echoed.iter().all(|e| !e.key.starts_with("demo/")),
+        "echoed: {echoed:?}"
+    );
+    // …while a change the ERP makes to such an order is published.
+    let shipped = demo_erpnext::ErpNextActivity::new(small(), 3)
+        .ship_shop_order(&mut env.erp)
+        .await
+        .expect("shipping");
+    assert_eq!(shipped, 1);
+    status
+        .read_until(T, |r| {
+            r.iter()
+                .any(|e| e.key == "demo/1" && e.str("status") == Some("shipped"))
+        })
+        .await;
+    processor.stop().await;
+    source.stop().await;
 }

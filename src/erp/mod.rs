@@ -13,6 +13,7 @@ pub mod connector;
 pub mod demo_erp;
 pub mod demo_erpnext;
 pub mod entity_model;
+pub mod erpnext;
 pub mod model_queries;
 pub mod mysql;
 pub mod pipeline;

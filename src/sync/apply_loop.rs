@@ -47,6 +47,8 @@ pub enum SyncError {
     UnknownLocation { warehouse: String, location: String },
     #[error("ERP: {0}")]
     ErpPrivilege(String),
+    #[error("ERP database: {}", crate::erp::mysql::error_text(.0))]
+    ErpMysql(#[from] mysql_async::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -57,6 +59,7 @@ impl SyncError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SyncError::State(e) => crate::pg::error::is_retryable(e),
+            SyncError::ErpMysql(e) => crate::erp::mysql::is_retryable(e),
             SyncError::Consumer(_) => true,
             SyncError::Bus(e) => e.is_retryable(),
             SyncError::Shop(e) => e.is_transient(),
@@ -276,6 +279,14 @@ async fn run<A: Applier>(
     shutdown: CancellationToken,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
+    if config.erp.kind() == crate::config::ErpKind::Mysql && p.state_dsn.is_none() {
+        return Err(SyncError::Config(crate::config::ConfigError::Invalid(
+            "processors.state_dsn must name a PostgreSQL database: with a MariaDB/MySQL ERP, \
+             the processors keep their state (applied versions, partition leases, written \
+             levels) in PostgreSQL, not in the ERP database"
+                .into(),
+        )));
+    }
     let state_dsn = p.state_database(&config.erp);
     let state = connect_db(config, &state_dsn).await?;
     let store = VersionStore::open(&state, A::ENTITY).await?;

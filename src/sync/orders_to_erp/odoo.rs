@@ -1,36 +1,28 @@
-//! `shop.orders.v1` → the ERP's `sale_order` (Odoo-shaped).
-//!
-//! Each order is written in one transaction: its products must all exist by
-//! SKU, or the order is dead-lettered and nothing is written. The customer is
-//! matched by e-mail in `res_partner`, or created. The order is unique on
-//! (channel, shop order id): a redelivery updates instead of duplicating, and
-//! lines are written only when the order is created. Its state only moves
-//! forward (draft → sale; cancel and done are final), so a late, older update
-//! cannot undo a later one even past the version guard.
+//! Orders into an Odoo-shaped ERP on PostgreSQL: `sale_order` + lines +
+//! `res_partner`, in a session holding a `flywheel…` replication origin so
+//! the source skips these transactions.
 
 use std::collections::HashMap;
 
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
-use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
+use super::{OrderState, customer_name, order_email, unknown_skus};
 use crate::config::Config;
 use crate::erp::postgres::capture::OWN_ORIGIN_PREFIX;
-use crate::shop::mapping::{SHOP_ORDERS, ShopOrderEvent};
+use crate::shop::mapping::ShopOrderEvent;
+use crate::sync::apply_loop::{self, Outcome, SyncError};
 
-pub struct OrdersToErp {
+pub struct OdooWriter {
     erp: Client,
 }
 
-/// Runs the order processor until `shutdown`.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
-    apply_loop::supervised(config, shutdown, || async {
+impl OdooWriter {
+    pub async fn connect(config: &Config) -> Result<OdooWriter, SyncError> {
         let erp = apply_loop::connect_db(config, &config.erp.dsn).await?;
         let origin = claim_replication_origin(&erp).await?;
         tracing::info!(%origin, "ERP writes carry Flywheel's replication origin, so capture skips them");
-        Ok(OrdersToErp { erp })
-    })
-    .await
+        Ok(OdooWriter { erp })
+    }
 }
 
 /// Marks every transaction of this session with a replication origin named
@@ -80,59 +72,13 @@ async fn claim_replication_origin(erp: &Client) -> Result<String, SyncError> {
     )))
 }
 
-/// The ERP state an order's shop status asks for.
-fn erp_state(e: &ShopOrderEvent) -> &'static str {
-    if e.cancelled_at.is_some() {
-        "cancel"
-    } else if matches!(
-        e.financial_status.as_deref(),
-        Some("paid" | "partially_paid" | "authorized")
-    ) {
-        "sale"
-    } else {
-        "draft"
-    }
-}
-
-impl Applier for OrdersToErp {
-    const ENTITY: &'static str = "order_in";
-    const TOPIC: &'static str = SHOP_ORDERS;
-    type Event = ShopOrderEvent;
-
-    fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<ShopOrderEvent>> {
-        let e: ShopOrderEvent = apache_avro::from_value(v).ok()?;
-        Some(Decoded {
-            key: e.key.clone(),
-            version: (e.version, e.version_tiebreak.clone()),
-            source_ts_micros: e.source_ts,
-            event: e,
-        })
-    }
-
-    async fn apply(
+impl OdooWriter {
+    /// Writes one order (every line has a SKU: checked by the caller).
+    pub async fn write(
         &mut self,
-        events: &[Pending<ShopOrderEvent>],
-    ) -> Result<Vec<Outcome>, SyncError> {
-        let mut outcomes = Vec::with_capacity(events.len());
-        for p in events {
-            outcomes.push(self.write(&p.event).await?);
-        }
-        Ok(outcomes)
-    }
-}
-
-impl OrdersToErp {
-    async fn write(&mut self, e: &ShopOrderEvent) -> Result<Outcome, SyncError> {
-        let skus: Vec<String> = e.lines.iter().filter_map(|l| l.sku.clone()).collect();
-        if skus.len() != e.lines.len() {
-            return Ok(Outcome::DeadLetter {
-                class: "line_without_sku",
-                reason: format!(
-                    "order {} has a line without a SKU; the ERP cannot book it",
-                    e.key
-                ),
-            });
-        }
+        e: &ShopOrderEvent,
+        skus: &[String],
+    ) -> Result<Outcome, SyncError> {
         let tx = self.erp.transaction().await?;
         let products: HashMap<String, i32> = tx
             .query(
@@ -143,26 +89,16 @@ impl OrdersToErp {
             .into_iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let unknown: Vec<&String> = skus.iter().filter(|s| !products.contains_key(*s)).collect();
+        let unknown: Vec<&str> = skus
+            .iter()
+            .filter(|s| !products.contains_key(*s))
+            .map(String::as_str)
+            .collect();
         if !unknown.is_empty() {
             tx.rollback().await?;
-            return Ok(Outcome::DeadLetter {
-                class: "unknown_sku",
-                reason: format!(
-                    "order {} has SKUs the ERP does not know: {}; nothing was written",
-                    e.key,
-                    unknown
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
+            return Ok(unknown_skus(e, &unknown));
         }
-        let email = e
-            .email
-            .clone()
-            .or_else(|| e.customer.as_ref().and_then(|c| c.email.clone()));
+        let email = order_email(e);
         let partner: i32 = match &email {
             Some(mail) => {
                 let found = tx
@@ -178,7 +114,11 @@ impl OrdersToErp {
             }
             None => create_partner(&tx, e, None).await?,
         };
-        let state = erp_state(e);
+        let state = match OrderState::of(e) {
+            OrderState::Draft => "draft",
+            OrderState::Confirmed => "sale",
+            OrderState::Cancelled => "cancel",
+        };
         let row = tx
             .query_one(
                 "INSERT INTO sale_order (name, partner_id, state, currency_id, amount_total, client_order_ref,
@@ -229,24 +169,12 @@ async fn create_partner(
     e: &ShopOrderEvent,
     email: Option<&String>,
 ) -> Result<i32, SyncError> {
-    let c = e.customer.clone().unwrap_or_default();
     let a = e
         .shipping_address
         .clone()
         .or_else(|| e.billing_address.clone())
         .unwrap_or_default();
-    let name = [c.first_name.as_deref(), c.last_name.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let name = if name.is_empty() {
-        email
-            .cloned()
-            .unwrap_or_else(|| format!("Shop customer {}", e.key))
-    } else {
-        name
-    };
+    let name = customer_name(e, email);
     Ok(tx
         .query_one(
             "INSERT INTO res_partner (name, email, street, city, zip, country_code)
@@ -255,46 +183,4 @@ async fn create_partner(
         )
         .await?
         .get(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(financial: Option<&str>, cancelled: bool) -> ShopOrderEvent {
-        ShopOrderEvent {
-            key: "demo/1".into(),
-            version: 1,
-            version_tiebreak: String::new(),
-            source_ts: 0,
-            event_id: "w".into(),
-            topic: "orders/create".into(),
-            platform: "shopify".into(),
-            channel: "demo".into(),
-            order_id: "1".into(),
-            order_name: None,
-            email: None,
-            currency: None,
-            total_price: None,
-            financial_status: financial.map(Into::into),
-            fulfillment_status: None,
-            cancelled_at: cancelled.then(|| "2026-11-23T10:00:00Z".into()),
-            cancel_reason: None,
-            created_at: None,
-            updated_at: "2026-11-23T10:00:00Z".into(),
-            customer: None,
-            shipping_address: None,
-            billing_address: None,
-            lines: vec![],
-            fulfillments: vec![],
-        }
-    }
-
-    #[test]
-    fn shop_status_maps_to_erp_state() {
-        assert_eq!(erp_state(&event(Some("pending"), false)), "draft");
-        assert_eq!(erp_state(&event(Some("paid"), false)), "sale");
-        assert_eq!(erp_state(&event(Some("paid"), true)), "cancel");
-        assert_eq!(erp_state(&event(None, false)), "draft");
-    }
 }
