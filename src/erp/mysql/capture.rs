@@ -15,12 +15,11 @@
 
 use std::collections::HashMap;
 
-use mysql_common::Value;
 use mysql_common::binlog::events::{Event, EventData, OptionalMetaExtractor, TableMapEvent};
 use mysql_common::binlog::row::BinlogRow;
-use mysql_common::binlog::value::BinlogValue;
 
 use super::binlog_pos::BinlogPos;
+use super::binlog_value::binlog_value_text;
 use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::EntityModels;
 
@@ -386,86 +385,9 @@ fn trigger_row(image: &BinlogRow, columns: &[usize]) -> TriggerRow {
         .collect()
 }
 
-/// A binlog value as the text the connector's SQL compares with; `None` for NULL.
-pub fn binlog_value_text(v: &BinlogValue<'_>) -> Option<String> {
-    match v {
-        BinlogValue::Value(v) => value_text(v),
-        BinlogValue::Jsonb(j) => serde_json::Value::try_from(j.clone())
-            .ok()
-            .map(|j| j.to_string()),
-        // Only MySQL 8's partial JSON updates send diffs; a JSON column is no
-        // sensible trigger column, so it reads as NULL.
-        BinlogValue::JsonDiff(_) => None,
-    }
-}
-
-/// A MariaDB/MySQL value as text, formatted as the server prints it.
-pub fn value_text(v: &Value) -> Option<String> {
-    Some(match v {
-        Value::NULL => return None,
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Double(d) => d.to_string(),
-        Value::Date(y, mo, d, h, mi, s, us) => {
-            if (*h, *mi, *s, *us) == (0, 0, 0, 0) {
-                format!("{y:04}-{mo:02}-{d:02}")
-            } else if *us == 0 {
-                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
-            } else {
-                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}")
-            }
-        }
-        Value::Time(neg, days, h, mi, s, us) => {
-            let hours = *days as u64 * 24 + *h as u64;
-            let sign = if *neg { "-" } else { "" };
-            if *us == 0 {
-                format!("{sign}{hours:02}:{mi:02}:{s:02}")
-            } else {
-                format!("{sign}{hours:02}:{mi:02}:{s:02}.{us:06}")
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn values_read_as_the_server_prints_them() {
-        assert_eq!(value_text(&Value::NULL), None);
-        assert_eq!(
-            value_text(&Value::Bytes(b"SKU-1".to_vec())).as_deref(),
-            Some("SKU-1")
-        );
-        assert_eq!(value_text(&Value::Int(-7)).as_deref(), Some("-7"));
-        assert_eq!(
-            value_text(&Value::UInt(u64::MAX)).as_deref(),
-            Some("18446744073709551615")
-        );
-        assert_eq!(
-            value_text(&Value::Date(2026, 12, 2, 0, 0, 0, 0)).as_deref(),
-            Some("2026-12-02")
-        );
-        assert_eq!(
-            value_text(&Value::Date(2026, 12, 2, 9, 5, 1, 250)).as_deref(),
-            Some("2026-12-02 09:05:01.000250")
-        );
-        assert_eq!(
-            value_text(&Value::Time(true, 1, 2, 3, 4, 0)).as_deref(),
-            Some("-26:03:04")
-        );
-    }
-
-    #[test]
-    fn bytes_that_are_not_utf8_do_not_fail() {
-        assert_eq!(
-            value_text(&Value::Bytes(vec![0xff, b'a'])).as_deref(),
-            Some("\u{fffd}a")
-        );
-    }
 
     #[test]
     fn the_first_rotate_loses_its_checksum_bytes_and_later_ones_are_taken_as_named() {

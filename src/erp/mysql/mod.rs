@@ -8,6 +8,7 @@
 //! are classed here.
 
 pub mod binlog_pos;
+pub mod binlog_value;
 pub mod capture;
 pub mod queries;
 pub mod setup;

@@ -10,7 +10,7 @@ use mysql_async::{Conn, Row, Statement};
 use tokio::sync::Mutex;
 
 use super::binlog_pos::BinlogPos;
-use super::capture::value_text;
+use super::binlog_value::value_text;
 use super::{error_text, is_retryable};
 use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::{Entity, EntityKey, EntityModels, ModelError};

@@ -1,0 +1,73 @@
+//! Binlog events are bytes from outside the process: whatever the server (or
+//! something pretending to be it) sends, reading events, their table maps
+//! (with the column-name metadata), their rows and the rows' values as text
+//! returns data or an error, never panics.
+//!
+//! The input is a binlog file's content after its magic number: events back to
+//! back, as `mysql_common` (which the source uses through `mysql_async`) reads
+//! them, checksums and all. Our part — values as the connector's text — is
+//! compiled here from its source file, like the pgoutput target.
+
+#![no_main]
+
+use std::collections::HashMap;
+
+use libfuzzer_sys::fuzz_target;
+use mysql_common::binlog::consts::BinlogVersion;
+use mysql_common::binlog::events::{EventData, OptionalMetaExtractor, TableMapEvent};
+use mysql_common::binlog::BinlogFile;
+
+#[path = "../../src/erp/mysql/binlog_value.rs"]
+#[allow(dead_code)]
+mod binlog_value;
+
+const MAGIC: &[u8] = b"\xfebin";
+
+fuzz_target!(|data: &[u8]| {
+    let mut file = Vec::with_capacity(MAGIC.len() + data.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(data);
+    let Ok(events) = BinlogFile::new(BinlogVersion::Version4, &file[..]) else {
+        return;
+    };
+    let mut tables: HashMap<u64, TableMapEvent<'static>> = HashMap::new();
+    for event in events.take(512) {
+        let Ok(event) = event else { break };
+        let Ok(Some(data)) = event.read_data() else {
+            continue;
+        };
+        match data {
+            EventData::TableMapEvent(tme) => {
+                if let Ok(meta) = OptionalMetaExtractor::new(tme.iter_optional_meta()) {
+                    for name in meta.iter_column_name() {
+                        if name.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = (tme.database_name(), tme.table_name(), tme.columns_count());
+                tables.insert(tme.table_id(), tme.into_owned());
+            }
+            EventData::RowsEvent(rows) => {
+                let Some(tme) = tables.get(&rows.table_id()) else {
+                    continue;
+                };
+                for row in rows.rows(tme) {
+                    let Ok((before, after)) = row else { break };
+                    for image in [before, after].iter().flatten() {
+                        for i in 0..image.len() {
+                            let _ = image.as_ref(i).and_then(binlog_value::binlog_value_text);
+                        }
+                    }
+                }
+            }
+            EventData::QueryEvent(q) => {
+                let _ = q.query();
+            }
+            EventData::RotateEvent(r) => {
+                let _ = (r.name_raw(), r.position());
+            }
+            _ => {}
+        }
+    }
+});
