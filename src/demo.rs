@@ -1,7 +1,9 @@
 //! `flywheel demo`: the main job on a local default setup.
 //!
-//! Starts what is not configured (PostgreSQL with the demo ERP, the development
-//! broker, the shop simulator throttled like Shopify), runs every role against them
+//! Starts what is not configured (PostgreSQL with the Odoo-shaped demo ERP, or
+//! with `--erp erpnext` MariaDB with the ERPNext-shaped one plus PostgreSQL for
+//! the processors' state; the development broker; the shop simulator throttled
+//! like Shopify), runs every role against them
 //! (source, gateway, processors), generates ERP activity (stock moves, price
 //! changes, shipments) and shop orders, and prints a status line every second.
 //! Ctrl-C stops the activity, lets the roles finish what they hold, and stops
@@ -14,20 +16,34 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use flywheel::config::{
-    Config, ErpConfig, KafkaConfig, Platform, ProcessorsConfig, Secret, ShopConfig,
+    Config, ErpConfig, ErpKind, KafkaConfig, Platform, ProcessorsConfig, Secret, ShopConfig,
 };
 use flywheel::erp::demo_erp::{self, DemoSize, ErpActivity};
+use flywheel::erp::demo_erpnext::{self, ErpNextActivity};
 use flywheel::erp::source_metrics::SourceMetrics;
-use flywheel::local_infra::{LocalBroker, LocalPostgres, free_port};
+use flywheel::local_infra::{LocalBroker, LocalMariadb, LocalPostgres, free_port};
 use flywheel::ops::quantiles::BucketCounts;
 use flywheel::sync::apply_loop::freshness_histogram;
+use mysql_async::prelude::Queryable;
 use prometheus::proto::MetricFamily;
 use shopsim::{ShopSim, SimConfig, Topic};
 
 use crate::roles;
 
+/// Which demo ERP runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoErp {
+    /// Odoo-shaped, on PostgreSQL.
+    Odoo,
+    /// ERPNext-shaped, on MariaDB (the processors' state on PostgreSQL).
+    Erpnext,
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// The demo ERP.
+    #[arg(long, value_enum, default_value_t = DemoErp::Odoo)]
+    erp: DemoErp,
     /// SKUs in the demo ERP (the first sync maps each SKU in the shop, about
     /// three API points apiece under Shopify's cost model).
     #[arg(long, default_value_t = 200)]
@@ -65,6 +81,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut local_pg = None;
+    let mut local_state_pg = None;
+    let mut local_mariadb = None;
     let mut local_broker = None;
     let mut local_shop = None;
     let size = DemoSize {
@@ -72,19 +90,53 @@ pub async fn run(
         warehouses: args.warehouses,
         ..DemoSize::default()
     };
-    if config.erp.dsn == ErpConfig::default().dsn {
-        eprintln!(
-            "starting a local PostgreSQL with the demo ERP ({} SKUs × {} warehouses)…",
-            args.skus, args.warehouses
-        );
-        let pg = LocalPostgres::start().await?;
-        pg.create_database("erp").await?;
-        let (mut client, conn) =
-            tokio_postgres::connect(&pg.dsn("erp"), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        demo_erp::create_and_seed(&mut client, size).await?;
-        config.erp.dsn = pg.dsn("erp");
-        local_pg = Some(pg);
+    let erp_configured = config.erp.dsn != ErpConfig::default().dsn;
+    match args.erp {
+        DemoErp::Odoo if !erp_configured => {
+            eprintln!(
+                "starting a local PostgreSQL with the demo ERP ({} SKUs × {} warehouses)…",
+                args.skus, args.warehouses
+            );
+            let pg = LocalPostgres::start().await?;
+            pg.create_database("erp").await?;
+            let (mut client, conn) =
+                tokio_postgres::connect(&pg.dsn("erp"), tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            demo_erp::create_and_seed(&mut client, size).await?;
+            config.erp.dsn = pg.dsn("erp");
+            local_pg = Some(pg);
+        }
+        DemoErp::Erpnext if !erp_configured => {
+            eprintln!(
+                "starting a local MariaDB with the ERPNext demo ERP ({} SKUs × {} warehouses)…",
+                args.skus, args.warehouses
+            );
+            let mariadb = LocalMariadb::start().await?;
+            mariadb.create_database("erpnext").await?;
+            let mut conn = mariadb.connect("erpnext").await?;
+            demo_erpnext::create_and_seed(&mut conn, size).await?;
+            config.erp.dsn = mariadb.dsn("erpnext");
+            local_mariadb = Some(mariadb);
+        }
+        DemoErp::Odoo | DemoErp::Erpnext => {}
+    }
+    if args.erp == DemoErp::Erpnext {
+        if config.processors.state_dsn.is_none() {
+            eprintln!("starting a local PostgreSQL for the processors' state…");
+            let pg = LocalPostgres::start().await?;
+            pg.create_database("flywheel_state").await?;
+            config.processors.state_dsn = Some(pg.dsn("flywheel_state"));
+            local_state_pg = Some(pg);
+        }
+        // ERPNext names warehouses after the company; the shop after the code.
+        if config.processors.warehouse_locations.is_empty() {
+            config.processors.warehouse_locations = (1..=args.warehouses)
+                .map(|i| (demo_erpnext::warehouse_name(i), demo_erp::warehouse_code(i)))
+                .collect();
+        }
+        if config.processors.shop_price_list == ProcessorsConfig::default().shop_price_list {
+            config.processors.shop_price_list = demo_erpnext::STANDARD_SELLING.into();
+        }
     }
     if config.kafka.bootstrap == KafkaConfig::default().bootstrap {
         eprintln!("starting the development broker (tansu, built in)…");
@@ -100,7 +152,7 @@ pub async fn run(
         config.gateway.listen = format!("127.0.0.1:{gateway_port}");
         config.gateway.dedupe_path = workdir.path().join("gateway-seen.log");
         let sim_config = SimConfig {
-            seed: shop_seed_from_erp(&config.erp.dsn, args.warehouses).await?,
+            seed: shop_seed_from_erp(&config, args.warehouses).await?,
             restore_rate: args.shop_restore_rate,
             subscriptions: [
                 Topic::OrdersCreate,
@@ -153,7 +205,7 @@ pub async fn run(
 
     let activity_stop = CancellationToken::new();
     let activity = tokio::spawn(generate_activity(
-        config.erp.dsn.clone(),
+        ErpHandle::connect(&config, args.erp).await?,
         size,
         args.rate,
         activity_stop.clone(),
@@ -162,10 +214,9 @@ pub async fn run(
         sim.start_order_generator(args.orders_per_second);
     }
 
-    let (erp, erp_conn) = tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls)
+    let mut erp = ErpHandle::connect(&config, args.erp)
         .await
         .context("connecting to the ERP for the status line")?;
-    tokio::spawn(erp_conn);
     let started_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = Snapshot::take();
@@ -186,7 +237,7 @@ pub async fn run(
                             let st = sim.shop().state.lock();
                             (st.orders.len(), st.refused_orders)
                         };
-                        let oversold = demo_erp::oversold_units(&erp).await.unwrap_or(-1);
+                        let oversold = erp.oversold_units().await.unwrap_or(-1);
                         format!(" | shop orders {sold} (refused short {refused}), oversold {oversold} units")
                     }
                     None => String::new(),
@@ -228,6 +279,8 @@ pub async fn run(
     drop(local_shop);
     drop(local_broker);
     drop(local_pg);
+    drop(local_state_pg);
+    drop(local_mariadb);
     eprintln!("demo stopped; local servers removed");
     outcome
 }
@@ -235,34 +288,113 @@ pub async fn run(
 /// A shop that already sells the ERP's products at their list prices, as a
 /// merchant's shop does when Flywheel is introduced: the first sync then
 /// finds most prices in place and spends its budget on what differs.
-async fn shop_seed_from_erp(dsn: &str, warehouses: u32) -> anyhow::Result<shopsim::state::Seed> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    let products = client
-        .query(
-            "SELECT p.default_code, t.list_price::text FROM product_product p
-             JOIN product_template t ON t.id = p.product_tmpl_id
-             WHERE p.default_code IS NOT NULL ORDER BY p.id",
-            &[],
-        )
-        .await
-        .context("reading the demo ERP's catalogue")?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+async fn shop_seed_from_erp(
+    config: &Config,
+    warehouses: u32,
+) -> anyhow::Result<shopsim::state::Seed> {
+    let products = match config.erp.kind() {
+        ErpKind::Postgres => {
+            let (client, conn) =
+                tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client
+                .query(
+                    "SELECT p.default_code, t.list_price::text FROM product_product p
+                     JOIN product_template t ON t.id = p.product_tmpl_id
+                     WHERE p.default_code IS NOT NULL ORDER BY p.id",
+                    &[],
+                )
+                .await
+                .context("reading the demo ERP's catalogue")?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        }
+        ErpKind::Mysql => {
+            let mut conn = mysql_async::Conn::new(config.erp.mysql_opts()?).await?;
+            let rows: Vec<(String, String)> = conn
+                .exec(
+                    "SELECT item_code, CAST(ROUND(price_list_rate, 2) AS CHAR) FROM `tabItem Price`
+                     WHERE price_list = ? AND customer IS NULL ORDER BY item_code",
+                    (&config.processors.shop_price_list,),
+                )
+                .await
+                .context("reading the demo ERP's catalogue")?;
+            rows
+        }
+    };
     Ok(shopsim::state::Seed {
         products,
         ..shopsim::catalog::demo_seed(0, warehouses)
     })
 }
 
-async fn generate_activity(dsn: String, size: DemoSize, rate: u32, stop: CancellationToken) {
-    let Ok((client, conn)) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await else {
-        eprintln!("activity generator cannot connect to the ERP");
-        return;
-    };
-    tokio::spawn(conn);
-    let mut activity = ErpActivity::new(size, 7);
+/// A connection to the demo ERP, for its activity and the status line.
+enum ErpHandle {
+    Odoo(tokio_postgres::Client, ErpActivity),
+    Erpnext(mysql_async::Conn, ErpNextActivity),
+}
+
+impl ErpHandle {
+    async fn connect(config: &Config, erp: DemoErp) -> anyhow::Result<ErpHandle> {
+        let size = DemoSize::default();
+        Ok(match erp {
+            DemoErp::Odoo => {
+                let (client, conn) =
+                    tokio_postgres::connect(&config.erp.dsn, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                ErpHandle::Odoo(client, ErpActivity::new(size, 7))
+            }
+            DemoErp::Erpnext => ErpHandle::Erpnext(
+                mysql_async::Conn::new(config.erp.mysql_opts()?).await?,
+                ErpNextActivity::new(size, 7),
+            ),
+        })
+    }
+
+    fn with_size(self, size: DemoSize) -> ErpHandle {
+        match self {
+            ErpHandle::Odoo(c, _) => ErpHandle::Odoo(c, ErpActivity::new(size, 7)),
+            ErpHandle::Erpnext(c, _) => ErpHandle::Erpnext(c, ErpNextActivity::new(size, 7)),
+        }
+    }
+
+    async fn oversold_units(&mut self) -> anyhow::Result<i64> {
+        Ok(match self {
+            ErpHandle::Odoo(c, _) => demo_erp::oversold_units(c).await?,
+            ErpHandle::Erpnext(c, _) => demo_erpnext::oversold_units(c).await?,
+        })
+    }
+
+    /// One ERP transaction: mostly stock moves; every 10th a price change,
+    /// every 5th a shipment.
+    async fn act(&mut self, n: u64) -> anyhow::Result<()> {
+        match self {
+            ErpHandle::Odoo(c, a) => {
+                if n.is_multiple_of(10) {
+                    a.price_change(c).await?;
+                } else if n.is_multiple_of(5) {
+                    a.ship_shop_order(c).await?;
+                } else {
+                    a.stock_move(c).await?;
+                }
+            }
+            ErpHandle::Erpnext(c, a) => {
+                if n.is_multiple_of(10) {
+                    a.price_change(c).await?;
+                } else if n.is_multiple_of(5) {
+                    a.ship_shop_order(c).await?;
+                } else {
+                    a.stock_move(c).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn generate_activity(erp: ErpHandle, size: DemoSize, rate: u32, stop: CancellationToken) {
+    let mut erp = erp.with_size(size);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     let mut n = 0u64;
     loop {
@@ -270,15 +402,7 @@ async fn generate_activity(dsn: String, size: DemoSize, rate: u32, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 n += 1;
-                // Mostly stock moves; every 10th a price change, every 5th a shipment.
-                let r = if n.is_multiple_of(10) {
-                    activity.price_change(&client).await
-                } else if n.is_multiple_of(5) {
-                    activity.ship_shop_order(&client).await
-                } else {
-                    activity.stock_move(&client).await
-                };
-                if let Err(e) = r {
+                if let Err(e) = erp.act(n).await {
                     eprintln!("ERP activity failed: {e}");
                 }
             }

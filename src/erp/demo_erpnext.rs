@@ -246,6 +246,17 @@ impl ErpNextActivity {
     }
 }
 
+/// Units the ERP has promised but does not have: Σ max(0, reserved − actual)
+/// over its bins (the counterpart of `demo_erp::oversold_units`).
+pub async fn oversold_units(conn: &mut Conn) -> Result<i64, mysql_async::Error> {
+    let n: Option<i64> = conn
+        .query_first(
+            "SELECT CAST(COALESCE(SUM(GREATEST(reserved_qty - actual_qty, 0)), 0) AS SIGNED) FROM `tabBin`",
+        )
+        .await?;
+    Ok(n.unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
