@@ -1,7 +1,9 @@
-//! Capture benchmark: Flywheel's ERP source vs `pg_recvlogical` on the same WAL.
+//! Capture benchmark: Flywheel's ERP source vs `pg_recvlogical` on the same
+//! WAL, and (`mariadb`) vs `mariadb-binlog` on the same binlog.
 //!
-//! `cargo bench --bench capture` (env: BENCH_SKUS, BENCH_RATE, BENCH_SECONDS,
-//! BENCH_BURST_TXNS, BENCH_ROWS_PER_TXN). Starts its own PostgreSQL and tansu.
+//! `cargo bench --bench capture` (env: BENCH_ERP = postgres | mariadb | both,
+//! default both; BENCH_SKUS, BENCH_RATE, BENCH_SECONDS, BENCH_BURST_TXNS,
+//! BENCH_ROWS_PER_TXN). Starts its own PostgreSQL, MariaDB and tansu.
 //!
 //! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,
 //! each changing BENCH_ROWS_PER_TXN stock rows of random SKUs; reports achieved
@@ -14,6 +16,8 @@
 //! as rates and the ratio of the two, because the machine is shared and noisy.
 
 mod common;
+#[path = "capture/mariadb.rs"]
+mod mariadb;
 
 use common::{connect, env_or};
 use std::time::{Duration, Instant};
@@ -75,21 +79,50 @@ fn ms(s: Option<f64>) -> String {
     s.map_or("-".into(), |v| format!("{:.1} ms", v * 1000.0))
 }
 
+/// The offered load, the same for both database kinds.
+#[derive(Clone, Copy)]
+struct Knobs {
+    size: DemoSize,
+    rate: u32,
+    seconds: u64,
+    burst: u32,
+    rows: u32,
+}
+
 #[tokio::main]
 async fn main() {
-    let size = DemoSize {
-        skus: env_or("BENCH_SKUS", 10_000),
-        warehouses: 3,
-        orders: 10,
-        seed: 0.5,
+    let knobs = Knobs {
+        size: DemoSize {
+            skus: env_or("BENCH_SKUS", 10_000),
+            warehouses: 3,
+            orders: 10,
+            seed: 0.5,
+        },
+        rate: env_or("BENCH_RATE", 200),
+        seconds: env_or("BENCH_SECONDS", 10),
+        burst: env_or("BENCH_BURST_TXNS", 5_000),
+        rows: env_or("BENCH_ROWS_PER_TXN", 5),
     };
-    let rate: u32 = env_or("BENCH_RATE", 200);
-    let seconds: u64 = env_or("BENCH_SECONDS", 10);
-    let burst: u32 = env_or("BENCH_BURST_TXNS", 5_000);
-    let rows: u32 = env_or("BENCH_ROWS_PER_TXN", 5);
-
-    let pg = LocalPostgres::start().await.expect("PostgreSQL");
+    let which: String = env_or("BENCH_ERP", "both".to_owned());
     let broker = LocalBroker::start().await.expect("tansu");
+    if which == "postgres" || which == "both" {
+        postgres(knobs, &broker).await;
+    }
+    if which == "mariadb" || which == "both" {
+        mariadb::run(knobs, &broker).await;
+    }
+}
+
+async fn postgres(knobs: Knobs, broker: &LocalBroker) {
+    let Knobs {
+        size,
+        rate,
+        seconds,
+        burst,
+        rows,
+    } = knobs;
+    println!("===== PostgreSQL (logical replication) =====");
+    let pg = LocalPostgres::start().await.expect("PostgreSQL");
     pg.create_database("erp").await.expect("database");
     let dsn = pg.dsn("erp");
     let mut admin = connect(&dsn).await;
@@ -100,6 +133,7 @@ async fn main() {
     config.erp.dsn = dsn.clone();
     config.erp.status_interval_ms = 100;
     config.kafka.bootstrap = broker.bootstrap();
+    config.kafka.topic_prefix = "postgres.".into();
     config.metrics.listen = String::new();
     let slot = config.erp.slot.clone();
 
@@ -257,6 +291,5 @@ async fn main() {
         "  ratio flywheel/pg_recvlogical time: {:.2}x",
         ours / baseline
     );
-    drop(broker);
     drop(pg);
 }
