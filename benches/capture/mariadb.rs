@@ -47,14 +47,22 @@ async fn master_status(c: &mut mysql_async::Conn) -> BinlogPos {
 
 async fn stored(c: &mut mysql_async::Conn) -> Option<BinlogPos> {
     let row: Option<(String, u64)> = c
-        .query_first("SELECT binlog_file, binlog_pos FROM flywheel.source_state WHERE name = 'flywheel'")
+        .query_first(
+            "SELECT binlog_file, binlog_pos FROM flywheel.source_state WHERE name = 'flywheel'",
+        )
         .await
         .ok()?;
     row.map(|(f, p)| BinlogPos::new(f, p))
 }
 
 /// One stock transaction: `rows` random bins set to `n`.
-async fn stock_txn(c: &mut mysql_async::Conn, rng: &mut SplitMix64, size: DemoSize, rows: u32, n: u64) {
+async fn stock_txn(
+    c: &mut mysql_async::Conn,
+    rng: &mut SplitMix64,
+    size: DemoSize,
+    rows: u32,
+    n: u64,
+) {
     let mut tx = c
         .start_transaction(mysql_async::TxOpts::default())
         .await
@@ -139,7 +147,10 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
         commits.lock().expect("lock").insert(n, Instant::now());
     }
     let sent = n - 1_000_000;
-    let end = master_status(&mut admin).await.position().expect("numbered");
+    let end = master_status(&mut admin)
+        .await
+        .position()
+        .expect("numbered");
     while stored(&mut admin).await.and_then(|p| p.position()) < Some(end) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -209,7 +220,11 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
     let binlog = find_mariadb_binary("mariadb-binlog").expect("mariadb-binlog");
     let start = Instant::now();
     let st = std::process::Command::new(&binlog)
-        .args(["--read-from-remote-server", "--host=127.0.0.1", "--user=root"])
+        .args([
+            "--read-from-remote-server",
+            "--host=127.0.0.1",
+            "--user=root",
+        ])
         .arg(format!("--port={}", server.port()))
         .arg("--raw")
         .arg(format!("--result-file={}/", out.path().display()))
@@ -282,7 +297,10 @@ fn consume(
             .and_then(|s| s.split('.').next())
             .and_then(|s| s.parse::<u64>().ok());
         if let Some(at) = n.and_then(|n| commits.lock().expect("lock").remove(&n)) {
-            latencies.lock().expect("lock").push(at.elapsed().as_secs_f64());
+            latencies
+                .lock()
+                .expect("lock")
+                .push(at.elapsed().as_secs_f64());
         }
     }
 }

@@ -54,6 +54,10 @@ pub enum CaptureError {
     Statement { statement: String },
     #[error("a binlog file name without a sequence number: {0}")]
     BadFileName(String),
+    #[error(
+        "malformed binlog bytes the event decoder could not read ({0}); the server or the network corrupted the stream"
+    )]
+    Malformed(String),
 }
 
 /// What one event meant.

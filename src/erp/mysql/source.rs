@@ -17,7 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use mysql_async::binlog::events::Event;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::MysqlError;
 use super::binlog_pos::BinlogPos;
-use super::capture::{Capture, Captured};
+use super::capture::{Capture, CaptureError, Captured};
 use super::queries::MyQueries;
 use super::setup;
 use crate::bus::producer::EventProducer;
@@ -226,6 +228,15 @@ async fn open_stream(
     })
 }
 
+/// A caught panic's message.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the decoder panicked".into())
+}
+
 /// `flywheel_source_streaming` is 1 while this lives (the source's readiness).
 struct Streaming;
 
@@ -275,8 +286,25 @@ impl Reader {
                     let target = self.confirmed_position().max(idle_floor);
                     self.store(target).await?;
                 }
-                next = tokio::time::timeout(self.silence_limit, self.stream.next()) => {
+                // mysql_common's event reader can panic on a malformed packet
+                // (an event longer than its packet: found by fuzz/binlog.rs);
+                // such bytes are a final, positioned error, never a crash.
+                next = tokio::time::timeout(
+                    self.silence_limit,
+                    AssertUnwindSafe(self.stream.next()).catch_unwind(),
+                ) => {
                     let at = self.capture.position().clone();
+                    let next = match next {
+                        Ok(Err(panic)) => {
+                            return Err(MysqlError::Capture {
+                                at,
+                                source: CaptureError::Malformed(panic_text(&panic)),
+                            }
+                            .into());
+                        }
+                        Ok(Ok(next)) => Ok(next),
+                        Err(elapsed) => Err(elapsed),
+                    };
                     let event: Event = match next {
                         Err(_) => {
                             return Err(MysqlError::Silent {
@@ -300,10 +328,12 @@ impl Reader {
                         Ok(Some(Ok(event))) => event,
                     };
                     let all_acked = self.confirmed_position() >= forwarded;
-                    let captured = self
-                        .capture
-                        .apply(&self.models, &event)
-                        .map_err(|source| MysqlError::Capture { at, source })?;
+                    let (capture, models) = (&mut self.capture, &self.models);
+                    let captured = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        capture.apply(models, &event)
+                    }))
+                    .unwrap_or_else(|panic| Err(CaptureError::Malformed(panic_text(&panic))))
+                    .map_err(|source| MysqlError::Capture { at, source })?;
                     tracing::trace!(
                         event_type = ?event.header().event_type(),
                         at = %self.capture.position(),
