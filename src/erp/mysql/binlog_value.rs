@@ -3,7 +3,29 @@
 //! into the binlog fuzz target from this file.
 
 use mysql_common::Value;
+use mysql_common::binlog::events::TableMapEvent;
 use mysql_common::binlog::value::BinlogValue;
+use mysql_common::constants::ColumnType;
+
+/// Checks a table map's column metadata against what the row decoder can
+/// read without failing: mysql_common 0.37.3 sizes a DECIMAL from
+/// `precision − scale` unchecked (found by fuzz/binlog.rs), so a scale above
+/// the precision, or a precision above MariaDB's 65 digits, is refused here.
+pub fn check_table_map(tme: &TableMapEvent<'_>) -> Result<(), String> {
+    for i in 0..tme.columns_count() as usize {
+        if let Ok(Some(ColumnType::MYSQL_TYPE_NEWDECIMAL)) = tme.get_column_type(i) {
+            match tme.get_column_metadata(i) {
+                Some([precision, scale, ..]) if scale <= precision && *precision <= 65 => {}
+                meta => {
+                    return Err(format!(
+                        "column {i} is a DECIMAL with impossible metadata {meta:?} (precision, scale)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// A binlog value as the text the connector's SQL compares with; `None` for NULL.
 pub fn binlog_value_text(v: &BinlogValue<'_>) -> Option<String> {

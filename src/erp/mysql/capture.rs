@@ -19,7 +19,7 @@ use mysql_common::binlog::events::{Event, EventData, OptionalMetaExtractor, Tabl
 use mysql_common::binlog::row::BinlogRow;
 
 use super::binlog_pos::BinlogPos;
-use super::binlog_value::binlog_value_text;
+use super::binlog_value::{binlog_value_text, check_table_map};
 use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::EntityModels;
 
@@ -315,6 +315,9 @@ impl Capture {
         let db = tme.database_name().into_owned();
         let table = tme.table_name().into_owned();
         let name = format!("{db}.{table}");
+        check_table_map(&tme).map_err(|problem| {
+            CaptureError::Malformed(format!("table map of `{name}`: {problem}"))
+        })?;
         let columns = tme.columns_count() as usize;
         let role = if db == self.state_db {
             if table == ECHO_MARK_TABLE {
