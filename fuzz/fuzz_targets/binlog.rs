@@ -78,7 +78,8 @@ fuzz_target!(|data: &[u8]| {
                 let Some(tme) = tables.get(&rows.table_id()) else {
                     continue;
                 };
-                for row in rows.rows(tme) {
+                // Bounded as the source bounds it (endless otherwise).
+                for row in rows.rows(tme).take(binlog_value::max_rows(rows.rows_data())) {
                     let Ok((before, after)) = row else { break };
                     for image in [before, after].iter().flatten() {
                         for i in 0..image.len() {

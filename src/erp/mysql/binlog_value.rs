@@ -27,6 +27,13 @@ pub fn check_table_map(tme: &TableMapEvent<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// The most rows a rows event's row data can hold: every real row takes at
+/// least one byte (its null bitmap), but mysql_common 0.37.3 keeps yielding
+/// rows that take none, so a caller bounds its iteration by this.
+pub fn max_rows(rows_data: &[u8]) -> usize {
+    rows_data.len()
+}
+
 /// A binlog value as the text the connector's SQL compares with; `None` for NULL.
 pub fn binlog_value_text(v: &BinlogValue<'_>) -> Option<String> {
     match v {

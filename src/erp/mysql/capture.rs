@@ -19,7 +19,7 @@ use mysql_common::binlog::events::{Event, EventData, OptionalMetaExtractor, Tabl
 use mysql_common::binlog::row::BinlogRow;
 
 use super::binlog_pos::BinlogPos;
-use super::binlog_value::{binlog_value_text, check_table_map};
+use super::binlog_value::{binlog_value_text, check_table_map, max_rows};
 use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::EntityModels;
 
@@ -245,7 +245,19 @@ impl Capture {
                     txn: CommittedTxn::default(),
                     bookkeeping: false,
                 });
-                for row in rows.rows(&table.tme) {
+                // mysql_common yields rows until its bytes run out, and a row
+                // with no columns present takes none: bound the rows by the
+                // bytes (a real row takes at least its null bitmap), or a
+                // malformed event would loop forever (found by fuzz/binlog.rs).
+                let most = max_rows(rows.rows_data());
+                for (n, row) in rows.rows(&table.tme).enumerate() {
+                    if n >= most {
+                        return Err(CaptureError::Malformed(format!(
+                            "a rows event for `{}` yields more rows than its {} bytes can hold",
+                            table.name,
+                            rows.rows_data().len()
+                        )));
+                    }
                     let (before, after) = row.map_err(|e| CaptureError::Decode(e.to_string()))?;
                     open.txn.row_changes += 1;
                     match &table.role {
