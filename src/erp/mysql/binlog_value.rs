@@ -1,11 +1,36 @@
-//! Column values of binlog row images as the text the connector's SQL
-//! compares with (formatted as the server prints them). Pure, and compiled
-//! into the binlog fuzz target from this file.
+//! What capture asks of binlog bytes before and while mysql_common decodes
+//! them (which event kinds to decode, table maps it can size, how many rows
+//! an event can hold), and column values as the text the connector's SQL
+//! compares with. Pure, and compiled into the binlog fuzz target from this
+//! file, so the fuzzer decodes exactly what the source decodes.
 
 use mysql_common::Value;
+use mysql_common::binlog::consts::{EventType, UnknownEventType};
 use mysql_common::binlog::events::TableMapEvent;
 use mysql_common::binlog::value::BinlogValue;
 use mysql_common::constants::ColumnType;
+
+/// Whether capture decodes events of this type: the others carry no rows,
+/// and decoding a malformed one could allocate without bound (mysql_common
+/// sizes a GTID set from its header: an abort no guard can catch).
+pub fn is_read(kind: Result<EventType, UnknownEventType>) -> bool {
+    use EventType::*;
+    matches!(
+        kind,
+        Ok(ROTATE_EVENT
+            | FORMAT_DESCRIPTION_EVENT
+            | HEARTBEAT_EVENT
+            | QUERY_EVENT
+            | XID_EVENT
+            | TABLE_MAP_EVENT
+            | WRITE_ROWS_EVENT_V1
+            | UPDATE_ROWS_EVENT_V1
+            | DELETE_ROWS_EVENT_V1
+            | WRITE_ROWS_EVENT
+            | UPDATE_ROWS_EVENT
+            | DELETE_ROWS_EVENT)
+    )
+}
 
 /// Checks a table map's column metadata against what the row decoder can
 /// read without failing: mysql_common 0.37.3 sizes a DECIMAL from
