@@ -32,21 +32,50 @@ pub fn is_read(kind: Result<EventType, UnknownEventType>) -> bool {
     )
 }
 
-/// Checks a table map's column metadata against what the row decoder can
-/// read without failing: mysql_common 0.37.3 sizes a DECIMAL from
-/// `precision − scale` unchecked (found by fuzz/binlog.rs), so a scale above
-/// the precision, or a precision above MariaDB's 65 digits, is refused here.
+/// Checks a table map's column metadata against what the row decoder reads
+/// without failing. mysql_common 0.37.3 indexes a column's metadata bytes
+/// unchecked (a truncated table map panics), and sizes a DECIMAL from
+/// `precision − scale` unchecked: both found by fuzz/binlog.rs, both refused
+/// here with the column named.
 pub fn check_table_map(tme: &TableMapEvent<'_>) -> Result<(), String> {
+    use ColumnType::*;
     for i in 0..tme.columns_count() as usize {
-        if let Ok(Some(ColumnType::MYSQL_TYPE_NEWDECIMAL)) = tme.get_column_type(i) {
-            match tme.get_column_metadata(i) {
-                Some([precision, scale, ..]) if scale <= precision && *precision <= 65 => {}
-                meta => {
-                    return Err(format!(
-                        "column {i} is a DECIMAL with impossible metadata {meta:?} (precision, scale)"
-                    ));
-                }
-            }
+        let Ok(Some(ty)) = tme.get_column_type(i) else {
+            continue;
+        };
+        let needed = match ty {
+            MYSQL_TYPE_STRING
+            | MYSQL_TYPE_BIT
+            | MYSQL_TYPE_NEWDECIMAL
+            | MYSQL_TYPE_ENUM
+            | MYSQL_TYPE_SET
+            | MYSQL_TYPE_VARCHAR
+            | MYSQL_TYPE_VAR_STRING => 2,
+            MYSQL_TYPE_TIMESTAMP2
+            | MYSQL_TYPE_DATETIME2
+            | MYSQL_TYPE_TIME2
+            | MYSQL_TYPE_BLOB
+            | MYSQL_TYPE_TINY_BLOB
+            | MYSQL_TYPE_MEDIUM_BLOB
+            | MYSQL_TYPE_LONG_BLOB
+            | MYSQL_TYPE_GEOMETRY
+            | MYSQL_TYPE_JSON
+            | MYSQL_TYPE_FLOAT
+            | MYSQL_TYPE_DOUBLE => 1,
+            _ => 0,
+        };
+        let meta = tme.get_column_metadata(i).unwrap_or_default();
+        if meta.len() < needed {
+            return Err(format!(
+                "column {i} ({ty:?}) has {} metadata bytes, {needed} needed",
+                meta.len()
+            ));
+        }
+        if ty == MYSQL_TYPE_NEWDECIMAL && (meta[1] > meta[0] || meta[0] > 65) {
+            return Err(format!(
+                "column {i} is a DECIMAL with impossible precision {} and scale {}",
+                meta[0], meta[1]
+            ));
         }
     }
     Ok(())
