@@ -34,7 +34,8 @@ pub fn is_read(kind: Result<EventType, UnknownEventType>) -> bool {
 
 /// Checks a table map's column metadata against what the row decoder reads
 /// without failing. mysql_common 0.37.3 indexes a column's metadata bytes
-/// unchecked (a truncated table map panics), and sizes a DECIMAL from
+/// unchecked (a truncated table map panics, as does a typed array's), and
+/// sizes a DECIMAL from
 /// `precision − scale` unchecked: both found by fuzz/binlog.rs, both refused
 /// here with the column named.
 pub fn check_table_map(tme: &TableMapEvent<'_>) -> Result<(), String> {
@@ -43,6 +44,13 @@ pub fn check_table_map(tme: &TableMapEvent<'_>) -> Result<(), String> {
         let Ok(Some(ty)) = tme.get_column_type(i) else {
             continue;
         };
+        if ty == MYSQL_TYPE_TYPED_ARRAY {
+            // MySQL 8's multi-valued index arrays: never a MariaDB column, and
+            // decoded from metadata mysql_common does not check.
+            return Err(format!(
+                "column {i} is a typed array, which Flywheel does not read"
+            ));
+        }
         let needed = match ty {
             MYSQL_TYPE_STRING
             | MYSQL_TYPE_BIT
