@@ -62,6 +62,93 @@ pub fn now_micros() -> i64 {
         .as_micros() as i64
 }
 
+/// `flywheel_source_streaming` is 1 while this lives (the source's readiness).
+pub struct Streaming;
+
+impl Streaming {
+    pub fn start() -> Streaming {
+        SourceMetrics::get().streaming.set(1);
+        Streaming
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        SourceMetrics::get().streaming.set(0);
+    }
+}
+
+/// The reader's hand-off of a committed transaction to the processor, counted
+/// in the source's metrics. `txns` is `None` once the reader stopped handing off.
+pub async fn forward(
+    txns: Option<&mpsc::Sender<CommittedTxn>>,
+    txn: CommittedTxn,
+) -> Result<(), SourceError> {
+    let metrics = SourceMetrics::get();
+    metrics.transactions.inc();
+    if txn.own_write {
+        metrics.own_write_transactions.inc();
+    }
+    metrics.row_changes.inc_by(txn.row_changes);
+    metrics.last_commit_unix_micros.set(txn.commit_ts_micros);
+    txns.ok_or(SourceError::TaskGone("processor"))?
+        .send(txn)
+        .await
+        .map_err(|_| SourceError::TaskGone("processor"))
+}
+
+/// On a graceful stop, after the reader dropped its sender: waits (30 s at
+/// most) until the processor confirmed everything up to `forwarded`; what is
+/// not confirmed by then replays on restart.
+pub async fn drain(confirmed: &mut watch::Receiver<Position>, forwarded: Position) {
+    let wait = async {
+        while *confirmed.borrow() < forwarded {
+            if confirmed.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight events were not acknowledged within 30 s; they will replay on restart"
+        );
+    }
+}
+
+/// Runs a source's reader and processor tasks until the reader ends. On
+/// shutdown the processor ends first, once it drained what the reader handed
+/// it, and the reader then stores or reports the final position; any other
+/// end of the processor stops the reader.
+pub async fn run_reader_and_processor(
+    reader: impl Future<Output = Result<(), SourceError>> + Send + 'static,
+    processor: impl Future<Output = Result<(), SourceError>> + Send + 'static,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), SourceError> {
+    let mut reader = tokio::spawn(reader);
+    let mut processor = tokio::spawn(processor);
+    let result = tokio::select! {
+        r = &mut reader => r.unwrap_or(Err(SourceError::TaskGone("reader"))),
+        r = &mut processor => match r.unwrap_or(Err(SourceError::TaskGone("processor"))) {
+            Ok(()) if shutdown.is_cancelled() => {
+                (&mut reader).await.unwrap_or(Err(SourceError::TaskGone("reader")))
+            }
+            Ok(()) => {
+                reader.abort();
+                Err(SourceError::TaskGone("processor"))
+            }
+            Err(e) => {
+                reader.abort();
+                Err(e)
+            }
+        },
+    };
+    processor.abort();
+    result
+}
+
 /// Runs on its own task; see the module doc.
 pub struct Processor<Q> {
     pub queries: Q,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 
-use super::process::{log_tail, run_as, spawn_guarded, stop, system_user_when_root};
+use super::process::{find_binary, log_tail, run_as, spawn_guarded, stop, system_user_when_root};
 use super::{LocalInfraError, free_port};
 
 /// The account every local server is reached with: `root` over TCP, no
@@ -186,20 +186,10 @@ impl Drop for LocalMariadb {
 /// `/usr/sbin` and `/usr/bin` (where Debian puts `mariadbd`, outside a
 /// normal user's PATH).
 pub fn find_mariadb_binary(name: &str) -> Result<PathBuf, LocalInfraError> {
-    let mut candidates = Vec::new();
-    if let Ok(dir) = std::env::var("FLYWHEEL_MARIADB_BINDIR") {
-        candidates.push(PathBuf::from(dir).join(name));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-    }
-    candidates.extend(["/usr/sbin", "/usr/bin"].map(|d| Path::new(d).join(name)));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| LocalInfraError::Missing {
-            what: name.into(),
-            hint: "install MariaDB 10.6 or newer (Debian/Ubuntu: `sudo apt-get install mariadb-server`; macOS: `brew install mariadb`) or set FLYWHEEL_MARIADB_BINDIR to the folder holding mariadbd and mariadb-install-db"
-                .into(),
-        })
+    find_binary(
+        name,
+        "FLYWHEEL_MARIADB_BINDIR",
+        ["/usr/sbin", "/usr/bin"].map(PathBuf::from),
+        "install MariaDB 10.6 or newer (Debian/Ubuntu: `sudo apt-get install mariadb-server`; macOS: `brew install mariadb`) or set FLYWHEEL_MARIADB_BINDIR to the folder holding mariadbd and mariadb-install-db",
+    )
 }

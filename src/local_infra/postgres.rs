@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{log_tail, run_as, spawn_guarded, stop, unprivileged_user};
+use super::process::{find_binary, log_tail, run_as, spawn_guarded, stop, unprivileged_user};
 use super::{LocalInfraError, free_port};
 
 /// The superuser every local cluster is initialised with (trust auth, loopback only).
@@ -167,24 +167,15 @@ impl Drop for LocalPostgres {
 /// Finds a PostgreSQL server binary: `$FLYWHEEL_PG_BINDIR`, then PATH, then the
 /// newest Debian-style `/usr/lib/postgresql/*/bin`.
 pub fn find_pg_binary(name: &str) -> Result<PathBuf, LocalInfraError> {
-    let mut candidates = Vec::new();
-    if let Ok(dir) = std::env::var("FLYWHEEL_PG_BINDIR") {
-        candidates.push(PathBuf::from(dir).join(name));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
-    }
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        versions.sort();
-        candidates.extend(versions.into_iter().rev().map(|v| v.join("bin").join(name)));
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| LocalInfraError::Missing {
-            what: name.into(),
-            hint: "install PostgreSQL 15 or newer (Debian/Ubuntu: `sudo apt-get install postgresql`; macOS: `brew install postgresql@16`) or set FLYWHEEL_PG_BINDIR to the folder holding initdb and postgres"
-                .into(),
-        })
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions.reverse();
+    find_binary(
+        name,
+        "FLYWHEEL_PG_BINDIR",
+        versions,
+        "install PostgreSQL 15 or newer (Debian/Ubuntu: `sudo apt-get install postgresql`; macOS: `brew install postgresql@16`) or set FLYWHEEL_PG_BINDIR to the folder holding initdb and postgres",
+    )
 }

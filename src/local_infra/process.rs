@@ -159,3 +159,28 @@ pub fn run_as(cmd: &mut Command, user: Option<(u32, u32)>) {
         cmd.uid(uid).gid(gid);
     }
 }
+
+/// Finds server binary `name`: in `$bindir_var`, then on PATH, then in
+/// `fallback_dirs` (in order); `Missing` with `hint` when none has it.
+pub fn find_binary(
+    name: &str,
+    bindir_var: &str,
+    fallback_dirs: impl IntoIterator<Item = PathBuf>,
+    hint: &str,
+) -> Result<PathBuf, super::LocalInfraError> {
+    let mut candidates = Vec::new();
+    if let Ok(dir) = std::env::var(bindir_var) {
+        candidates.push(PathBuf::from(dir).join(name));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates.extend(fallback_dirs.into_iter().map(|d| d.join(name)));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| super::LocalInfraError::Missing {
+            what: name.into(),
+            hint: hint.into(),
+        })
+}

@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
-use crate::erp::pipeline::Processor;
+use crate::erp::pipeline::{Processor, Streaming, drain, forward, run_reader_and_processor};
 use crate::erp::position::Position;
 use crate::erp::snapshot::produce_snapshot;
 use crate::erp::source::SourceError;
@@ -117,26 +117,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         batch_keys: erp.batch_keys,
         max_batch: erp.max_batch_transactions,
     };
-    let mut reader = tokio::spawn(reader.run(shutdown.clone()));
-    let mut processor = tokio::spawn(processor.run(txn_rx));
-    let result = tokio::select! {
-        r = &mut reader => r.unwrap_or(Err(SourceError::TaskGone("reader"))),
-        r = &mut processor => match r.unwrap_or(Err(SourceError::TaskGone("processor"))) {
-            Ok(()) if shutdown.is_cancelled() => {
-                (&mut reader).await.unwrap_or(Err(SourceError::TaskGone("reader")))
-            }
-            Ok(()) => {
-                reader.abort();
-                Err(SourceError::TaskGone("processor"))
-            }
-            Err(e) => {
-                reader.abort();
-                Err(e)
-            }
-        },
-    };
-    processor.abort();
-    result
+    run_reader_and_processor(
+        reader.run(shutdown.clone()),
+        processor.run(txn_rx),
+        &shutdown,
+    )
+    .await
 }
 
 fn setup_error(problem: String) -> SourceError {
@@ -237,22 +223,6 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "the decoder panicked".into())
 }
 
-/// `flywheel_source_streaming` is 1 while this lives (the source's readiness).
-struct Streaming;
-
-impl Streaming {
-    fn start() -> Streaming {
-        SourceMetrics::get().streaming.set(1);
-        Streaming
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        SourceMetrics::get().streaming.set(0);
-    }
-}
-
 struct Reader {
     stream: BinlogStream,
     capture: Capture,
@@ -271,7 +241,6 @@ struct Reader {
 
 impl Reader {
     async fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
-        let metrics = SourceMetrics::get();
         let mut forwarded = self.stored;
         // A position after which only transactions without work came, recorded
         // while nothing was in flight: storable without waiting for Kafka.
@@ -351,17 +320,8 @@ impl Reader {
                             }
                         }
                         Captured::Committed(txn) => {
-                            metrics.transactions.inc();
-                            if txn.own_write {
-                                metrics.own_write_transactions.inc();
-                            }
-                            metrics.row_changes.inc_by(txn.row_changes);
-                            metrics.last_commit_unix_micros.set(txn.commit_ts_micros);
                             forwarded = txn.resume_at;
-                            let tx = self.txns.as_ref().ok_or(SourceError::TaskGone("processor"))?;
-                            tx.send(txn)
-                                .await
-                                .map_err(|_| SourceError::TaskGone("processor"))?;
+                            forward(self.txns.as_ref(), txn).await?;
                         }
                     }
                 }
@@ -369,21 +329,7 @@ impl Reader {
         }
         // Graceful stop: let the processor finish what was read, then store.
         self.txns = None;
-        let wait = async {
-            while self.confirmed_position() < forwarded {
-                if self.confirmed.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "in-flight events were not acknowledged within 30 s; they will replay on restart"
-            );
-        }
+        drain(&mut self.confirmed, forwarded).await;
         let target = self.confirmed_position().max(idle_floor);
         self.store(target).await?;
         tracing::info!(confirmed = %BinlogPos::from_position(&self.base_name, self.stored), "source stopped");

@@ -33,7 +33,7 @@ use crate::config::Config;
 use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
-use crate::erp::pipeline::Processor;
+use crate::erp::pipeline::{Processor, Streaming, drain, forward, run_reader_and_processor};
 use crate::erp::position::Position;
 use crate::erp::source::SourceError;
 use crate::erp::source_metrics::{SourceMetrics, register_seconds_since_last_commit};
@@ -136,48 +136,14 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         max_batch: erp.max_batch_transactions,
     };
     let side = spawn_side_tasks(&pg, &tls, config, shutdown.clone());
-    let mut reader = tokio::spawn(reader.run(shutdown.clone()));
-    let mut processor = tokio::spawn(processor.run(txn_rx));
-    let result = tokio::select! {
-        r = &mut reader => {
-            // The reader ends first on shutdown (after the processor drained) or on error.
-            r.unwrap_or(Err(SourceError::TaskGone("reader")))
-        }
-        r = &mut processor => match r.unwrap_or(Err(SourceError::TaskGone("processor"))) {
-            // On shutdown the processor ends once it drained what the reader
-            // handed it; the reader then reports the final position.
-            Ok(()) if shutdown.is_cancelled() => {
-                (&mut reader).await.unwrap_or(Err(SourceError::TaskGone("reader")))
-            }
-            Ok(()) => {
-                reader.abort();
-                Err(SourceError::TaskGone("processor"))
-            }
-            Err(e) => {
-                reader.abort();
-                Err(e)
-            }
-        },
-    };
-    processor.abort();
+    let result = run_reader_and_processor(
+        reader.run(shutdown.clone()),
+        processor.run(txn_rx),
+        &shutdown,
+    )
+    .await;
     side.abort();
     result
-}
-
-/// `flywheel_source_streaming` is 1 while this lives (the source's readiness).
-struct Streaming;
-
-impl Streaming {
-    fn start() -> Streaming {
-        SourceMetrics::get().streaming.set(1);
-        Streaming
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        SourceMetrics::get().streaming.set(0);
-    }
 }
 
 /// Heartbeat and lag polling on their own connection.
@@ -235,7 +201,6 @@ struct Reader {
 
 impl Reader {
     async fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
-        let metrics = SourceMetrics::get();
         let mut capture = Capture::new();
         let mut received = self.start;
         // End of the last transaction handed to the processor.
@@ -281,17 +246,8 @@ impl Reader {
                                     }
                                 }
                                 Captured::Committed(txn) => {
-                                    metrics.transactions.inc();
-                                    if txn.own_write {
-                                        metrics.own_write_transactions.inc();
-                                    }
-                                    metrics.row_changes.inc_by(txn.row_changes);
-                                    metrics.last_commit_unix_micros.set(txn.commit_ts_micros);
                                     forwarded = Lsn(txn.resume_at.0);
-                                    let tx = self.txns.as_ref().ok_or(SourceError::TaskGone("processor"))?;
-                                    tx.send(txn)
-                                        .await
-                                        .map_err(|_| SourceError::TaskGone("processor"))?;
+                                    forward(self.txns.as_ref(), txn).await?;
                                 }
                             }
                         }
@@ -301,21 +257,7 @@ impl Reader {
         }
         // Graceful stop: let the processor finish what was decoded, then report.
         self.txns = None;
-        let wait = async {
-            while self.confirmed_lsn() < forwarded {
-                if self.confirmed.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "in-flight events were not acknowledged within 30 s; they will replay on restart"
-            );
-        }
+        drain(&mut self.confirmed, Position(forwarded.0)).await;
         let flushed = (self.confirmed_lsn()).max(idle_floor);
         self.report(received, flushed, false).await?;
         tracing::info!(confirmed = %flushed, "source stopped");
