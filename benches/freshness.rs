@@ -1,6 +1,10 @@
-//! Freshness benchmark: ERP stock changes → the shop, under Shopify's default
-//! GraphQL budget (1000 points, 100/s restore), batched and coalesced (the
-//! product) vs a naive mode that makes one call per event (`batch_max = 1`).
+//! Freshness benchmark: ERP stock changes → the shop. Shopify under its
+//! default GraphQL budget (1000 points, 100/s restore), batched and coalesced
+//! (the product) vs a naive mode that makes one call per event
+//! (`batch_max = 1`); a WooCommerce shop (one count per SKU over every
+//! warehouse) alone; both shops at once, each with its own processor; and both
+//! with the Shopify shop throttled to 1 point/s (not waited for: it cannot
+//! keep up), to see that the WooCommerce shop keeps its freshness.
 //!
 //! `cargo bench --bench freshness` (env: BENCH_SKUS, BENCH_RATE, BENCH_SECONDS).
 //! Starts its own PostgreSQL, tansu and shop simulators. One source captures the
@@ -8,19 +12,25 @@
 //! load (BENCH_RATE single-row stock moves per second over random SKUs for
 //! BENCH_SECONDS), with its own fresh shop, state database and consumer group
 //! starting at the end of the topic. A mode's phase ends when its shop matches
-//! the ERP again. Reported: freshness (ERP commit → applied in the shop) p50/p99,
-//! API cost points, mutations, time to converge; and naive/batched ratios.
+//! the ERP again. Reported per phase and shop: freshness (ERP commit → applied
+//! in the shop) p50/p99, stock writes (Shopify mutations, WooCommerce batch
+//! items), time to converge; naive/batched ratios, and each shop's p99 beside
+//! the other over its p99 alone.
 
 mod common;
 
 use common::{connect, env_or};
 use std::time::{Duration, Instant};
 
-use flywheel::config::{Config, GroupStart, Secret};
+use std::collections::BTreeMap;
+
+use flywheel::config::{Config, GroupStart, Platform, Secret, ShopConfig};
 use flywheel::erp::demo_erp::{self, DemoSize, ErpActivity};
 use flywheel::local_infra::{LocalBroker, LocalPostgres};
 use flywheel::ops::quantiles::BucketCounts;
 use flywheel::sync::apply_loop::freshness_histogram;
+use flywheel::sync::state::{StateDb, StockPart};
+use shopsim::woo::{WooConfig, WooSim};
 use shopsim::{ShopSim, SimConfig};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -33,16 +43,6 @@ const ERP_STOCK: &str = "SELECT p.default_code, w.code,
     LEFT JOIN stock_location l ON l.usage = 'internal' AND l.parent_path LIKE vl.parent_path || '%'
     LEFT JOIN stock_quant q ON q.location_id = l.id AND q.product_id = p.id
     GROUP BY 1, 2";
-
-fn stock_cost_points() -> f64 {
-    prometheus::gather()
-        .iter()
-        .filter(|f| f.name() == "flywheel_shop_api_cost_points_total")
-        .flat_map(|f| f.get_metric())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == "stock"))
-        .map(|m| m.get_counter().value())
-        .sum()
-}
 
 /// (inventory item, location) of each (sku, warehouse) the ERP has, with the
 /// quantity the shop should show.
@@ -68,71 +68,224 @@ async fn differences(erp: &Client, sim: &ShopSim) -> usize {
         .count()
 }
 
+/// (SKU, warehouse, on hand − reserved) of every pair: what a WooCommerce
+/// stock processor that has been running knows of the ERP.
+const ERP_PARTS: &str = "SELECT p.default_code, w.code,
+        floor(coalesce(sum(q.quantity - q.reserved_quantity), 0))::bigint
+    FROM product_product p CROSS JOIN stock_warehouse w
+    JOIN stock_location vl ON vl.id = w.view_location_id
+    LEFT JOIN stock_location l ON l.usage = 'internal' AND l.parent_path LIKE vl.parent_path || '%'
+    LEFT JOIN stock_quant q ON q.location_id = l.id AND q.product_id = p.id
+    WHERE p.default_code IS NOT NULL
+    GROUP BY 1, 2";
+
+/// SKU → what a WooCommerce shop stocked from every warehouse should count.
+const ERP_TOTALS: &str = "SELECT p.default_code,
+        greatest(floor(coalesce(sum(q.quantity - q.reserved_quantity)
+                                FILTER (WHERE l.usage = 'internal'), 0)), 0)::bigint
+    FROM product_product p
+    LEFT JOIN stock_quant q ON q.product_id = p.id
+    LEFT JOIN stock_location l ON l.id = q.location_id
+    WHERE p.default_code IS NOT NULL
+    GROUP BY 1";
+
+async fn erp_totals(erp: &Client) -> BTreeMap<String, Option<i64>> {
+    let rows = erp.query(ERP_TOTALS, &[]).await.expect("ERP totals");
+    rows.iter().map(|r| (r.get(0), Some(r.get(1)))).collect()
+}
+
+/// A shop of one phase: which platform, and for Shopify the batch size.
+#[derive(Clone, Copy)]
+enum Shop {
+    /// `throttled`: a restore rate of 1 point/s, near zero; not waited for.
+    Shopify {
+        batch_max: usize,
+        throttled: bool,
+    },
+    Woocommerce,
+}
+
+/// A running simulator of a phase, seeded to match the ERP.
+enum Sim {
+    Shopify(ShopSim),
+    Woocommerce(WooSim),
+}
+
+impl Sim {
+    async fn start(shop: Shop, erp: &Client, size: DemoSize) -> Sim {
+        match shop {
+            Shop::Shopify { throttled, .. } => {
+                let defaults = SimConfig::default();
+                let sim = ShopSim::start(
+                    SimConfig {
+                        seed: shopsim::catalog::demo_seed(size.skus, size.warehouses),
+                        restore_rate: if throttled {
+                            1.0
+                        } else {
+                            defaults.restore_rate
+                        },
+                        ..defaults
+                    },
+                    "127.0.0.1:0".parse().expect("address"),
+                )
+                .await
+                .expect("shop simulator");
+                for (level, q) in erp_levels(erp, &sim).await {
+                    sim.shop()
+                        .state
+                        .lock()
+                        .levels
+                        .entry(level)
+                        .or_default()
+                        .available = q;
+                }
+                Sim::Shopify(sim)
+            }
+            Shop::Woocommerce => {
+                let sim = WooSim::start(
+                    WooConfig {
+                        seed: shopsim::catalog::demo_seed(size.skus, 1),
+                        // A generous host: the ERP's pace, not the host, is measured.
+                        requests_per_second: 50.0,
+                        burst: 50.0,
+                        ..WooConfig::default()
+                    },
+                    "127.0.0.1:0".parse().expect("address"),
+                )
+                .await
+                .expect("WooCommerce simulator");
+                let totals = erp_totals(erp).await;
+                for p in sim.state().products.values_mut() {
+                    if let Some(q) = totals.get(&p.sku) {
+                        p.stock_quantity = *q;
+                    }
+                }
+                Sim::Woocommerce(sim)
+            }
+        }
+    }
+
+    fn shop_config(&self, name: &str) -> ShopConfig {
+        match self {
+            Sim::Shopify(sim) => ShopConfig {
+                name: name.into(),
+                admin_url: sim.graphql_url(),
+                access_token: Secret(sim.config.access_token.clone()),
+                ..ShopConfig::local_default()
+            },
+            Sim::Woocommerce(sim) => ShopConfig {
+                name: name.into(),
+                platform: Platform::Woocommerce,
+                admin_url: format!("{}/wp-json/wc/v3", sim.base_url()),
+                consumer_key: Secret(sim.config.consumer_key.clone()),
+                consumer_secret: Secret(sim.config.consumer_secret.clone()),
+                requests_per_second: 50.0,
+                burst: 50,
+                ..ShopConfig::local_default()
+            },
+        }
+    }
+
+    /// Levels (Shopify) or counts (WooCommerce) that differ from the ERP.
+    async fn differences(&self, erp: &Client) -> usize {
+        match self {
+            Sim::Shopify(sim) => differences(erp, sim).await,
+            Sim::Woocommerce(sim) => {
+                let want = erp_totals(erp).await;
+                let have = sim.stock();
+                want.iter()
+                    .filter(|(sku, q)| have.get(*sku) != Some(q))
+                    .count()
+            }
+        }
+    }
+
+    /// Stock writes: Shopify mutations, WooCommerce batch items.
+    fn writes(&self) -> u64 {
+        match self {
+            Sim::Shopify(sim) => sim.stats()["api"]["operations"]["inventorySetQuantities"]
+                .as_u64()
+                .unwrap_or(0),
+            Sim::Woocommerce(sim) => sim.stats().batch_items,
+        }
+    }
+}
+
+/// One shop's figures in one phase.
 struct Phase {
+    shop: String,
     p50: f64,
     p99: f64,
     events: u64,
-    cost: f64,
-    mutations: u64,
+    writes: u64,
     converge_s: f64,
 }
 
+/// Runs the offered load against `shops` at once (each its own simulator,
+/// stock processor and consumer group), until every shop matches the ERP.
 async fn phase(
     name: &str,
     base: &Config,
     pg: &LocalPostgres,
     size: DemoSize,
-    batch_max: usize,
-) -> Phase {
+    shops: &[(&str, Shop)],
+) -> Vec<Phase> {
     let rate: u32 = env_or("BENCH_RATE", 20);
     let seconds: u64 = env_or("BENCH_SECONDS", 15);
     let erp = connect(&base.erp.dsn).await;
-    // A shop that already matches the ERP, so only this phase's changes move.
-    let sim = ShopSim::start(
-        SimConfig {
-            seed: shopsim::catalog::demo_seed(size.skus, size.warehouses),
-            ..SimConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("address"),
-    )
-    .await
-    .expect("shop simulator");
-    for (level, q) in erp_levels(&erp, &sim).await {
-        sim.shop()
-            .state
-            .lock()
-            .levels
-            .entry(level)
-            .or_default()
-            .available = q;
-    }
     pg.create_database(&format!("state_{name}"))
         .await
         .expect("state database");
-    let mut config = base.clone();
-    config.processors.state_dsn = Some(pg.dsn(&format!("state_{name}")));
-    config.processors.group_id = format!("bench-{name}");
-    config.processors.new_group_start = GroupStart::Latest;
-    config.processors.batch_max = batch_max;
-    config.processors.shop_graphql_url = sim.graphql_url();
-    config.processors.shop_access_token = Secret(sim.config.access_token.clone());
     let stop = CancellationToken::new();
-    let processor = tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move { flywheel::sync::stock_to_shop::run(&config, stop).await }
-    });
-    // Until the group has its partitions, changes would be skipped as
-    // "before the start": give it a moment (this is a benchmark, not a test).
+    let mut sims = Vec::new();
+    let mut processors = Vec::new();
+    for (shop_name, shop) in shops {
+        let sim = Sim::start(*shop, &erp, size).await;
+        let mut config = base.clone();
+        config.processors.state_dsn = Some(pg.dsn(&format!("state_{name}")));
+        config.processors.group_id = format!("bench-{name}");
+        config.processors.new_group_start = GroupStart::Latest;
+        if let Shop::Shopify { batch_max, .. } = shop {
+            config.processors.batch_max = *batch_max;
+        }
+        config.shops = vec![sim.shop_config(shop_name)];
+        if let Shop::Woocommerce = shop {
+            // The group starts at the end of the topic; the state database
+            // knows the ERP as a processor that has been running would.
+            let parts: Vec<StockPart> = erp
+                .query(ERP_PARTS, &[])
+                .await
+                .expect("ERP parts")
+                .iter()
+                .map(|r| StockPart {
+                    sku: r.get(0),
+                    warehouse: r.get(1),
+                    version: 0,
+                    sellable: r.get(2),
+                    own_reserved: 0,
+                })
+                .collect();
+            let mut state = StateDb::connect(&config).await.expect("state database");
+            for chunk in parts.chunks(1000) {
+                state.store_parts(shop_name, chunk).await.expect("parts");
+            }
+        }
+        processors.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                flywheel::sync::stock_to_shop::run(&config, &config.shops[0].clone(), stop).await
+            }
+        }));
+        sims.push(sim);
+    }
+    // Until the groups have their partitions, changes would be skipped as
+    // "before the start": give them a moment (this is a benchmark, not a test).
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let fresh0 = BucketCounts::take(freshness_histogram());
-    let cost0 = stock_cost_points();
-    let mutations = || {
-        sim.stats()["api"]["operations"]["inventorySetQuantities"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    let m0 = mutations();
+    let by_shop =
+        |shop: &str| BucketCounts::take_where(freshness_histogram(), |l| l.get(1) == Some(&shop));
+    let fresh0: Vec<BucketCounts> = shops.iter().map(|(n, _)| by_shop(n)).collect();
+    let writes0: Vec<u64> = sims.iter().map(Sim::writes).collect();
     let mut activity = ErpActivity::new(size, 11);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     let started = Instant::now();
@@ -141,24 +294,49 @@ async fn phase(
         activity.stock_move(&erp).await.expect("stock move");
     }
     let load_end = Instant::now();
-    while differences(&erp, &sim).await > 0 {
+    let awaited: Vec<bool> = shops
+        .iter()
+        .map(|(_, shop)| {
+            !matches!(
+                shop,
+                Shop::Shopify {
+                    throttled: true,
+                    ..
+                }
+            )
+        })
+        .collect();
+    let mut converged: Vec<Option<f64>> = vec![None; sims.len()];
+    while (0..sims.len()).any(|i| awaited[i] && converged[i].is_none()) {
+        for (i, sim) in sims.iter().enumerate() {
+            if awaited[i] && converged[i].is_none() && sim.differences(&erp).await == 0 {
+                converged[i] = Some(load_end.elapsed().as_secs_f64());
+            }
+        }
         if load_end.elapsed() > Duration::from_secs(600) {
-            panic!("{name}: the shop did not converge within 10 minutes");
+            panic!("{name}: the shops did not converge within 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let converge_s = load_end.elapsed().as_secs_f64();
-    let fresh = BucketCounts::take(freshness_histogram()).since(&fresh0);
     stop.cancel();
-    let _ = processor.await;
-    Phase {
-        p50: fresh.quantile(0.5).unwrap_or(f64::NAN),
-        p99: fresh.quantile(0.99).unwrap_or(f64::NAN),
-        events: fresh.count(),
-        cost: stock_cost_points() - cost0,
-        mutations: mutations() - m0,
-        converge_s,
+    for p in processors {
+        let _ = p.await;
     }
+    shops
+        .iter()
+        .enumerate()
+        .map(|(i, (shop, _))| {
+            let fresh = by_shop(shop).since(&fresh0[i]);
+            Phase {
+                shop: format!("{name}/{shop}"),
+                p50: fresh.quantile(0.5).unwrap_or(f64::NAN),
+                p99: fresh.quantile(0.99).unwrap_or(f64::NAN),
+                events: fresh.count(),
+                writes: sims[i].writes() - writes0[i],
+                converge_s: converged[i].unwrap_or(f64::NAN),
+            }
+        })
+        .collect()
 }
 
 fn main() {
@@ -205,24 +383,62 @@ fn main() {
             env_or("BENCH_RATE", 20u32),
             env_or("BENCH_SECONDS", 15u64)
         );
-        let batched = phase("batched", &config, &pg, size, 250).await;
-        let naive = phase("naive", &config, &pg, size, 1).await;
-        println!(
-            "{:<8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}",
-            "mode", "fresh p50", "fresh p99", "events", "cost pts", "mutations", "converge s"
+        let shopify = |batch_max| Shop::Shopify {
+            batch_max,
+            throttled: false,
+        };
+        let throttled = Shop::Shopify {
+            batch_max: 250,
+            throttled: true,
+        };
+        let mut rows = Vec::new();
+        rows.extend(phase("batched", &config, &pg, size, &[("shopify", shopify(250))]).await);
+        rows.extend(phase("naive", &config, &pg, size, &[("shopify", shopify(1))]).await);
+        rows.extend(phase("woo", &config, &pg, size, &[("woo", Shop::Woocommerce)]).await);
+        rows.extend(
+            phase(
+                "two",
+                &config,
+                &pg,
+                size,
+                &[("shopify", shopify(250)), ("woo", Shop::Woocommerce)],
+            )
+            .await,
         );
-        for (name, p) in [("batched", &batched), ("naive", &naive)] {
+        rows.extend(
+            phase(
+                "throttled",
+                &config,
+                &pg,
+                size,
+                &[("shopify", throttled), ("woo", Shop::Woocommerce)],
+            )
+            .await,
+        );
+        println!(
+            "{:<18} {:>10} {:>10} {:>8} {:>8} {:>12}",
+            "phase/shop", "fresh p50", "fresh p99", "events", "writes", "converge s"
+        );
+        for p in &rows {
             println!(
-                "{name:<8} {:>9.3}s {:>9.3}s {:>8} {:>10.0} {:>10} {:>12.1}",
-                p.p50, p.p99, p.events, p.cost, p.mutations, p.converge_s
+                "{:<18} {:>9.3}s {:>9.3}s {:>8} {:>8} {:>12.1}",
+                p.shop, p.p50, p.p99, p.events, p.writes, p.converge_s
             );
         }
+        let row = |name: &str| rows.iter().find(|p| p.shop == name).expect("a phase");
+        let (batched, naive) = (row("batched/shopify"), row("naive/shopify"));
         println!(
-            "naive / batched: freshness p50 {:.1}×, p99 {:.1}×, cost {:.1}×, mutations {:.1}×",
+            "naive / batched (Shopify): freshness p50 {:.1}×, p99 {:.1}×, mutations {:.1}×",
             naive.p50 / batched.p50,
             naive.p99 / batched.p99,
-            naive.cost / batched.cost.max(1.0),
-            naive.mutations as f64 / batched.mutations.max(1) as f64
+            naive.writes as f64 / batched.writes.max(1) as f64
+        );
+        let (alone, beside) = (row("woo/woo"), row("two/woo"));
+        println!(
+            "two shops at once / alone: Shopify p99 {:.1}×, WooCommerce p99 {:.1}×; WooCommerce beside a Shopify shop throttled to 1 point/s / alone: p99 {:.1}×",
+            row("two/shopify").p99 / batched.p99,
+            beside.p99 / alone.p99,
+            row("throttled/woo").p99 / alone.p99
         );
         shutdown.cancel();
         let _ = source.await;

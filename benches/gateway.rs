@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::post;
-use flywheel::config::{Config, Platform, ShopConfig};
+use flywheel::config::{Config, Platform, Secret, ShopConfig};
 use flywheel::local_infra::LocalBroker;
 use flywheel::shop::signature::sign;
 use tokio_util::sync::CancellationToken;
@@ -96,10 +96,11 @@ async fn main() {
     config.kafka.bootstrap = broker.bootstrap();
     config.gateway.listen = "127.0.0.1:0".into();
     config.gateway.dedupe_path = dir.path().join("seen.log");
-    config.gateway.shops = vec![ShopConfig {
+    config.shops = vec![ShopConfig {
         name: "bench".into(),
         platform: Platform::Shopify,
-        secrets: vec!["bench-secret".into()],
+        webhook_secrets: vec![Secret("bench-secret".into())],
+        ..ShopConfig::local_default()
     }];
     let token = CancellationToken::new();
     let gw = flywheel::shop::gateway::start(&config, Router::new(), token.clone())

@@ -17,16 +17,36 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub erp: ErpConfig,
     pub kafka: KafkaConfig,
+    /// The shops kept in sync (`[[shops]]`): the gateway accepts their
+    /// webhooks, the processors write to them, each at its own pace.
+    pub shops: Vec<ShopConfig>,
     pub gateway: GatewayConfig,
     pub processors: ProcessorsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub lifecycle: LifecycleConfig,
+    pub reconcile: ReconcileConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            erp: ErpConfig::default(),
+            kafka: KafkaConfig::default(),
+            shops: vec![ShopConfig::local_default()],
+            gateway: GatewayConfig::default(),
+            processors: ProcessorsConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            reconcile: ReconcileConfig::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -122,7 +142,7 @@ fn parse_dsn(setting: &str, dsn: &str) -> Result<tokio_postgres::Config, ConfigE
 impl ErpConfig {
     pub fn kind(&self) -> ErpKind {
         self.kind.unwrap_or_else(|| {
-            if self.dsn.starts_with("mysql://") || self.dsn.starts_with("mariadb://") {
+            if crate::mysql::is_mysql_dsn(&self.dsn) {
                 ErpKind::Mysql
             } else {
                 ErpKind::Postgres
@@ -132,21 +152,7 @@ impl ErpConfig {
 
     /// Connection options of a MariaDB/MySQL ERP (`erp.kind = "mysql"`).
     pub fn mysql_opts(&self) -> Result<mysql_async::Opts, ConfigError> {
-        let url = match self.dsn.strip_prefix("mariadb://") {
-            Some(rest) => format!("mysql://{rest}"),
-            None => self.dsn.clone(),
-        };
-        // The URL may hold a password: the error names the setting, not the value.
-        mysql_async::Opts::from_url(&url).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "erp.dsn is not a mysql://user:password@host:port/database URL ({})",
-                match e {
-                    mysql_async::UrlError::UnsupportedScheme { .. } => "unsupported scheme",
-                    mysql_async::UrlError::Parse(_) => "does not parse",
-                    _ => "invalid option",
-                }
-            ))
-        })
+        crate::mysql::opts("erp.dsn", &self.dsn).map_err(ConfigError::Invalid)
     }
 
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
@@ -384,7 +390,6 @@ pub struct GatewayConfig {
     pub dedupe_window_secs: u64,
     /// File remembering delivered webhook ids across restarts.
     pub dedupe_path: PathBuf,
-    pub shops: Vec<ShopConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -395,7 +400,6 @@ impl Default for GatewayConfig {
             ack_deadline_ms: 3_000,
             dedupe_window_secs: 24 * 3600,
             dedupe_path: PathBuf::from("flywheel-gateway-seen.log"),
-            shops: Vec::new(),
         }
     }
 }
@@ -416,15 +420,110 @@ impl Platform {
     }
 }
 
-/// A shop whose webhooks the gateway accepts.
+/// One shop (`[[shops]]`): where its webhooks come in, how the processors
+/// reach it, and what of the ERP it gets.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShopConfig {
-    /// The `{shop}` in the webhook URL, and the channel in event keys.
+    /// The `{shop}` in the webhook URL, the channel of its orders, and part of
+    /// its processors' consumer groups: letters, digits, `_` and `-`.
     pub name: String,
     pub platform: Platform,
     /// Webhook signing secrets; several at once to rotate without downtime.
-    pub secrets: Vec<String>,
+    /// None: the gateway does not accept this shop's webhooks.
+    #[serde(default)]
+    pub webhook_secrets: Vec<Secret>,
+    /// Shopify: the Admin GraphQL endpoint
+    /// (`https://<shop>.myshopify.com/admin/api/2026-04/graphql.json`).
+    /// WooCommerce: the REST API base (`https://<site>/wp-json/wc/v3`).
+    /// Empty: no processor writes to this shop (webhooks only).
+    #[serde(default)]
+    pub admin_url: String,
+    /// Shopify: the Admin API access token.
+    #[serde(default)]
+    pub access_token: Secret,
+    /// WooCommerce: the REST API key pair (basic auth over HTTPS).
+    #[serde(default)]
+    pub consumer_key: Secret,
+    #[serde(default)]
+    pub consumer_secret: Secret,
+    /// WooCommerce: requests per second to the shop, on average, and the
+    /// burst allowed above it (a WordPress host has no published limit; the
+    /// defaults are gentle).
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// How often the shop's changed orders are polled (`shop::order_poll`):
+    /// the net under webhooks that get lost (WooCommerce never retries one).
+    #[serde(default = "default_order_poll_secs")]
+    pub order_poll_secs: u64,
+    /// A PEM file of certificate authorities to trust for the shop's HTTPS
+    /// besides the system's (a private CA, a TLS-inspecting proxy).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The ERP price list whose prices this shop shows (`list` = list price).
+    #[serde(default = "default_price_list")]
+    pub price_list: String,
+    /// The shop's currency; prices in other currencies are not applied.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Units kept back from the shop: sellable = max(0, available − safety_stock).
+    #[serde(default)]
+    pub safety_stock: i64,
+    /// ERP warehouse code → shop location name; a warehouse not listed maps to
+    /// the location of the same name.
+    #[serde(default)]
+    pub warehouse_locations: std::collections::BTreeMap<String, String>,
+}
+
+fn default_requests_per_second() -> f64 {
+    5.0
+}
+
+fn default_burst() -> u32 {
+    10
+}
+
+fn default_order_poll_secs() -> u64 {
+    60
+}
+
+fn default_price_list() -> String {
+    "list".into()
+}
+
+fn default_currency() -> String {
+    "EUR".into()
+}
+
+impl ShopConfig {
+    /// The shop a configuration without `[[shops]]` talks to: the shop
+    /// simulator `flywheel demo` starts on its default port.
+    pub fn local_default() -> ShopConfig {
+        ShopConfig {
+            name: "demo".into(),
+            platform: Platform::Shopify,
+            webhook_secrets: Vec::new(),
+            admin_url: "http://127.0.0.1:8089/admin/api/2026-04/graphql.json".into(),
+            access_token: Secret("shpat_flywheel_local".into()),
+            consumer_key: Secret::default(),
+            consumer_secret: Secret::default(),
+            requests_per_second: default_requests_per_second(),
+            burst: default_burst(),
+            order_poll_secs: default_order_poll_secs(),
+            ca_file: None,
+            price_list: default_price_list(),
+            currency: default_currency(),
+            safety_stock: 0,
+            warehouse_locations: Default::default(),
+        }
+    }
+
+    /// The shop's webhook secrets, as the signature check takes them.
+    pub fn secrets(&self) -> Vec<String> {
+        self.webhook_secrets.iter().map(|s| s.0.clone()).collect()
+    }
 }
 
 impl std::fmt::Debug for ShopConfig {
@@ -434,9 +533,20 @@ impl std::fmt::Debug for ShopConfig {
             .field("name", &self.name)
             .field("platform", &self.platform)
             .field(
-                "secrets",
-                &format_args!("[{} redacted]", self.secrets.len()),
+                "webhook_secrets",
+                &format_args!("[{} redacted]", self.webhook_secrets.len()),
             )
+            .field("admin_url", &self.admin_url)
+            .field("access_token", &self.access_token)
+            .field("consumer_key", &self.consumer_key)
+            .field("consumer_secret", &self.consumer_secret)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("burst", &self.burst)
+            .field("order_poll_secs", &self.order_poll_secs)
+            .field("price_list", &self.price_list)
+            .field("currency", &self.currency)
+            .field("safety_stock", &self.safety_stock)
+            .field("warehouse_locations", &self.warehouse_locations)
             .finish()
     }
 }
@@ -457,30 +567,14 @@ impl std::fmt::Debug for Secret {
 pub struct ProcessorsConfig {
     /// Kafka consumer group of the processors: more workers, more partitions.
     pub group_id: String,
-    /// Flywheel's state (applied versions); the ERP database when unset.
+    /// Where the processors keep their state (applied versions, partition
+    /// leases, levels written): a PostgreSQL DSN or a `mysql://` URL; the
+    /// ERP's server when unset.
     pub state_dsn: Option<String>,
-    /// The shop's Admin GraphQL endpoint.
-    pub shop_graphql_url: String,
-    pub shop_access_token: Secret,
-    /// A PEM file of certificate authorities to trust for the shop's HTTPS
-    /// besides the system's (a private CA, a TLS-inspecting proxy).
-    pub shop_ca_file: Option<std::path::PathBuf>,
-    /// Units kept back from the shop: sellable = max(0, available − safety_stock).
-    pub safety_stock: i64,
     /// Most events applied together (and quantities per inventory call, ≤ 250).
     pub batch_max: usize,
     /// How long to gather a batch after its first event.
     pub batch_wait_ms: u64,
-    /// ERP warehouse code → shop location name; a warehouse not listed maps to
-    /// the location of the same name.
-    pub warehouse_locations: std::collections::BTreeMap<String, String>,
-    /// The ERP price list that is the shop's variant price (`list` = list price).
-    pub shop_price_list: String,
-    /// The shop's currency; prices in other currencies are not applied.
-    pub shop_currency: String,
-    /// The shop's name at the gateway (the channel of its orders): order
-    /// statuses of other channels are not applied to this shop.
-    pub shop_channel: String,
     /// Where a consumer group without committed offsets starts: `earliest`
     /// (everything the topics hold) or `latest` (only what comes next, e.g. for
     /// a shop already in sync).
@@ -493,6 +587,18 @@ pub struct ProcessorsConfig {
     /// offsets have not moved for this long is stalled: not ready, logged,
     /// `flywheel_processor_stalled` = 1.
     pub stall_timeout_secs: u64,
+}
+
+/// The processors' state database (see `ProcessorsConfig::state_location`).
+#[derive(Clone, Debug)]
+pub enum StateLocation {
+    /// A PostgreSQL DSN; the tables live in its `flywheel` schema.
+    Postgres(String),
+    /// A MariaDB/MySQL server; the tables live in `database`.
+    Mysql {
+        opts: mysql_async::Opts,
+        database: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -513,9 +619,30 @@ impl GroupStart {
 }
 
 impl ProcessorsConfig {
-    /// Where Flywheel's processor state lives: `state_dsn`, or the ERP database.
-    pub fn state_database(&self, erp: &ErpConfig) -> String {
-        self.state_dsn.clone().unwrap_or_else(|| erp.dsn.clone())
+    /// Where the processors keep their state: `state_dsn` (PostgreSQL, or
+    /// MariaDB/MySQL for a `mysql://` / `mariadb://` URL, in the URL's
+    /// database or `flywheel`), else the ERP's server (PostgreSQL: the ERP
+    /// database's `flywheel` schema; MariaDB/MySQL: `erp.state_database`).
+    pub fn state_location(&self, erp: &ErpConfig) -> Result<StateLocation, ConfigError> {
+        match &self.state_dsn {
+            Some(dsn) if crate::mysql::is_mysql_dsn(dsn) => {
+                let opts = crate::mysql::opts("processors.state_dsn", dsn)
+                    .map_err(ConfigError::Invalid)?;
+                let database = opts.db_name().unwrap_or("flywheel").to_owned();
+                Ok(StateLocation::Mysql { opts, database })
+            }
+            Some(dsn) => {
+                parse_dsn("processors.state_dsn", dsn)?;
+                Ok(StateLocation::Postgres(dsn.clone()))
+            }
+            None => match erp.kind() {
+                ErpKind::Postgres => Ok(StateLocation::Postgres(erp.dsn.clone())),
+                ErpKind::Mysql => Ok(StateLocation::Mysql {
+                    opts: erp.mysql_opts()?,
+                    database: erp.state_database.clone(),
+                }),
+            },
+        }
     }
 
     /// `instance_id`, or the host name when unset.
@@ -541,19 +668,35 @@ impl Default for ProcessorsConfig {
         ProcessorsConfig {
             group_id: "flywheel-processors".into(),
             state_dsn: None,
-            shop_graphql_url: "http://127.0.0.1:8089/admin/api/2026-04/graphql.json".into(),
-            shop_access_token: Secret("shpat_flywheel_local".into()),
-            shop_ca_file: None,
-            safety_stock: 0,
             batch_max: 250,
             batch_wait_ms: 200,
-            warehouse_locations: Default::default(),
-            shop_price_list: "list".into(),
-            shop_currency: "EUR".into(),
-            shop_channel: "demo".into(),
             new_group_start: GroupStart::Earliest,
             instance_id: String::new(),
             stall_timeout_secs: 120,
+        }
+    }
+}
+
+/// Continuous reconciliation in the processors role (`reconcile::continuous`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Seconds between two comparisons of a shop with the ERP; 0: never.
+    pub interval_secs: u64,
+    /// The share of each shop's API rate budget a comparison may use, so it
+    /// never competes with live changes: (0, 1].
+    pub budget_share: f64,
+    /// Repair the drift found (through the processors, version-guarded);
+    /// off: report it only (`flywheel_drift_keys`, a log line per key).
+    pub auto_repair: bool,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval_secs: 900,
+            budget_share: 0.1,
+            auto_repair: false,
         }
     }
 }
@@ -610,12 +753,53 @@ impl Default for LogConfig {
     }
 }
 
+/// The settings of the one-shop configuration, before `[[shops]]`.
+const ONE_SHOP_SETTINGS: [&str; 9] = [
+    "processors.shop_graphql_url",
+    "processors.shop_access_token",
+    "processors.shop_ca_file",
+    "processors.shop_channel",
+    "processors.shop_price_list",
+    "processors.shop_currency",
+    "processors.safety_stock",
+    "processors.warehouse_locations",
+    "gateway.shops",
+];
+
+/// Refuses a configuration written for one shop, showing the new form.
+fn refuse_one_shop_settings(fig: &Figment) -> Result<(), ConfigError> {
+    let found: Vec<&str> = ONE_SHOP_SETTINGS
+        .into_iter()
+        .filter(|key| fig.find_value(key).is_ok())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{} belong to a shop now: describe each shop in a [[shops]] entry, used by the gateway \
+         and the processors alike, e.g.\n\n\
+         [[shops]]\n\
+         name = \"main-shop\"            # was processors.shop_channel / gateway.shops.name\n\
+         platform = \"shopify\"\n\
+         webhook_secrets = [\"…\"]       # was gateway.shops.secrets\n\
+         admin_url = \"https://main-shop.myshopify.com/admin/api/2026-04/graphql.json\"  # was processors.shop_graphql_url\n\
+         access_token = \"shpat_…\"      # was processors.shop_access_token\n\
+         price_list = \"list\"           # was processors.shop_price_list\n\
+         currency = \"EUR\"              # was processors.shop_currency\n\
+         safety_stock = 2\n\
+         warehouse_locations = {{ WH1 = \"Main warehouse\" }}\n\n\
+         (from the environment: FLYWHEEL_SHOPS='[{{name=\"main-shop\", platform=\"shopify\", …}}]')",
+        found.join(", ")
+    )))
+}
+
 impl Config {
     /// Defaults, then `file` (if given), then `FLYWHEEL_<SECTION>__<KEY>`
     /// environment variables. Every setting lives in a section, so a
     /// `FLYWHEEL_*` variable without `__` is not a setting but one of the
     /// program's own (`FLYWHEEL_CONFIG`, `FLYWHEEL_BIN`, `FLYWHEEL_PG_BINDIR`)
-    /// and is left out rather than refused as an unknown field.
+    /// and is left out rather than refused as an unknown field. The one
+    /// top-level list, `FLYWHEEL_SHOPS`, is the exception.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
@@ -624,16 +808,73 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
+        let fig = fig.merge(
+            Env::prefixed("FLYWHEEL_")
+                .filter(|key| {
+                    key.as_str().contains("__") || key.as_str().eq_ignore_ascii_case("shops")
+                })
+                .split("__"),
+        );
+        refuse_one_shop_settings(&fig)?;
         let config: Config = fig
-            .merge(
-                Env::prefixed("FLYWHEEL_")
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            )
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn validate_shops(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for shop in &self.shops {
+            if shop.name.is_empty()
+                || !shop
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "shop name `{}`: use letters, digits, '_' and '-' (it is a URL segment and part of consumer group names)",
+                    shop.name
+                )));
+            }
+            if !names.insert(shop.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "two [[shops]] are named `{}`: each needs a name of its own",
+                    shop.name
+                )));
+            }
+            if shop.webhook_secrets.iter().any(|s| s.0.is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "shop `{}` has an empty webhook secret: webhooks could not be verified",
+                    shop.name
+                )));
+            }
+            if shop.platform == Platform::Shopify && shop.admin_url.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "shop `{}` has no admin_url: set it to the shop's Admin GraphQL endpoint",
+                    shop.name
+                )));
+            }
+            if shop.platform == Platform::Woocommerce
+                && !shop.admin_url.is_empty()
+                && (shop.consumer_key.0.is_empty() || shop.consumer_secret.0.is_empty())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "shop `{}` has an admin_url but no consumer_key / consumer_secret: create a REST API key (WooCommerce → Settings → Advanced → REST API, read/write) and set both",
+                    shop.name
+                )));
+            }
+            if !shop.requests_per_second.is_finite()
+                || shop.requests_per_second <= 0.0
+                || shop.burst == 0
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "shop `{}`: requests_per_second, burst and order_poll_secs must be above 0",
+                    shop.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -655,9 +896,7 @@ impl Config {
             }
         }
         self.kafka.validate()?;
-        if let Some(dsn) = &self.processors.state_dsn {
-            parse_dsn("processors.state_dsn", dsn)?;
-        }
+        self.processors.state_location(&self.erp)?;
         self.erp.tls()?;
         self.metrics.addr()?;
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
@@ -667,14 +906,7 @@ impl Config {
         if self.kafka.replication_factor < 1 {
             return bad("kafka.replication_factor must be at least 1");
         }
-        for shop in &self.gateway.shops {
-            if shop.secrets.iter().all(|s| s.is_empty()) {
-                return Err(ConfigError::Invalid(format!(
-                    "gateway shop `{}` has no secret: webhooks could not be verified",
-                    shop.name
-                )));
-            }
-        }
+        self.validate_shops()?;
         if self.gateway.ack_deadline_ms >= 5_000 {
             return bad("gateway.ack_deadline_ms must stay under Shopify's 5 s webhook timeout");
         }
@@ -685,6 +917,10 @@ impl Config {
         }
         if self.processors.stall_timeout_secs == 0 {
             return bad("processors.stall_timeout_secs must be at least 1");
+        }
+        let share = self.reconcile.budget_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return bad("reconcile.budget_share must be above 0 and at most 1");
         }
         if self
             .processors
@@ -767,6 +1003,79 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn a_one_shop_configuration_is_refused_with_the_new_form() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "old.toml",
+                "[processors]\nshop_graphql_url = \"https://x/graphql.json\"\nshop_channel = \"x\"\n\
+                 [[gateway.shops]]\nname = \"x\"\nplatform = \"shopify\"\nsecrets = [\"s\"]\n",
+            )?;
+            let err = Config::load(Some(Path::new("old.toml")))
+                .unwrap_err()
+                .to_string();
+            for named in [
+                "processors.shop_graphql_url",
+                "processors.shop_channel",
+                "gateway.shops",
+                "[[shops]]",
+                "admin_url =",
+            ] {
+                assert!(err.contains(named), "{named} missing from: {err}");
+            }
+            jail.set_env("FLYWHEEL_PROCESSORS__SAFETY_STOCK", "2");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("processors.safety_stock"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shops_come_from_the_environment_too() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "FLYWHEEL_SHOPS",
+                r#"[{name="eu", platform="shopify", admin_url="http://eu/graphql.json", access_token="t", warehouse_locations={WH1="Berlin"}}]"#,
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.shops.len(), 1);
+            assert_eq!(c.shops[0].name, "eu");
+            assert_eq!(c.shops[0].admin_url, "http://eu/graphql.json");
+            assert_eq!(c.shops[0].warehouse_locations["WH1"], "Berlin");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shops_need_distinct_url_safe_names() {
+        figment::Jail::expect_with(|jail| {
+            let shop = |name: &str| {
+                format!(
+                    "[[shops]]\nname = \"{name}\"\nplatform = \"shopify\"\nadmin_url = \"http://x/\"\n"
+                )
+            };
+            jail.create_file("two.toml", &format!("{}{}", shop("a"), shop("a")))?;
+            let err = Config::load(Some(Path::new("two.toml"))).unwrap_err();
+            assert!(
+                err.to_string().contains("two [[shops]] are named `a`"),
+                "{err}"
+            );
+            jail.create_file("slash.toml", &shop("a/b"))?;
+            let err = Config::load(Some(Path::new("slash.toml"))).unwrap_err();
+            assert!(err.to_string().contains("shop name `a/b`"), "{err}");
+            jail.create_file("ok.toml", &format!("{}{}", shop("eu"), shop("us")))?;
+            let c = Config::load(Some(Path::new("ok.toml"))).map_err(|e| e.to_string())?;
+            let names: Vec<&str> = c.shops.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(
+                names,
+                ["eu", "us"],
+                "the file's list replaces the default shop"
+            );
+            assert_eq!(c.shops[0].price_list, "list");
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]
@@ -774,11 +1083,18 @@ mod tests {
 mod example_file {
     #[test]
     fn the_shipped_example_config_loads() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/flywheel.example.toml");
-        let c = super::Config::load(Some(std::path::Path::new(path))).unwrap();
-        assert_eq!(c.kafka.replication_factor, 3);
-        assert_eq!(c.gateway.shops.len(), 2);
-        // Secrets never show in Debug output (and so never in logs).
-        assert!(!format!("{:?}", c.gateway.shops[0]).contains("current-app-secret"));
+        // In a jail: the other tests set FLYWHEEL_* variables in theirs.
+        figment::Jail::expect_with(|_| {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/flywheel.example.toml");
+            let c =
+                super::Config::load(Some(std::path::Path::new(path))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.replication_factor, 3);
+            assert_eq!(c.shops.len(), 2);
+            // Secrets never show in Debug output (and so never in logs).
+            let shown = format!("{:?}", c.shops[0]);
+            assert!(!shown.contains("current-app-secret"), "{shown}");
+            assert!(!shown.contains("shpat_"), "{shown}");
+            Ok(())
+        });
     }
 }

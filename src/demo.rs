@@ -1,9 +1,10 @@
 //! `flywheel demo`: the main job on a local default setup.
 //!
 //! Starts what is not configured (PostgreSQL with the Odoo-shaped demo ERP, or
-//! with `--erp erpnext` MariaDB with the ERPNext-shaped one plus PostgreSQL for
-//! the processors' state; the development broker; the shop simulator throttled
-//! like Shopify), runs every role against them
+//! with `--erp erpnext` MariaDB with the ERPNext-shaped one, where Flywheel's
+//! state lives too; the development broker; two simulated shops: `demo`,
+//! throttled like Shopify, and `outlet`, a WooCommerce shop stocked from the
+//! first warehouse), runs every role against them
 //! (source, gateway, processors), generates ERP activity (stock moves, price
 //! changes, shipments) and shop orders, and prints a status line every second.
 //! Ctrl-C stops the activity, lets the roles finish what they hold, and stops
@@ -15,9 +16,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use flywheel::config::{
-    Config, ErpConfig, ErpKind, KafkaConfig, Platform, ProcessorsConfig, Secret, ShopConfig,
-};
+use flywheel::config::{Config, ErpConfig, ErpKind, KafkaConfig, Platform, Secret, ShopConfig};
 use flywheel::erp::demo_erp::{self, DemoSize, ErpActivity};
 use flywheel::erp::demo_erpnext::{self, ErpNextActivity};
 use flywheel::erp::source_metrics::SourceMetrics;
@@ -26,6 +25,7 @@ use flywheel::ops::quantiles::BucketCounts;
 use flywheel::sync::apply_loop::freshness_histogram;
 use mysql_async::prelude::Queryable;
 use prometheus::proto::MetricFamily;
+use shopsim::woo::{WooConfig, WooSim};
 use shopsim::{ShopSim, SimConfig, Topic};
 
 use crate::roles;
@@ -35,7 +35,7 @@ use crate::roles;
 pub enum DemoErp {
     /// Odoo-shaped, on PostgreSQL.
     Odoo,
-    /// ERPNext-shaped, on MariaDB (the processors' state on PostgreSQL).
+    /// ERPNext-shaped, on MariaDB.
     Erpnext,
 }
 
@@ -60,6 +60,9 @@ pub struct DemoArgs {
     /// The simulated shop's GraphQL restore rate (points/s; Shopify's standard plan: 100).
     #[arg(long, default_value_t = 100.0)]
     shop_restore_rate: f64,
+    /// Run the Shopify shop alone, without the WooCommerce `outlet`.
+    #[arg(long)]
+    shopify_only: bool,
     /// Stop after this many seconds (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
@@ -81,10 +84,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut local_pg = None;
-    let mut local_state_pg = None;
     let mut local_mariadb = None;
     let mut local_broker = None;
     let mut local_shop = None;
+    let mut local_woo = None;
     let size = DemoSize {
         skus: args.skus,
         warehouses: args.warehouses,
@@ -121,21 +124,16 @@ pub async fn run(
         DemoErp::Odoo | DemoErp::Erpnext => {}
     }
     if args.erp == DemoErp::Erpnext {
-        if config.processors.state_dsn.is_none() {
-            eprintln!("starting a local PostgreSQL for the processors' state…");
-            let pg = LocalPostgres::start().await?;
-            pg.create_database("flywheel_state").await?;
-            config.processors.state_dsn = Some(pg.dsn("flywheel_state"));
-            local_state_pg = Some(pg);
-        }
-        // ERPNext names warehouses after the company; the shop after the code.
-        if config.processors.warehouse_locations.is_empty() {
-            config.processors.warehouse_locations = (1..=args.warehouses)
-                .map(|i| (demo_erpnext::warehouse_name(i), demo_erp::warehouse_code(i)))
-                .collect();
-        }
-        if config.processors.shop_price_list == ProcessorsConfig::default().shop_price_list {
-            config.processors.shop_price_list = demo_erpnext::STANDARD_SELLING.into();
+        for shop in &mut config.shops {
+            // ERPNext names warehouses after the company; the shop after the code.
+            if shop.warehouse_locations.is_empty() {
+                shop.warehouse_locations = (1..=args.warehouses)
+                    .map(|i| (demo_erpnext::warehouse_name(i), demo_erp::warehouse_code(i)))
+                    .collect();
+            }
+            if shop.price_list == ShopConfig::local_default().price_list {
+                shop.price_list = demo_erpnext::STANDARD_SELLING.into();
+            }
         }
     }
     if config.kafka.bootstrap == KafkaConfig::default().bootstrap {
@@ -145,7 +143,9 @@ pub async fn run(
         local_broker = Some(broker);
     }
     let workdir = tempfile::tempdir().context("a temporary directory for the gateway")?;
-    if config.processors.shop_graphql_url == ProcessorsConfig::default().shop_graphql_url {
+    // No shop configured: the simulator plays the default one.
+    let local_default = ShopConfig::local_default();
+    if config.shops.len() == 1 && config.shops[0].admin_url == local_default.admin_url {
         // The gateway's port is chosen first so the shop can be told where
         // to send its webhooks before either runs.
         let gateway_port = free_port()?;
@@ -176,25 +176,34 @@ pub async fn run(
             "starting the shop simulator ({} points, {}/s restore)…",
             sim_config.bucket_size, sim_config.restore_rate
         );
+        let seed = sim_config.seed.clone();
         let sim = ShopSim::start(sim_config, "127.0.0.1:0".parse()?).await?;
-        config.gateway.shops = vec![ShopConfig {
-            name: "demo".into(),
-            platform: Platform::Shopify,
-            secrets: vec![sim.config.webhook_secret.clone()],
-        }];
-        config.processors.shop_graphql_url = sim.graphql_url();
-        config.processors.shop_access_token = Secret(sim.config.access_token.clone());
-        config.processors.shop_channel = "demo".into();
+        if !args.shopify_only {
+            let (woo, outlet) = start_outlet(&config, args.erp, seed, gateway_port).await?;
+            config.shops.push(outlet);
+            local_woo = Some(woo);
+        }
+        let shop = &mut config.shops[0];
+        shop.name = "demo".into();
+        shop.platform = Platform::Shopify;
+        shop.webhook_secrets = vec![Secret(sim.config.webhook_secret.clone())];
+        shop.admin_url = sim.graphql_url();
+        shop.access_token = Secret(sim.config.access_token.clone());
         local_shop = Some(sim);
     }
 
     let roles_shutdown = shutdown.child_token();
     let started = roles::start(&config, &roles::ALL, &roles_shutdown).await?;
     eprintln!(
-        "ERP: {}\nKafka: {}\nshop: {}\ngateway: {}\nmetrics: {}\n",
+        "ERP: {}\nKafka: {}\nshops: {}\ngateway: {}\nmetrics: {}\n",
         config.erp.dsn,
         config.kafka.bootstrap,
-        config.processors.shop_graphql_url,
+        config
+            .shops
+            .iter()
+            .map(|s| format!("{} ({}, {})", s.name, s.platform.as_str(), s.admin_url))
+            .collect::<Vec<_>>()
+            .join(", "),
         started
             .gateway
             .map_or("-".into(), |a| format!("http://{a}/webhooks/…")),
@@ -213,13 +222,21 @@ pub async fn run(
     if let Some(sim) = &local_shop {
         sim.start_order_generator(args.orders_per_second);
     }
+    let woo_orders = local_woo.clone().map(|woo| {
+        tokio::spawn(generate_woo_orders(
+            woo,
+            args.orders_per_second,
+            activity_stop.clone(),
+        ))
+    });
+    let shop_names: Vec<String> = config.shops.iter().map(|s| s.name.clone()).collect();
 
     let mut erp = ErpHandle::connect(&config, args.erp)
         .await
         .context("connecting to the ERP for the status line")?;
     let started_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = Snapshot::take();
+    let mut last = Snapshot::take(&shop_names);
     // Seconds in a row that looked steady, and when that run began.
     let mut steady_run: Option<(u32, Duration)> = None;
     let mut steady = false;
@@ -230,8 +247,8 @@ pub async fn run(
                 if !started.all_running() {
                     break Err(anyhow::anyhow!("a role stopped"));
                 }
-                let now = Snapshot::take();
-                let sales = match &local_shop {
+                let now = Snapshot::take(&shop_names);
+                let mut sales = match &local_shop {
                     Some(sim) => {
                         let (sold, refused) = {
                             let st = sim.shop().state.lock();
@@ -242,6 +259,9 @@ pub async fn run(
                     }
                     None => String::new(),
                 };
+                if let Some(woo) = &local_woo {
+                    sales.push_str(&format!(", outlet orders {}", woo.state().orders.len()));
+                }
                 print_status(&last, &now, &sales);
                 steady_run = match (is_steady(&last, &now), steady_run) {
                     (false, _) => None,
@@ -269,6 +289,9 @@ pub async fn run(
     }
     activity_stop.cancel();
     let _ = activity.await;
+    if let Some(orders) = woo_orders {
+        let _ = orders.await;
+    }
     roles_shutdown.cancel();
     let stopped =
         tokio::time::timeout(Duration::from_secs(30), started.wait(&roles_shutdown)).await;
@@ -277,9 +300,9 @@ pub async fn run(
         Ok(r) => outcome.and(r),
     };
     drop(local_shop);
+    drop(local_woo);
     drop(local_broker);
     drop(local_pg);
-    drop(local_state_pg);
     drop(local_mariadb);
     eprintln!("demo stopped; local servers removed");
     outcome
@@ -316,7 +339,7 @@ async fn shop_seed_from_erp(
                 .exec(
                     "SELECT item_code, CAST(ROUND(price_list_rate, 2) AS CHAR) FROM `tabItem Price`
                      WHERE price_list = ? AND customer IS NULL ORDER BY item_code",
-                    (&config.processors.shop_price_list,),
+                    (config.shops.first().map_or("", |s| s.price_list.as_str()),),
                 )
                 .await
                 .context("reading the demo ERP's catalogue")?;
@@ -410,6 +433,69 @@ async fn generate_activity(erp: ErpHandle, size: DemoSize, rate: u32, stop: Canc
     }
 }
 
+/// The WooCommerce simulator as the shop `outlet`: the demo shop's catalogue,
+/// the ERP's first warehouse, its order webhooks to the gateway.
+async fn start_outlet(
+    config: &Config,
+    erp: DemoErp,
+    seed: shopsim::state::Seed,
+    gateway_port: u16,
+) -> anyhow::Result<(std::sync::Arc<WooSim>, ShopConfig)> {
+    eprintln!("starting the WooCommerce simulator (shop `outlet`)…");
+    let woo = WooSim::start(
+        WooConfig {
+            seed,
+            order_webhooks: vec![format!(
+                "http://127.0.0.1:{gateway_port}/webhooks/woocommerce/outlet"
+            )],
+            ..WooConfig::default()
+        },
+        "127.0.0.1:0".parse()?,
+    )
+    .await?;
+    let first_warehouse = match erp {
+        DemoErp::Odoo => demo_erp::warehouse_code(1),
+        DemoErp::Erpnext => demo_erpnext::warehouse_name(1),
+    };
+    let outlet = ShopConfig {
+        name: "outlet".into(),
+        platform: Platform::Woocommerce,
+        webhook_secrets: vec![Secret(woo.config.webhook_secret.clone())],
+        admin_url: format!("{}/wp-json/wc/v3", woo.base_url()),
+        consumer_key: Secret(woo.config.consumer_key.clone()),
+        consumer_secret: Secret(woo.config.consumer_secret.clone()),
+        price_list: config.shops[0].price_list.clone(),
+        warehouse_locations: [(first_warehouse, String::new())].into_iter().collect(),
+        order_poll_secs: 30,
+        ..ShopConfig::local_default()
+    };
+    Ok((std::sync::Arc::new(woo), outlet))
+}
+
+/// Places one-unit orders of random SKUs in the WooCommerce simulator.
+async fn generate_woo_orders(
+    woo: std::sync::Arc<WooSim>,
+    per_second: f64,
+    stop: CancellationToken,
+) {
+    if per_second <= 0.0 {
+        return;
+    }
+    let skus: Vec<String> = woo.stock().into_keys().collect();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Some(sku) = fastrand::choice(&skus) {
+                    // Refused (None) when the count is short, as the shop would.
+                    let _ = woo.place_order(sku, 1).await;
+                }
+            }
+        }
+    }
+}
+
 /// Counters at one moment, for per-second rates.
 struct Snapshot {
     at: Instant,
@@ -419,6 +505,8 @@ struct Snapshot {
     dead: u64,
     to_shop: BucketCounts,
     to_erp: BucketCounts,
+    /// ERP → shop freshness of each shop, by name.
+    per_shop: Vec<(String, BucketCounts)>,
 }
 
 /// Sum of a metric's series (counters) whose labels pass `keep`.
@@ -440,7 +528,7 @@ fn sum(families: &[MetricFamily], name: &str, keep: impl Fn(&[(&str, &str)]) -> 
 }
 
 impl Snapshot {
-    fn take() -> Snapshot {
+    fn take(shops: &[String]) -> Snapshot {
         let families = prometheus::gather();
         let all = |_: &[(&str, &str)]| true;
         let freshness = freshness_histogram();
@@ -459,8 +547,17 @@ impl Snapshot {
                 + sum(&families, "flywheel_processor_events_total", |l| {
                     l.contains(&("outcome", "dead_lettered"))
                 })) as u64,
-            to_shop: BucketCounts::take_where(freshness, |l| l != ["order_in"]),
-            to_erp: BucketCounts::take_where(freshness, |l| l == ["order_in"]),
+            to_shop: BucketCounts::take_where(freshness, |l| l.first() != Some(&"order_in")),
+            to_erp: BucketCounts::take_where(freshness, |l| l.first() == Some(&"order_in")),
+            per_shop: shops
+                .iter()
+                .map(|shop| {
+                    let counts = BucketCounts::take_where(freshness, |l| {
+                        l.first() != Some(&"order_in") && l.get(1) == Some(&shop.as_str())
+                    });
+                    (shop.clone(), counts)
+                })
+                .collect(),
         }
     }
 }
@@ -470,8 +567,23 @@ fn print_status(before: &Snapshot, now: &Snapshot, sales: &str) {
     let secs = now.at.duration_since(before.at).as_secs_f64().max(0.001);
     let to_shop = now.to_shop.since(&before.to_shop);
     let to_erp = now.to_erp.since(&before.to_erp);
+    let per_shop: String = if now.per_shop.len() > 1 {
+        now.per_shop
+            .iter()
+            .zip(&before.per_shop)
+            .map(|((shop, n), (_, b))| format!(" {shop} {}", fmt_secs(n.since(b).quantile(0.99))))
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        String::new()
+    };
+    let per_shop = if per_shop.is_empty() {
+        per_shop
+    } else {
+        format!(" (p99 by shop:{per_shop})")
+    };
     println!(
-        "captured {:>4.0} tx/s | applied {:>5.0}/s (total {:>6}) | slot lag {:>7} B | fresh ERP→shop p50 {:>6} p99 {:>6}, shop→ERP p50 {:>6} p99 {:>6} | throttled {:>4.1} s/s | dead letters {}{sales}",
+        "captured {:>4.0} tx/s | applied {:>5.0}/s (total {:>6}) | slot lag {:>7} B | fresh ERP→shop p50 {:>6} p99 {:>6}{per_shop}, shop→ERP p50 {:>6} p99 {:>6} | throttled {:>4.1} s/s | dead letters {}{sales}",
         (now.txns - before.txns) as f64 / secs,
         (now.applied - before.applied) as f64 / secs,
         now.applied,

@@ -58,6 +58,20 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Compare every shop with the ERP (after the processors' mapping) and
+    /// print the drift; exits 0 in sync, 1 on drift, 2 when it could not compare.
+    Reconcile(ReconcileArgs),
+    /// The whole story of one key (`stock SKU-000042/WH1`, `price
+    /// SKU-000042/list/EUR`): the ERP now, its events in Kafka, what each shop's
+    /// processor applied, what the shop shows, dead letters, and a verdict per
+    /// shop; exits 0 in sync everywhere, 1 if not, 2 when it could not trace.
+    Trace {
+        #[arg(value_enum)]
+        entity: TraceEntity,
+        key: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Everything locally: its own PostgreSQL with the demo ERP, a tansu broker and
     /// a shop simulator (unless configured), all roles, ERP activity and shop
     /// orders, with a live status line. Ctrl-C stops it all.
@@ -75,6 +89,40 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         orders: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct ReconcileArgs {
+    /// One shop (its `[[shops]]` name); every shop when absent.
+    #[arg(long)]
+    shop: Option<String>,
+    /// What to compare.
+    #[arg(long, value_enum, default_value_t = EntityArg::All)]
+    entity: EntityArg,
+    /// Produce the drifted keys' ERP events again, for the processors to apply.
+    #[arg(long)]
+    repair: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EntityArg {
+    Stock,
+    Price,
+    All,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TraceEntity {
+    Stock,
+    Price,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +206,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match &cli.command {
+        Command::Reconcile(args) => return runtime.block_on(reconcile(&config, args)),
+        Command::Trace {
+            entity,
+            key,
+            format,
+        } => return runtime.block_on(trace(&config, *entity, key, *format)),
+        _ => {}
+    }
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -227,6 +284,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("topics ready: {}", physical.join(", "));
         }
         Command::Demo(args) => demo::run(args, config, shutdown).await?,
+        Command::Reconcile(_) | Command::Trace { .. } => {
+            unreachable!("run before, for their exit status")
+        }
         #[cfg(feature = "dev-broker")]
         Command::DevBroker(args) => dev_broker::run(args).await?,
         Command::SeedDemoErp {
@@ -247,6 +307,67 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exits 0 in sync, 1 on drift, 2 when it could not compare.
+async fn reconcile(config: &Config, args: &ReconcileArgs) -> ExitCode {
+    use flywheel::reconcile::{self, Entity, Request};
+    let request = Request {
+        shop: args.shop.clone(),
+        entities: match args.entity {
+            EntityArg::Stock => vec![Entity::Stock],
+            EntityArg::Price => vec![Entity::Price],
+            EntityArg::All => Entity::ALL.to_vec(),
+        },
+        repair: args.repair,
+        budget_share: 1.0,
+    };
+    let reports = match reconcile::reconcile(config, &request).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flywheel: could not compare: {}", error_chain(&e.into()));
+            return ExitCode::from(2);
+        }
+    };
+    match args.format {
+        Format::Table => print!("{}", reconcile::render_table(&reports)),
+        Format::Json => match serde_json::to_string_pretty(&reports) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("flywheel: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    }
+    ExitCode::from(reconcile::exit_status(&reports))
+}
+
+/// Exits 0 when every shop is in sync for the key, 1 if not, 2 when it
+/// could not trace.
+async fn trace(config: &Config, entity: TraceEntity, key: &str, format: Format) -> ExitCode {
+    use flywheel::reconcile::{Entity, trace};
+    let entity = match entity {
+        TraceEntity::Stock => Entity::Stock,
+        TraceEntity::Price => Entity::Price,
+    };
+    let story = match trace::trace(config, entity, key).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("flywheel: could not trace: {}", error_chain(&e.into()));
+            return ExitCode::from(2);
+        }
+    };
+    match format {
+        Format::Table => print!("{}", trace::render(&story)),
+        Format::Json => match serde_json::to_string_pretty(&story) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("flywheel: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    }
+    ExitCode::from(u8::from(!story.shops.iter().all(|s| s.in_sync)))
 }
 
 async fn dlq(config: &Config, action: DlqAction) -> anyhow::Result<()> {
@@ -372,13 +493,17 @@ async fn print_lag(config: &Config) -> anyhow::Result<()> {
                 config.kafka.bootstrap
             )
         })?;
+    // Group names grow with the shop's name: the columns follow.
+    let (gw, tw) = lags.iter().fold((36, 32), |(g, t), l| {
+        (g.max(l.group.len()), t.max(l.topic.len()))
+    });
     println!(
-        "{:<36} {:<32} {:>9} {:>12} {:>12} {:>9}",
+        "{:<gw$} {:<tw$} {:>9} {:>12} {:>12} {:>9}",
         "group", "topic", "partition", "committed", "high", "lag"
     );
     for l in &lags {
         println!(
-            "{:<36} {:<32} {:>9} {:>12} {:>12} {:>9}",
+            "{:<gw$} {:<tw$} {:>9} {:>12} {:>12} {:>9}",
             l.group,
             l.topic,
             l.partition,

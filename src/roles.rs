@@ -55,6 +55,26 @@ impl Started {
     }
 }
 
+/// A shop's processors that end for good (refused credentials, an untrusted
+/// certificate, a setting that cannot work) stop that shop only: the error is
+/// logged with the shop, its processors stay down (not ready, alerting), and
+/// the other shops go on until shutdown.
+async fn this_shop_only<T>(
+    shop: &str,
+    shutdown: &CancellationToken,
+    ended: anyhow::Result<T>,
+) -> anyhow::Result<()> {
+    if let Err(e) = ended {
+        tracing::error!(
+            shop,
+            error = format!("{e:#}"),
+            "this shop's processors stopped for good; the other shops go on: fix what the error names, then restart"
+        );
+        shutdown.cancelled().await;
+    }
+    Ok(())
+}
+
 /// Starts `roles` until `shutdown`. `/metrics`, `/healthz` and `/readyz` are
 /// served on `metrics.listen` (and beside the webhooks when the gateway runs).
 pub async fn start(
@@ -102,12 +122,14 @@ pub async fn start(
             }
             Role::Processors => {
                 use flywheel::sync::{
-                    orders_to_erp, price_to_shop, shop_inventory, status_to_shop, stock_to_shop,
+                    lanes, orders_to_erp, price_to_shop, shop_inventory, status_to_shop,
+                    stock_to_shop,
                 };
-                readiness.require(|| {
-                    flywheel::sync::CONSUMED.iter().all(|(entity, _)| {
-                        flywheel::sync::apply_loop::is_running(entity)
-                            && !flywheel::sync::apply_loop::is_stalled(entity)
+                let all = lanes(&config);
+                readiness.require(move || {
+                    all.iter().all(|lane| {
+                        flywheel::sync::apply_loop::is_running(lane)
+                            && !flywheel::sync::apply_loop::is_stalled(lane)
                     })
                 });
                 tokio::spawn(flywheel::ops::lag::export(
@@ -115,16 +137,72 @@ pub async fn start(
                     std::time::Duration::from_secs(15),
                     token.clone(),
                 ));
+                for shop in config.shops.clone() {
+                    let (config, token) = (config.clone(), token.clone());
+                    tokio::spawn(async move {
+                        flywheel::reconcile::continuous::run(&config, &shop, token).await
+                    });
+                }
+                // Each shop's processors run on their own: a shop that is
+                // throttled, down or misconfigured never holds another back.
+                for shop in config.shops.clone() {
+                    let (config, token) = (config.clone(), token.clone());
+                    match shop.platform {
+                        flywheel::config::Platform::Shopify => {
+                            tasks.spawn(async move {
+                                let sync = async {
+                                    tokio::try_join!(
+                                        stock_to_shop::run(&config, &shop, token.clone()),
+                                        price_to_shop::run(&config, &shop, token.clone()),
+                                        status_to_shop::run(&config, &shop, token.clone()),
+                                        shop_inventory::run(&config, &shop, token.clone()),
+                                    )
+                                    .map_err(anyhow::Error::from)
+                                };
+                                let poll = async {
+                                    order_poll(&config, &shop, &token)
+                                        .await
+                                        .map_err(anyhow::Error::from)
+                                };
+                                let ended = tokio::try_join!(sync, poll)
+                                    .with_context(|| format!("processors of shop `{}`", shop.name));
+                                this_shop_only(&shop.name, &token, ended).await
+                            });
+                        }
+                        flywheel::config::Platform::Woocommerce if shop.admin_url.is_empty() => {
+                            tracing::info!(shop = %shop.name, "no admin_url: only this shop's webhooks are taken");
+                        }
+                        flywheel::config::Platform::Woocommerce => {
+                            tasks.spawn(async move {
+                                let poll = order_poll(&config, &shop, &token);
+                                let stock = async {
+                                    stock_to_shop::run(&config, &shop, token.clone())
+                                        .await
+                                        .map_err(anyhow::Error::from)
+                                };
+                                let prices = async {
+                                    price_to_shop::run(&config, &shop, token.clone())
+                                        .await
+                                        .map_err(anyhow::Error::from)
+                                };
+                                let status = async {
+                                    status_to_shop::run(&config, &shop, token.clone())
+                                        .await
+                                        .map_err(anyhow::Error::from)
+                                };
+                                let ended = tokio::try_join!(stock, prices, status, async {
+                                    poll.await.map_err(anyhow::Error::from)
+                                })
+                                .with_context(|| format!("processors of shop `{}`", shop.name));
+                                this_shop_only(&shop.name, &token, ended).await
+                            });
+                        }
+                    }
+                }
                 tasks.spawn(async move {
-                    tokio::try_join!(
-                        stock_to_shop::run(&config, token.clone()),
-                        price_to_shop::run(&config, token.clone()),
-                        status_to_shop::run(&config, token.clone()),
-                        orders_to_erp::run(&config, token.clone()),
-                        shop_inventory::run(&config, token),
-                    )
-                    .context("processors")?;
-                    Ok(())
+                    orders_to_erp::run(&config, token)
+                        .await
+                        .context("processors: orders into the ERP")
                 });
             }
         }
@@ -136,4 +214,18 @@ pub async fn start(
         expected: tasks.len(),
         tasks,
     })
+}
+
+/// `shop`'s order poll (`shop::order_poll`), restarted after transient failures.
+async fn order_poll(
+    config: &Config,
+    shop: &flywheel::config::ShopConfig,
+    token: &CancellationToken,
+) -> Result<(), flywheel::shop::order_poll::PollError> {
+    use flywheel::shop::order_poll::{PollError, run_for_shop};
+    let role = format!("order_poll.{}", shop.name);
+    flywheel::supervise::with_restarts(&role, token, PollError::is_retryable, || {
+        run_for_shop(config, shop, token.clone())
+    })
+    .await
 }

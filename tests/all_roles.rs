@@ -15,18 +15,6 @@ use flywheel::local_infra::free_port;
 
 const T: Duration = Duration::from_secs(90);
 
-/// Prints `flywheel run`'s log when the test fails.
-struct ShowLogOnPanic(std::path::PathBuf);
-
-impl Drop for ShowLogOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
-            eprintln!("--- flywheel run's log ---\n{log}--- end of log ---");
-        }
-    }
-}
-
 /// Whether `promtool` can lint here. It is not a prerequisite of `cargo
 /// test` (the README promises Rust and PostgreSQL only), so without it the
 /// lint is skipped loudly; `.ci/run` installs it and sets
@@ -80,17 +68,15 @@ async fn every_role_in_one_process_syncs_passes_promtool_and_stops_on_sigterm() 
     config.gateway.listen = format!("127.0.0.1:{gateway_port}");
     let dir = tempfile::tempdir().unwrap();
     config.gateway.dedupe_path = dir.path().join("seen.log");
-    config.gateway.shops = vec![flywheel::config::ShopConfig {
-        name: "demo".into(),
-        platform: flywheel::config::Platform::Shopify,
-        secrets: vec!["s".into()],
-    }];
+    config.shops[0].webhook_secrets = vec![flywheel::config::Secret("s".into())];
+    // Often enough that the drift gauges are exported within the test.
+    config.reconcile.interval_secs = 3;
     let file = dir.path().join("flywheel.toml");
     std::fs::write(&file, toml::to_string(&config).expect("config as TOML")).unwrap();
 
     // The child's log goes to a file, shown when the test fails.
     let log_path = dir.path().join("flywheel.log");
-    let _show_log = ShowLogOnPanic(log_path.clone());
+    let _show_log = common::ShowLogOnPanic(log_path.clone());
     let start = || {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -145,6 +131,8 @@ async fn every_role_in_one_process_syncs_passes_promtool_and_stops_on_sigterm() 
         "flywheel_source_dead_letters_total",
         "flywheel_role_restarts_total",
         "flywheel_source_replication_lag_seconds",
+        "flywheel_drift_keys",
+        "flywheel_reconcile_last_success_timestamp_seconds",
     ];
     let mut missing = Vec::new();
     for _ in 0..(T.as_millis() / 200) {
@@ -315,7 +303,7 @@ async fn processors_are_live_but_not_ready_while_their_state_database_is_away() 
     let file = dir.path().join("flywheel.toml");
     std::fs::write(&file, toml::to_string(&config).expect("config as TOML")).unwrap();
     let log_path = dir.path().join("flywheel.log");
-    let _show_log = ShowLogOnPanic(log_path.clone());
+    let _show_log = common::ShowLogOnPanic(log_path.clone());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
         .arg("--config")
         .arg(&file)
@@ -340,7 +328,8 @@ async fn processors_are_live_but_not_ready_while_their_state_database_is_away() 
             };
             let text = r.text().await.unwrap_or_default();
             text.lines().any(|l| {
-                l.starts_with("flywheel_role_restarts_total{role=\"stock\"}") && !l.ends_with(" 0")
+                l.starts_with("flywheel_role_restarts_total{role=\"stock.demo\"}")
+                    && !l.ends_with(" 0")
             })
         },
     )

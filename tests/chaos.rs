@@ -137,13 +137,18 @@ impl RoleProcess {
             return false;
         };
         let text = text.text().await.unwrap_or_default();
-        flywheel::sync::CONSUMED.iter().all(|(entity, _)| {
-            text.lines().any(|l| {
-                l.starts_with(&format!(
-                    "flywheel_processor_assigned_partitions{{entity=\"{entity}\"}}"
-                )) && !l.ends_with(" 0")
+        // The default configuration's lanes: one shop, `demo`, as here.
+        flywheel::sync::lanes(&flywheel::config::Config::default())
+            .iter()
+            .all(|lane| {
+                text.lines().any(|l| {
+                    l.starts_with(&format!(
+                        "flywheel_processor_assigned_partitions{{entity=\"{}\",shop=\"{}\"}}",
+                        lane.entity,
+                        lane.shop_label()
+                    )) && !l.ends_with(" 0")
+                })
             })
-        })
     }
 }
 
@@ -217,16 +222,16 @@ message_timeout_ms = 10000
 listen = "127.0.0.1:{gateway_port}"
 dedupe_path = "{dedupe}"
 
-[[gateway.shops]]
+[[shops]]
 name = "demo"
 platform = "shopify"
-secrets = ["{SECRET}"]
+webhook_secrets = ["{SECRET}"]
+admin_url = "{graphql}"
+access_token = "{token}"
 
 [processors]
 group_id = "chaos"
 instance_id = "chaos-worker"
-shop_graphql_url = "{graphql}"
-shop_access_token = "{token}"
 batch_wait_ms = 50
 stall_timeout_secs = 8
 

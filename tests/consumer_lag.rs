@@ -25,7 +25,7 @@ async fn lag_counts_what_a_group_has_not_committed() {
     assert!(ok, "flywheel lag failed: {text}");
     let stock_rows: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("consumer_lag-processors.stock "))
+        .filter(|l| l.starts_with("consumer_lag-processors.stock.demo "))
         .collect();
     assert_eq!(stock_rows.len(), 3, "one row per partition:\n{text}");
     let printed: i64 = stock_rows
@@ -36,7 +36,7 @@ async fn lag_counts_what_a_group_has_not_committed() {
     assert!(text.contains("slot consumer_lag: active"), "{text}");
 
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     wait_for("the stock group to catch up", T, || async {
         !shop_stock(&sim).await.is_empty() && common::stock_lag(&config) == 0

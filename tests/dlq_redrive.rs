@@ -17,7 +17,7 @@ async fn a_dead_letter_redriven_after_its_cause_is_fixed_is_applied() {
     let sim = common::start_shop(20).await;
     let config = common::processor_config(&env, &sim, "dlq_redrive-processors");
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     // An empty dead-letter topic is not an error.
     let (ok, text) = common::flywheel_cli(&config, &["dlq", "list"]).await;

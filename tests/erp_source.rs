@@ -5,23 +5,10 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Rec, TestEnv, small, wait_for};
+use common::{FlywheelProcess, Rec, TestEnv, small, wait_for};
 use flywheel::erp::demo_erp::DemoSize;
 
 const T: Duration = Duration::from_secs(60);
-
-fn latest_by_key(records: &[Rec]) -> HashMap<String, &Rec> {
-    let mut out: HashMap<String, &Rec> = HashMap::new();
-    for r in records {
-        match out.get(&r.key) {
-            Some(prev) if prev.version() >= r.version() => {}
-            _ => {
-                out.insert(r.key.clone(), r);
-            }
-        }
-    }
-    out
-}
 
 /// Runs `sql` in one transaction; returns WAL positions just before and after
 /// its commit, which bracket the commit record's LSN.
@@ -352,55 +339,15 @@ async fn prices_follow_list_price_and_pricelist_changes() {
                     .any(|e| e.key == "SKU-000006/2/EUR" && e.str("amount") == Some("31.50"))
         })
         .await;
-    let latest = latest_by_key(records);
+    let latest = common::latest_by_key(records);
     assert_eq!(latest["SKU-000006/2/EUR"].str("compare_at"), Some("50.00"));
     source.stop().await;
-}
-
-/// `flywheel source` as a child process; killed when dropped, so a failing
-/// test does not leave it running.
-struct SourceProcess(std::process::Child);
-
-impl SourceProcess {
-    /// Starts it configured for `env`; `extra_env` overrides those settings.
-    fn spawn(env: &TestEnv, extra_env: &[(&str, &str)]) -> SourceProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
-            .arg("source")
-            .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
-            .env("FLYWHEEL_ERP__SLOT", &env.config.erp.slot)
-            .env("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "100")
-            .env("FLYWHEEL_KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
-            .env(
-                "FLYWHEEL_KAFKA__TOPIC_PREFIX",
-                &env.config.kafka.topic_prefix,
-            )
-            .env("FLYWHEEL_KAFKA__PARTITIONS", "3")
-            .env("FLYWHEEL_METRICS__LISTEN", "")
-            .envs(extra_env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawning flywheel source");
-        SourceProcess(child)
-    }
-
-    fn kill_9(&mut self) {
-        self.0.kill().expect("kill -9");
-        self.0.wait().expect("reaping the killed source");
-    }
-}
-
-impl Drop for SourceProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let env = TestEnv::new("kill_nine", small()).await;
-    let mut child = SourceProcess::spawn(&env, &[]);
+    let mut child = FlywheelProcess::source(&env.config, &[]);
     wait_for("the snapshot", T, || env.snapshot_done()).await;
 
     // A writer changes stock of 10 SKUs across warehouses in many small
@@ -432,17 +379,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     stock.read_until(T, |r| r.len() >= 60 + 200).await;
     child.kill_9();
     // Everything produced by the first run, and where it ends per partition.
-    let first_run_ends: HashMap<i32, i64> = {
-        let records = stock.drain(Duration::from_secs(2)).await;
-        let mut ends = HashMap::new();
-        for r in records {
-            let e = ends.entry(r.partition).or_insert(r.offset);
-            *e = (*e).max(r.offset);
-        }
-        ends
-    };
+    let first_run_ends = common::run_ends(&mut stock).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the writer keeps writing while the source is down
-    let mut child = SourceProcess::spawn(&env, &[]);
+    let mut child = FlywheelProcess::source(&env.config, &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let writes = writer.await.expect("writer");
@@ -457,34 +396,12 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
             finals.insert(format!("{sku}/{wh}"), env.stock_of(&sku, &wh).await.0);
         }
     }
-    let finals_ref = &finals;
-    stock
-        .read_until(T, move |r| {
-            let latest = latest_by_key(r);
-            finals_ref
-                .iter()
-                .all(|(k, v)| latest.get(k).and_then(|e| e.str("on_hand")) == Some(v.as_str()))
-        })
-        .await;
+    common::await_final_on_hand(&mut stock, &finals).await;
     child.kill_9();
 
     // Within each run, versions per key only grow; a restart may replay (older
     // versions again), which consumers skip as stale.
-    let mut last: HashMap<(bool, String), u64> = HashMap::new();
-    for r in &stock.records {
-        let second_run = first_run_ends
-            .get(&r.partition)
-            .is_some_and(|end| r.offset > *end);
-        let prev = last.entry((second_run, r.key.clone())).or_insert(0);
-        assert!(
-            r.version() > *prev,
-            "version went backward within a run for {}: {} after {}",
-            r.key,
-            r.version(),
-            prev
-        );
-        *prev = r.version();
-    }
+    common::assert_versions_grow_within_runs(&stock.records, &first_run_ends);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,26 +409,39 @@ async fn sigterm_exits_cleanly_and_confirms_what_was_produced() {
     let mut env = TestEnv::new("sigterm", small()).await;
     // Status reports every 60 s and no heartbeat: only the shutdown path can
     // confirm the change below in time.
-    let mut child = SourceProcess::spawn(
-        &env,
+    let mut child = FlywheelProcess::source(
+        &env.config,
         &[
             ("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "60000"),
             ("FLYWHEEL_ERP__HEARTBEAT_INTERVAL_MS", "0"),
         ],
     );
     wait_for("the snapshot", T, || env.snapshot_done()).await;
-    let (lo, _) = commit_bracketed(
-        &mut env,
-        "UPDATE stock_quant SET quantity = 555 WHERE product_id = 5",
-    )
-    .await;
     let mut stock = env.reader("erp.stock.v1");
-    stock
-        .read_until(T, |r| r.iter().any(|e| e.version() >= lo))
+    // The server may ask for a status report at any time (it does under
+    // load); a change it had us confirm proves nothing about shutdown, so
+    // commit another until one is produced but not yet confirmed.
+    let mut lo = 0;
+    for attempt in 1..=5 {
+        let (before, _) = commit_bracketed(
+            &mut env,
+            &format!(
+                "UPDATE stock_quant SET quantity = {} WHERE product_id = 5",
+                550 + attempt
+            ),
+        )
         .await;
+        stock
+            .read_until(T, |r| r.iter().any(|e| e.version() >= before))
+            .await;
+        if env.confirmed_flush().await.unwrap_or(0) <= before {
+            lo = before;
+            break;
+        }
+    }
     assert!(
-        env.confirmed_flush().await.unwrap_or(0) <= lo,
-        "already confirmed before shutdown: the test would prove nothing"
+        lo > 0,
+        "every change was confirmed before shutdown: the test would prove nothing"
     );
 
     // SAFETY: signalling our own child process.

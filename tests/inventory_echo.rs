@@ -26,10 +26,10 @@ async fn our_own_stock_writes_come_back_as_echoes_and_shop_changes_are_told_apar
     .await;
     let (sim, config) = (&wired.sim, &wired.config);
     let stock = common::RunningProcessor::spawn(config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     let inventory = common::RunningProcessor::spawn(config, |c, t| async move {
-        flywheel::sync::shop_inventory::run(&c, t).await
+        flywheel::sync::shop_inventory::run(&c, &c.shops[0].clone(), t).await
     });
 
     // The snapshot sets every level with stock (the shop starts at 0): each

@@ -16,7 +16,7 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use common::{Rec, RunningSource, TopicReader, wait_for};
+use common::{FlywheelProcess, Rec, RunningSource, TopicReader, wait_for};
 use flywheel::bus::avro::AvroCodec;
 use flywheel::bus::producer::{EventProducer, OutRecord};
 use flywheel::bus::topics::ensure_topics;
@@ -86,6 +86,9 @@ impl Env {
         config.erp.slot = name.to_owned();
         // Replicas of one server need distinct ids, and tests run at once.
         config.erp.server_id = replica_id(name);
+        // Flywheel's own state (source position, echo marks, the
+        // processors' versions, levels and leases) per test too.
+        config.erp.state_database = format!("{name}_fw");
         config.erp.status_interval_ms = 100;
         config.erp.heartbeat_interval_ms = 500;
         config.kafka.bootstrap = common::shared().await.broker.bootstrap();
@@ -146,7 +149,10 @@ impl Env {
         let mut conn = shared_or_own(&self.dsn).await?;
         let row: Option<(String, u64)> = conn
             .exec_first(
-                "SELECT binlog_file, binlog_pos FROM flywheel.source_state WHERE name = ?",
+                format!(
+                    "SELECT binlog_file, binlog_pos FROM `{}`.source_state WHERE name = ?",
+                    self.config.erp.state_database
+                ),
                 (&self.name,),
             )
             .await
@@ -214,19 +220,6 @@ async fn master_position(conn: &mut Conn) -> u64 {
         .position()
         .expect("numbered file")
         .0
-}
-
-fn latest_by_key(records: &[Rec]) -> HashMap<String, &Rec> {
-    let mut out: HashMap<String, &Rec> = HashMap::new();
-    for r in records {
-        match out.get(&r.key) {
-            Some(prev) if prev.version() >= r.version() => {}
-            _ => {
-                out.insert(r.key.clone(), r);
-            }
-        }
-    }
-    out
 }
 
 fn key(item: u32, warehouse: u32) -> String {
@@ -402,7 +395,7 @@ async fn a_graceful_restart_resumes_where_it_stopped_without_a_new_snapshot() {
         2,
         "the snapshot's event and the change, no second snapshot"
     );
-    let latest = latest_by_key(records);
+    let latest = common::latest_by_key(records);
     assert_eq!(latest[&k].str("on_hand"), Some("77.000000000"));
     assert!(env.stored().await.expect("stored").position() > snapshot_at.position());
     source.stop().await;
@@ -416,9 +409,9 @@ async fn transactions_carrying_flywheels_echo_mark_are_not_captured() {
     let before = master_position(&mut env.erp).await;
     // Flywheel's own write: the mark is inserted and deleted in the transaction.
     env.commit(
-        "INSERT INTO flywheel.echo_marks (origin) VALUES ('test');
+        "INSERT INTO echo_mark_fw.echo_marks (origin) VALUES ('test');
          UPDATE `tabBin` SET actual_qty = 55 WHERE item_code = 'SKU-000004' AND warehouse = 'WH1 - FW';
-         DELETE FROM flywheel.echo_marks WHERE origin = 'test'",
+         DELETE FROM echo_mark_fw.echo_marks WHERE origin = 'test'",
     )
     .await;
     // Someone else's write after it.
@@ -488,51 +481,10 @@ async fn order_status_follows_submission_and_delivery() {
     source.stop().await;
 }
 
-/// The `flywheel source` binary, killed with SIGKILL in the tests.
-struct SourceProcess(std::process::Child);
-
-impl SourceProcess {
-    fn spawn(env: &Env) -> SourceProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
-            .arg("source")
-            .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
-            .env("FLYWHEEL_ERP__SLOT", &env.config.erp.slot)
-            .env(
-                "FLYWHEEL_ERP__SERVER_ID",
-                env.config.erp.server_id.to_string(),
-            )
-            .env("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "100")
-            .env("FLYWHEEL_KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
-            .env(
-                "FLYWHEEL_KAFKA__TOPIC_PREFIX",
-                &env.config.kafka.topic_prefix,
-            )
-            .env("FLYWHEEL_KAFKA__PARTITIONS", "3")
-            .env("FLYWHEEL_METRICS__LISTEN", "")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawning flywheel source");
-        SourceProcess(child)
-    }
-
-    fn kill_9(&mut self) {
-        self.0.kill().expect("kill -9");
-        self.0.wait().expect("reaping the killed source");
-    }
-}
-
-impl Drop for SourceProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let mut env = Env::new("kill_nine", small()).await;
-    let mut child = SourceProcess::spawn(&env);
+    let mut child = FlywheelProcess::source(&env.config, &[]);
     wait_for("the snapshot", T, || env.snapshot_done()).await;
 
     // A writer changes stock of 10 items across warehouses in many small
@@ -563,15 +515,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
     let mut stock = env.reader("erp.stock.v1");
     stock.read_until(T, |r| r.len() >= 60 + 200).await;
     child.kill_9();
-    let first_run_ends: HashMap<i32, i64> = {
-        let records = stock.drain(Duration::from_secs(2)).await;
-        let mut ends = HashMap::new();
-        for r in records {
-            let e = ends.entry(r.partition).or_insert(r.offset);
-            *e = (*e).max(r.offset);
-        }
-        ends
-    };
+    let first_run_ends = common::run_ends(&mut stock).await;
     // The writer keeps writing while the source is down.
     let down_from = master_position(&mut env.erp).await;
     wait_for("writes while the source is down", T, || {
@@ -584,7 +528,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
         }
     })
     .await;
-    let mut child = SourceProcess::spawn(&env);
+    let mut child = FlywheelProcess::source(&env.config, &[]);
     wait_for(
         "the restarted source to store a newer position",
         T,
@@ -607,33 +551,11 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
             finals.insert(key(i, w), actual);
         }
     }
-    let finals_ref = &finals;
-    stock
-        .read_until(T, move |r| {
-            let latest = latest_by_key(r);
-            finals_ref
-                .iter()
-                .all(|(k, v)| latest.get(k).and_then(|e| e.str("on_hand")) == Some(v.as_str()))
-        })
-        .await;
+    common::await_final_on_hand(&mut stock, &finals).await;
     child.kill_9();
 
     // Within each run, versions per key only grow; the restart may replay.
-    let mut last: HashMap<(bool, String), u64> = HashMap::new();
-    for r in &stock.records {
-        let second_run = first_run_ends
-            .get(&r.partition)
-            .is_some_and(|end| r.offset > *end);
-        let prev = last.entry((second_run, r.key.clone())).or_insert(0);
-        assert!(
-            r.version() > *prev,
-            "version went backward within a run for {}: {} after {}",
-            r.key,
-            r.version(),
-            prev
-        );
-        *prev = r.version();
-    }
+    common::assert_versions_grow_within_runs(&stock.records, &first_run_ends);
 }
 
 /// Runs the source once on `env` and returns its error (it must fail).
@@ -710,7 +632,7 @@ async fn a_wrong_binlog_format_and_a_purged_binlog_are_refused_with_the_fix() {
     assert!(err.contains("purged"), "{err}");
     assert!(err.contains("re-snapshot"), "{err}");
     assert!(
-        err.contains("DELETE FROM `flywheel`.source_state WHERE name = 'misconfigured'"),
+        err.contains("DELETE FROM `misconfigured_fw`.source_state WHERE name = 'misconfigured'"),
         "{err}"
     );
 }
@@ -774,12 +696,8 @@ async fn shop_orders_reach_erpnext_once_and_do_not_echo() {
     )
     .await;
     let source = env.start_streaming().await;
-    let pg = &common::shared().await.pg;
-    pg.create_database("my_orders_in_state")
-        .await
-        .expect("state database");
+    // The processors keep their state beside the source's, in MariaDB.
     let mut config = env.config.clone();
-    config.processors.state_dsn = Some(pg.dsn("my_orders_in_state"));
     config.processors.group_id = "orders_in".into();
     config.processors.batch_wait_ms = 100;
 
@@ -902,4 +820,361 @@ async fn shop_orders_reach_erpnext_once_and_do_not_echo() {
         .await;
     processor.stop().await;
     source.stop().await;
+}
+
+/// `flywheel processors` on `config` written to a file, killed when dropped.
+struct ProcessorsProcess {
+    child: FlywheelProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl ProcessorsProcess {
+    fn spawn(config: &Config) -> ProcessorsProcess {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("flywheel.toml");
+        std::fs::write(&file, toml::to_string(config).expect("config as TOML")).expect("config");
+        let child = FlywheelProcess::spawn(
+            &["--config".as_ref(), file.as_os_str(), "processors".as_ref()],
+            &[],
+        );
+        ProcessorsProcess { child, _dir: dir }
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill_9();
+    }
+}
+
+/// (SKU, shop location) → what the shop should sell: actual − reserved,
+/// never below zero (no shop orders here, so nothing is the shop's own).
+async fn erpnext_should_show(dsn: &str) -> HashMap<(String, String), i64> {
+    let mut c = shared_or_own(dsn).await.expect("connect");
+    let rows: Vec<(String, String, i64)> = c
+        .query(
+            "SELECT item_code, warehouse,
+                    CAST(GREATEST(0, TRUNCATE(actual_qty, 0) - CEIL(reserved_qty)) AS SIGNED)
+             FROM `tabBin`",
+        )
+        .await
+        .expect("reading tabBin");
+    rows.into_iter()
+        .map(|(item, warehouse, n)| {
+            // `WH2 - FW` is the shop's `WH2`.
+            let location = warehouse
+                .split(" - ")
+                .next()
+                .unwrap_or(&warehouse)
+                .to_owned();
+            ((item, location), n)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processors_keep_their_state_in_mariadb_and_recover_from_kill_9() {
+    let env = Env::new("state_in_mariadb", small()).await;
+    let source = env.start_streaming().await;
+    let sim = common::start_shop(20).await;
+    // No `processors.state_dsn`: versions, levels written and partition
+    // leases live in the ERP's server, beside the source's position.
+    let mut config = env.config.clone();
+    assert!(config.processors.state_dsn.is_none());
+    config.processors.group_id = "state_in_mariadb".into();
+    config.processors.instance_id = "mariadb-worker".into();
+    config.processors.batch_wait_ms = 50;
+    config.shops[0].admin_url = sim.graphql_url();
+    config.shops[0].access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    config.shops[0].price_list = demo_erpnext::STANDARD_SELLING.into();
+    config.shops[0].warehouse_locations = (1..=3)
+        .map(|i| (warehouse_name(i), format!("WH{i}")))
+        .collect();
+    let mut workers = ProcessorsProcess::spawn(&config);
+    let in_sync =
+        || async { common::shop_stock(&sim).await == erpnext_should_show(&env.dsn).await };
+    wait_for("the shop to show the ERP's stock", T, in_sync).await;
+
+    let state_db = config.erp.state_database.clone();
+    let mut conn = shared_or_own(&env.dsn).await.expect("connect");
+    let applied: i64 = conn
+        .exec_first(
+            format!(
+                "SELECT COUNT(*) FROM `{state_db}`.applied_versions WHERE processor = 'stock.demo'"
+            ),
+            (),
+        )
+        .await
+        .expect("reading applied versions")
+        .expect("a count");
+    assert_eq!(applied, 60, "one applied version per item and warehouse");
+    let written: i64 = conn
+        .exec_first(
+            format!("SELECT COUNT(*) FROM `{state_db}`.levels_written WHERE confirmed"),
+            (),
+        )
+        .await
+        .expect("reading levels written")
+        .expect("a count");
+    assert!(written > 0, "the levels written are recorded and confirmed");
+    // The stock processor's live workers, as `flywheel replay` sees them.
+    let holders = || async {
+        let mut state = flywheel::sync::state::StateDb::connect(&config)
+            .await
+            .expect("the state database");
+        state
+            .holders("state_in_mariadb.stock.demo")
+            .await
+            .expect("holders")
+            .len()
+    };
+    assert_eq!(holders().await, 1);
+
+    // Stock keeps moving while the processors are killed and restarted.
+    let writer_dsn = env.dsn.clone();
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut conn = shared_or_own(&writer_dsn).await.expect("writer connects");
+            let mut activity = demo_erpnext::ErpNextActivity::new(small(), 11);
+            let mut moves = 0u32;
+            while !stop.is_cancelled() {
+                activity.stock_move(&mut conn).await.expect("a stock move");
+                moves += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            moves
+        }
+    });
+    wait_for("the writer to get going", T, || async {
+        common::shop_stock(&sim).await != erpnext_should_show(&env.dsn).await
+            || writer.is_finished()
+    })
+    .await;
+    workers.kill_9();
+    // The killed worker's session ended with it, and its leases with that.
+    wait_for("the dead worker's leases to be released", T, || async {
+        holders().await == 0
+    })
+    .await;
+    let _workers = ProcessorsProcess::spawn(&config);
+    wait_for("the restarted worker to join", T, || async {
+        holders().await == 1
+    })
+    .await;
+    stop.cancel();
+    let moves = writer.await.expect("the writer");
+    assert!(moves > 0);
+    wait_for("the shop to converge after the restart", T, in_sync).await;
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_on_mariadb_never_lowers_a_version_and_tells_keys_apart_by_case() {
+    let env = Env::new("state_versions", small()).await;
+    let mut state = flywheel::sync::state::StateDb::connect(&env.config)
+        .await
+        .expect("the state database");
+    let v = |n: i64, t: &str| (n, t.to_owned());
+    let store = |applied: Vec<(&str, (i64, String))>| {
+        applied
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<Vec<_>>()
+    };
+    state
+        .store_versions("stock", &store(vec![("a", v(5, "")), ("A", v(3, "x"))]))
+        .await
+        .expect("storing");
+    // Older, equal and tiebreak-newer versions in one upsert.
+    state
+        .store_versions(
+            "stock",
+            &store(vec![("a", v(5, "b")), ("A", v(2, "z")), ("b", v(1, ""))]),
+        )
+        .await
+        .expect("storing");
+    state
+        .store_versions("stock", &store(vec![("a", v(4, "z"))]))
+        .await
+        .expect("storing");
+    let keys = ["a", "A", "b", "c"].map(String::from);
+    let loaded = state.load_versions("stock", &keys).await.expect("loading");
+    assert_eq!(loaded.get("a"), Some(&v(5, "b")));
+    assert_eq!(loaded.get("A"), Some(&v(3, "x")));
+    assert_eq!(loaded.get("b"), Some(&v(1, "")));
+    assert_eq!(loaded.get("c"), None);
+    assert!(
+        state
+            .load_versions("price", &keys)
+            .await
+            .expect("loading")
+            .is_empty(),
+        "versions are per processor"
+    );
+
+    // Levels written: intended, then confirmed only where the write matches.
+    let levels = [(
+        "gid://shopify/InventoryItem/7",
+        "gid://shopify/Location/1",
+        4,
+        9,
+    )];
+    state.intend_levels("eu", &levels).await.expect("intending");
+    state
+        .confirm_levels("eu", &[("7", "1", 4, 8)])
+        .await
+        .expect("confirming another version");
+    let pairs = vec![
+        ("7".to_owned(), "1".to_owned()),
+        ("8".to_owned(), "1".to_owned()),
+    ];
+    let written = state
+        .load_levels("eu", &pairs)
+        .await
+        .expect("loading levels");
+    assert_eq!(written.len(), 1);
+    assert!(!written[&pairs[0]].confirmed);
+    state
+        .confirm_levels("eu", &levels)
+        .await
+        .expect("confirming");
+    // Another shop's item 7 at location 1 is another level.
+    assert!(
+        state
+            .load_levels("us", &pairs)
+            .await
+            .expect("loading levels")
+            .is_empty()
+    );
+    let written = state
+        .load_levels("eu", &pairs)
+        .await
+        .expect("loading levels");
+    assert_eq!(
+        written[&pairs[0]],
+        flywheel::sync::state::Written {
+            quantity: 4,
+            version: 9,
+            confirmed: true
+        }
+    );
+}
+
+/// The stock counts of a shop keeping one count per SKU (WooCommerce), kept
+/// in MariaDB: a part older than the stored one does not replace it, parts
+/// are per shop, and a count write is confirmed only at
+/// the quantity recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn stock_counts_are_kept_in_mariadb_version_guarded() {
+    use flywheel::sync::state::{CountWritten, StateDb, StockPart};
+    let env = Env::new("counts_in_mariadb", small()).await;
+    let mut state = StateDb::connect(&env.config)
+        .await
+        .expect("the state database");
+    let part = |warehouse: &str, version: i64, sellable: i64, own_reserved: i64| StockPart {
+        sku: "SKU-1".into(),
+        warehouse: warehouse.into(),
+        version,
+        sellable,
+        own_reserved,
+    };
+    state
+        .store_parts("woo", &[part("WH1", 10, 7, 1), part("WH2", 10, 5, 0)])
+        .await
+        .expect("storing parts");
+    // A replayed, older event of WH1, and a newer one of WH2.
+    state
+        .store_parts("woo", &[part("WH1", 9, 100, 0), part("WH2", 11, 6, 2)])
+        .await
+        .expect("storing parts again");
+    let mut parts = state
+        .load_parts("woo", &["SKU-1".into(), "SKU-2".into()])
+        .await
+        .expect("loading parts");
+    parts.sort_by(|a, b| a.warehouse.cmp(&b.warehouse));
+    assert_eq!(parts, [part("WH1", 10, 7, 1), part("WH2", 11, 6, 2)]);
+    assert!(
+        state
+            .load_parts("other", &["SKU-1".into()])
+            .await
+            .expect("loading")
+            .is_empty(),
+        "another shop's parts are its own"
+    );
+
+    let count = CountWritten {
+        quantity: 9,
+        own_reserved: 3,
+        held: 1,
+        held_since: 1_700_000_000,
+        confirmed: false,
+    };
+    state
+        .record_counts("woo", &[("SKU-1".into(), count)])
+        .await
+        .expect("recording");
+    // A confirmation of another quantity (an older write) changes nothing.
+    state
+        .confirm_counts("woo", &[("SKU-1".into(), 8)])
+        .await
+        .expect("confirming");
+    let loaded = state
+        .load_counts("woo", &["SKU-1".into()])
+        .await
+        .expect("loading");
+    assert_eq!(loaded.get("SKU-1"), Some(&count));
+    state
+        .confirm_counts("woo", &[("SKU-1".into(), 9)])
+        .await
+        .expect("confirming");
+    let loaded = state
+        .load_counts("woo", &["SKU-1".into()])
+        .await
+        .expect("loading");
+    assert_eq!(
+        loaded.get("SKU-1"),
+        Some(&CountWritten {
+            confirmed: true,
+            ..count
+        })
+    );
+}
+
+/// `flywheel reconcile`'s ERP side on MariaDB: every key read inside one
+/// consistent snapshot, at the binlog position the snapshot stands at (so a
+/// repair event is ordered exactly against the stream), or one key alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_erps_truth_is_read_at_the_snapshots_binlog_position() {
+    let mut env = Env::new("truth", small()).await;
+    let before = env
+        .commit(
+            "UPDATE `tabBin` SET actual_qty = 321, reserved_qty = 1
+             WHERE item_code = 'SKU-000002' AND warehouse = 'WH3 - FW'",
+        )
+        .await;
+    let truth = flywheel::erp::source::read_truth(&env.config, &["stock"], None)
+        .await
+        .expect("reading the ERP's truth");
+    let after = master_position(&mut env.erp).await;
+    assert!(
+        truth.version.0 >= before && truth.version.0 <= after,
+        "version {} is not the snapshot's position (in [{before}, {after}])",
+        truth.version.0
+    );
+    let stock = &truth.records["stock"];
+    assert_eq!(stock.len(), 20 * 3, "one event per (SKU, warehouse)");
+    assert!(!truth.records.contains_key("price"), "only what was asked");
+    let codec = flywheel::bus::avro::AvroCodec::for_topic("erp.stock.v1").expect("codec");
+    let k = key(2, 3);
+    let record = stock.iter().find(|r| r.key == k).expect("the changed key");
+    let value = codec.decode(&record.payload).expect("an event");
+    assert_eq!(
+        flywheel::bus::avro::field_str(&value, "on_hand"),
+        Some("321.000000000")
+    );
+    let one = flywheel::erp::source::read_truth(&env.config, &["stock"], Some(&k))
+        .await
+        .expect("reading one key");
+    assert_eq!(one.records["stock"].len(), 1);
+    assert_eq!(one.records["stock"][0].key, k);
 }

@@ -2,7 +2,8 @@
 //! delivered twice and out of order) → the gateway → Kafka → the order
 //! processor → the demo ERP's sale_order; and the ERP's shipments and
 //! cancellations → the source → `erp.order_status.v1` → the status processor →
-//! the shop. Flywheel's own ERP writes must not come back (no echoes).
+//! the shop. Flywheel's own ERP writes must not come back (no echoes). A shop
+//! order whose webhooks were all lost reaches the ERP through the order poll.
 
 mod common;
 
@@ -46,7 +47,7 @@ async fn orders_flow_both_ways_once_and_without_echoes() {
         flywheel::sync::orders_to_erp::run(&c, t).await
     });
     let status_processor = common::RunningProcessor::spawn(config, |c, t| async move {
-        flywheel::sync::status_to_shop::run(&c, t).await
+        flywheel::sync::status_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
 
     sim.stock_every_level(100);
@@ -117,15 +118,7 @@ async fn orders_flow_both_ways_once_and_without_echoes() {
     assert_eq!(order_state(shop_cancelled).await.len(), 1);
 
     // Shipped in the ERP → fulfilled in the shop, with carrier and tracking.
-    env.erp
-        .execute(
-            "INSERT INTO stock_picking (name, sale_id, state, carrier_name, carrier_tracking_ref, date_done)
-             SELECT 'WH/OUT/' || id, id, 'done', 'DHL', 'JJD0099887766', now()
-             FROM sale_order WHERE channel = 'demo' AND shop_order_id = $1",
-            &[&shipped.to_string()],
-        )
-        .await
-        .unwrap();
+    env.ship("demo", shipped, "JJD0099887766").await;
     // Cancelled in the ERP → cancelled in the shop.
     env.erp
         .execute(
@@ -214,4 +207,60 @@ async fn orders_flow_both_ways_once_and_without_echoes() {
     status_processor.stop().await;
     source.stop().await;
     wired.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shopify_order_whose_webhooks_were_lost_reaches_the_erp_through_the_poll() {
+    let env = TestEnv::new("order_poll_shopify", small()).await;
+    // No webhook subscriptions at all: every order webhook is lost.
+    let sim = common::start_shop(20).await;
+    flywheel::bus::topics::ensure_topics(&env.config.kafka, &["shop.orders.v1"])
+        .await
+        .expect("the orders topic");
+    let config = common::processor_config(&env, &sim, "order_poll_shopify");
+    let orders_in = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::orders_to_erp::run(&c, t).await
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poll = tokio::spawn({
+        let (config, stop) = (config.clone(), stop.clone());
+        async move {
+            let shop = config.shops[0].clone();
+            let api = flywheel::shop::admin_api::AdminApi::for_shop(&shop, "order_poll")
+                .expect("a Shopify client");
+            flywheel::shop::order_poll::run(
+                &config,
+                &shop,
+                flywheel::shop::shopify::order_poll::ShopifyOrderFeed(api),
+                Duration::from_millis(500),
+                stop,
+            )
+            .await
+        }
+    });
+    sim.stock_every_level(100);
+    let first = sim.place_order_for("SKU-000004", 2).expect("an order");
+    let second = sim.place_order_for("SKU-000009", 1).expect("an order");
+    wait_for("both orders in the ERP", T, || async {
+        env.order_states("demo", first).await.len() == 1
+            && env.order_states("demo", second).await.len() == 1
+    })
+    .await;
+    // Polled again and again, each is in the ERP once with its lines.
+    let lines: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM sale_order_line l JOIN sale_order o ON o.id = l.order_id
+             WHERE o.channel = 'demo' AND o.shop_order_id IN ($1, $2)",
+            &[&first.to_string(), &second.to_string()],
+        )
+        .await
+        .expect("counting lines")
+        .get(0);
+    assert_eq!(lines, 2);
+    stop.cancel();
+    poll.await
+        .expect("the poll task")
+        .expect("the poll ends cleanly");
+    orders_in.stop().await;
 }

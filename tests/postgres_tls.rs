@@ -121,7 +121,7 @@ async fn replication_and_query_connections_use_tls_and_verify_the_configured_ca(
     assert!(source.to_string().contains("certificate"), "{source}");
     let processor = tokio::time::timeout(
         Duration::from_secs(30),
-        flywheel::sync::stock_to_shop::run(&roles, stop.clone()),
+        flywheel::sync::stock_to_shop::run(&roles, &roles.shops[0], stop.clone()),
     )
     .await
     .expect("the processor gives up instead of retrying")

@@ -10,17 +10,7 @@ use common::{TestEnv, erp_list_prices, shop_prices, small, wait_for};
 const T: Duration = Duration::from_secs(90);
 
 fn not_applicable() -> u64 {
-    prometheus::gather()
-        .iter()
-        .filter(|f| f.name() == "flywheel_processor_events_total")
-        .flat_map(|f| f.get_metric())
-        .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "outcome" && l.value() == "not_applicable")
-        })
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
+    common::processor_events(&[("outcome", "not_applicable")])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,7 +21,7 @@ async fn erp_list_prices_converge_in_the_shop_and_other_price_lists_do_not_touch
     let source = env.start_streaming().await;
     let config = common::processor_config(&env, &sim, "price_sync-processors");
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::price_to_shop::run(&c, t).await
+        flywheel::sync::price_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
 
     let want = erp_list_prices(&env).await;

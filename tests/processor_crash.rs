@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,12 +25,30 @@ const BURST_BASE: i64 = 10_000;
 
 struct Processors(Child);
 
+/// Where a test's workers log (appended across restarts, shown on failure).
+fn worker_log(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a log directory");
+    let path = dir.path().join(format!("{name}.log"));
+    (dir, path)
+}
+
 impl Processors {
-    fn spawn(env: &TestEnv, sim: &shopsim::ShopSim) -> Processors {
-        Self::spawn_as(env, sim, "processor_crash", "crash-worker")
+    fn spawn(env: &TestEnv, sim: &shopsim::ShopSim, log: &Path) -> Processors {
+        Self::spawn_as(env, sim, "processor_crash", "crash-worker", log)
     }
 
-    fn spawn_as(env: &TestEnv, sim: &shopsim::ShopSim, group: &str, instance: &str) -> Processors {
+    fn spawn_as(
+        env: &TestEnv,
+        sim: &shopsim::ShopSim,
+        group: &str,
+        instance: &str,
+        log: &Path,
+    ) -> Processors {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("the worker's log file");
         let child = Command::new(env!("CARGO_BIN_EXE_flywheel"))
             .arg("processors")
             .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
@@ -43,14 +62,17 @@ impl Processors {
             .env("FLYWHEEL_PROCESSORS__INSTANCE_ID", instance)
             .env("FLYWHEEL_PROCESSORS__BATCH_MAX", "40")
             .env("FLYWHEEL_PROCESSORS__BATCH_WAIT_MS", "50")
-            .env("FLYWHEEL_PROCESSORS__SHOP_GRAPHQL_URL", sim.graphql_url())
             .env(
-                "FLYWHEEL_PROCESSORS__SHOP_ACCESS_TOKEN",
-                &sim.config.access_token,
+                "FLYWHEEL_SHOPS",
+                format!(
+                    r#"[{{name="demo", platform="shopify", admin_url="{}", access_token="{}"}}]"#,
+                    sim.graphql_url(),
+                    sim.config.access_token
+                ),
             )
             .env("FLYWHEEL_METRICS__LISTEN", "")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawning flywheel processors");
         Processors(child)
@@ -124,7 +146,9 @@ async fn kill_9_mid_batch_loses_nothing_and_applies_nothing_twice() {
         },
         Default::default(),
     );
-    let mut processors = Processors::spawn(&env, &sim);
+    let (_log_dir, log) = worker_log("crash-worker");
+    let _show_log = common::ShowLogOnPanic(log.clone());
+    let mut processors = Processors::spawn(&env, &sim, &log);
 
     for round in 1..=ROUNDS {
         env.erp
@@ -143,7 +167,7 @@ async fn kill_9_mid_batch_loses_nothing_and_applies_nothing_twice() {
     .await;
     processors.kill_9();
     let before_restart: usize = burst_sets(&sim).iter().map(Vec::len).sum();
-    processors = Processors::spawn(&env, &sim);
+    processors = Processors::spawn(&env, &sim, &log);
 
     let want = env.shop_should_show_all(SKUS, 0).await;
     wait_for(
@@ -189,28 +213,35 @@ async fn a_rolling_restart_of_two_workers_never_stalls() {
     let sim = common::start_shop(10).await;
     let source = env.start_streaming().await;
     let group = "rolling_restart";
+    let (_log_dir, log) = worker_log("rolling-workers");
+    let _show_log = common::ShowLogOnPanic(log.clone());
     let mut workers = [
-        Some(Processors::spawn_as(&env, &sim, group, "worker-a")),
-        Some(Processors::spawn_as(&env, &sim, group, "worker-b")),
+        Some(Processors::spawn_as(&env, &sim, group, "worker-a", &log)),
+        Some(Processors::spawn_as(&env, &sim, group, "worker-b", &log)),
     ];
     let want = || env.shop_should_show_all(10, 0);
     wait_for("the shop to match the ERP", T, || async {
         shop_stock(&sim).await == want().await
     })
     .await;
+    let state = std::sync::Arc::new(tokio::sync::Mutex::new(
+        flywheel::sync::state::StateDb::connect(&common::processor_config(&env, &sim, group))
+            .await
+            .expect("the state database"),
+    ));
     let both_work = || async {
         wait_for(
             "both workers to lease partitions of every processor's topic",
             T,
             || async {
                 let mut each_shared = true;
-                for (entity, _) in flywheel::sync::CONSUMED {
-                    let holders = flywheel::sync::partition_leases::holders(
-                        &env.erp,
-                        &format!("{group}.{entity}"),
-                    )
-                    .await
-                    .unwrap();
+                for lane in flywheel::sync::lanes(&flywheel::config::Config::default()) {
+                    let holders = state
+                        .lock()
+                        .await
+                        .holders(&format!("{group}.{}", lane.name()))
+                        .await
+                        .unwrap();
                     each_shared &= holders.len() == 2;
                 }
                 each_shared
@@ -242,7 +273,13 @@ async fn a_rolling_restart_of_two_workers_never_stalls() {
             "round {round}: applied by the remaining worker after {:.1?}",
             away.elapsed()
         );
-        workers[stopped] = Some(Processors::spawn_as(&env, &sim, group, instances[stopped]));
+        workers[stopped] = Some(Processors::spawn_as(
+            &env,
+            &sim,
+            group,
+            instances[stopped],
+            &log,
+        ));
         both_work().await;
     }
     drop(workers);

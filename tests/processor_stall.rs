@@ -28,6 +28,11 @@ fn gauge(name: &str, entity: &str) -> Option<f64> {
         .map(|m| m.get_gauge().value())
 }
 
+/// The stock processor of the test configuration's one shop.
+fn stock_lane() -> flywheel::sync::Lane {
+    flywheel::sync::Lane::for_shop("stock", flywheel::bus::topics::ERP_STOCK, "demo")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_processor_that_cannot_commit_is_stalled_until_it_moves_again() {
     let env = TestEnv::new("processor_stall", small()).await;
@@ -45,14 +50,14 @@ async fn a_processor_that_cannot_commit_is_stalled_until_it_moves_again() {
     let mut config = common::processor_config(&env, &sim, "processor_stall");
     config.processors.stall_timeout_secs = 2;
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     wait_for("the processor to hold its partitions", T, || async {
         gauge("flywheel_processor_assigned_partitions", "stock") == Some(3.0)
     })
     .await;
     wait_for("the processor to be reported stalled", T, || async {
-        is_stalled("stock")
+        is_stalled(&stock_lane())
     })
     .await;
     assert_eq!(gauge("flywheel_processor_stalled", "stock"), Some(1.0));
@@ -64,7 +69,10 @@ async fn a_processor_that_cannot_commit_is_stalled_until_it_moves_again() {
         common::stock_lag(&config) == 0 && !shop_stock(&sim).await.is_empty()
     })
     .await;
-    wait_for("the stall to clear", T, || async { !is_stalled("stock") }).await;
+    wait_for("the stall to clear", T, || async {
+        !is_stalled(&stock_lane())
+    })
+    .await;
     processor.stop().await;
     source.stop().await;
 }

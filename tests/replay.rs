@@ -12,7 +12,7 @@ const T: Duration = Duration::from_secs(90);
 const GROUP: &str = "replay-processors";
 
 async fn replay(config: &flywheel::config::Config, extra: &[&str]) -> (bool, String) {
-    let group = format!("{GROUP}.stock");
+    let group = format!("{GROUP}.stock.demo");
     let mut args = vec!["replay", "--group", &group, "--topic", "erp.stock.v1"];
     args.extend_from_slice(extra);
     common::flywheel_cli(config, &args).await
@@ -28,7 +28,7 @@ async fn replay_moves_a_stopped_group_back_and_nothing_is_applied_twice() {
     let total = stock.read_until(T, |r| r.len() >= 60).await.len() as i64;
 
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     wait_for("the processor to apply everything", T, || async {
         !shop_stock(&sim).await.is_empty() && common::stock_lag(&config) == 0
@@ -69,7 +69,7 @@ async fn replay_moves_a_stopped_group_back_and_nothing_is_applied_twice() {
     };
     let writes_before = mutations();
     let again = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     wait_for("the replayed group to catch up", T, || async {
         common::stock_lag(&config) == 0

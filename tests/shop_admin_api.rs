@@ -215,11 +215,11 @@ async fn https_front(sim: &ShopSim) -> (String, String) {
     (format!("https://localhost:{port}/{path}"), ca_pem)
 }
 
-fn https_config(sim: &ShopSim, url: &str) -> flywheel::config::ProcessorsConfig {
-    flywheel::config::ProcessorsConfig {
-        shop_graphql_url: url.to_string(),
-        shop_access_token: flywheel::config::Secret(sim.config.access_token.clone()),
-        ..Default::default()
+fn https_config(sim: &ShopSim, url: &str) -> flywheel::config::ShopConfig {
+    flywheel::config::ShopConfig {
+        admin_url: url.to_string(),
+        access_token: flywheel::config::Secret(sim.config.access_token.clone()),
+        ..flywheel::config::ShopConfig::local_default()
     }
 }
 
@@ -234,8 +234,8 @@ async fn https_shop_works_with_its_ca_configured_and_is_refused_clearly_without(
 
     // Trusting the shop's CA: the query goes through TLS and is answered.
     let mut config = https_config(&shop, &url);
-    config.shop_ca_file = Some(ca_file.clone());
-    let api = AdminApi::from_config(&config, "stock").expect("a client");
+    config.ca_file = Some(ca_file.clone());
+    let api = AdminApi::for_shop(&config, "stock").expect("a client");
     let r = api
         .execute(query, Value::Null, 4.0)
         .await
@@ -247,14 +247,14 @@ async fn https_shop_works_with_its_ca_configured_and_is_refused_clearly_without(
 
     // Not trusting it: a TLS error that says what to configure, at once and
     // not retried (it cannot heal by itself).
-    let api = AdminApi::from_config(&https_config(&shop, &url), "stock").expect("a client");
+    let api = AdminApi::for_shop(&https_config(&shop, &url), "stock").expect("a client");
     let before = shop.stats()["api"]["graphql_requests"].as_u64();
     assert_eq!(before, Some(1), "the trusted query reached the shop");
     match api.execute(query, Value::Null, 4.0).await {
         Err(e @ AdminApiError::Tls(_)) => {
             assert!(!e.is_transient());
             let text = e.to_string();
-            assert!(text.contains("shop_ca_file"), "{text}");
+            assert!(text.contains("ca_file"), "{text}");
             assert!(text.contains("certificate"), "{text}");
         }
         other => panic!("expected a TLS error, got {other:?}"),
@@ -263,8 +263,8 @@ async fn https_shop_works_with_its_ca_configured_and_is_refused_clearly_without(
 
     // A CA file that is not there is a configuration error naming it.
     let mut config = https_config(&shop, &url);
-    config.shop_ca_file = Some(dir.path().join("missing.pem"));
-    match AdminApi::from_config(&config, "stock") {
+    config.ca_file = Some(dir.path().join("missing.pem"));
+    match AdminApi::for_shop(&config, "stock") {
         Err(AdminApiError::Tls(text)) => assert!(text.contains("missing.pem"), "{text}"),
         Err(other) => panic!("expected a TLS configuration error, got {other}"),
         Ok(_) => panic!("a missing CA file was accepted"),

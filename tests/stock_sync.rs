@@ -21,9 +21,9 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     let source = env.start_streaming().await;
 
     let mut config = common::processor_config(&env, &sim, "stock_sync-processors");
-    config.processors.safety_stock = SAFETY;
+    config.shops[0].safety_stock = SAFETY;
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
 
     // The snapshot converges: every SKU in every warehouse.
@@ -90,7 +90,7 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     let state_before = shop_stock(&sim).await;
     config.processors.group_id = "stock_sync-replay".into();
     let replay = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
     wait_for("the replay to handle every record", T, || async {
         let now = common::processor_outcomes();

@@ -83,7 +83,7 @@ async fn a_throttled_shop_converges_with_coalesced_writes_and_no_failures() {
     let source = env.start_streaming().await;
     let config = common::processor_config(&env, &sim, "throttled_shop-processors");
     let processor = common::RunningProcessor::spawn(&config, |c, t| async move {
-        flywheel::sync::stock_to_shop::run(&c, t).await
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
     });
 
     let want = expected(&env).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{Rec, TopicReader, kafka_only_config, wait_for};
 use flywheel::bus::avro::AvroCodec;
-use flywheel::config::{Config, Platform, ShopConfig};
+use flywheel::config::{Config, Platform, Secret, ShopConfig};
 use flywheel::shop::gateway;
 use flywheel::shop::mapping::{ShopInventoryEvent, ShopOrderEvent};
 use flywheel::shop::signature::sign;
@@ -35,16 +35,18 @@ fn gateway_config(mut config: Config, dir: &std::path::Path) -> Config {
     config.gateway.listen = "127.0.0.1:0".into();
     config.gateway.body_limit_bytes = 16 * 1024;
     config.gateway.dedupe_path = dir.join("seen.log");
-    config.gateway.shops = vec![
+    config.shops = vec![
         ShopConfig {
             name: "demo".into(),
             platform: Platform::Shopify,
-            secrets: vec![OLD_SECRET.into(), SECRET.into()],
+            webhook_secrets: vec![Secret(OLD_SECRET.into()), Secret(SECRET.into())],
+            ..ShopConfig::local_default()
         },
         ShopConfig {
             name: "woo".into(),
             platform: Platform::Woocommerce,
-            secrets: vec![WOO_SECRET.into()],
+            webhook_secrets: vec![Secret(WOO_SECRET.into())],
+            ..ShopConfig::local_default()
         },
     ];
     config

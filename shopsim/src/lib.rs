@@ -6,7 +6,8 @@
 //! - [`cost`]: calculated query cost and the leaky bucket;
 //! - [`webhooks`]: subscriptions, signed deliveries with retries and faults;
 //! - [`server`]: HTTP (GraphQL, REST-style, `/_sim/*`), fault injection,
-//!   order generator; [`ShopSim::start`] runs it in-process on any port.
+//!   order generator; [`ShopSim::start`] runs it in-process on any port;
+//! - [`woo`]: the WooCommerce REST API v3 mode ([`woo::WooSim`]).
 
 pub mod catalog;
 pub mod cost;
@@ -14,6 +15,7 @@ pub mod graphql;
 pub mod server;
 pub mod state;
 pub mod webhooks;
+pub mod woo;
 
 pub use server::{ApiFaults, ShopSim, SimConfig};
 pub use webhooks::{Topic, WebhookFaults};

@@ -164,6 +164,7 @@ impl ShopSim {
                 post(rest_set_inventory),
             )
             .route(&format!("{api}/orders/{{id}}"), get(rest_order))
+            .route(&format!("{api}/orders.json"), get(rest_orders))
             .route("/_sim/state", get(sim_state))
             .route("/_sim/stats", get(sim_stats))
             .route("/_sim/faults", post(sim_faults))
@@ -572,6 +573,49 @@ async fn rest_order(
             true => (StatusCode::OK, json!({"order": st.order_payload(id)})),
             false => (StatusCode::NOT_FOUND, json!({"errors": "Not Found"})),
         }
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct OrdersQuery {
+    updated_at_min: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET orders.json?status=any&updated_at_min=…&limit=…`, oldest change
+/// first (the order Shopify's REST API lists them in is by id; a client
+/// paging by `updated_at_min` relies on this order here).
+async fn rest_orders(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<OrdersQuery>,
+) -> Response {
+    rest(app, headers, move |app| {
+        let min = q
+            .updated_at_min
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let limit = q.limit.unwrap_or(50).clamp(1, 250);
+        let st = app.shop.state.lock();
+        let mut found: Vec<(chrono::DateTime<chrono::FixedOffset>, u64)> = st
+            .orders
+            .values()
+            .filter_map(|o| {
+                Some((
+                    chrono::DateTime::parse_from_rfc3339(&o.updated_at).ok()?,
+                    o.id,
+                ))
+            })
+            .filter(|(at, _)| min.is_none_or(|m| *at >= m))
+            .collect();
+        found.sort();
+        let orders: Vec<Value> = found
+            .iter()
+            .take(limit)
+            .map(|(_, id)| st.order_payload(*id))
+            .collect();
+        (StatusCode::OK, json!({"orders": orders}))
     })
     .await
 }

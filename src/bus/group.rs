@@ -19,18 +19,19 @@ use crate::config::{KafkaConfig, ProcessorsConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A processor's consumer group: `processors.group_id` + `.` + entity.
-pub fn group_name(p: &ProcessorsConfig, entity: &str) -> String {
-    format!("{}.{entity}", p.group_id)
+/// A processor's consumer group: `processors.group_id` + `.` + its lane's
+/// name (`sync::Lane::name`: the entity, and the shop where it writes to one).
+pub fn group_name(p: &ProcessorsConfig, lane: &str) -> String {
+    format!("{}.{lane}", p.group_id)
 }
 
-/// The configuration of `entity`'s processor consumer: partitions assigned by
+/// The configuration of `lane`'s processor consumer: partitions assigned by
 /// the processor from its leases, offsets committed to the group by the
 /// processor itself after applying; a partition the group never committed
 /// starts at `processors.new_group_start`.
-pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, entity: &str) -> ClientConfig {
-    let mut c = client_config(kafka, &format!("processor-{entity}"));
-    c.set("group.id", group_name(p, entity))
+pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, lane: &str) -> ClientConfig {
+    let mut c = client_config(kafka, &format!("processor-{lane}"));
+    c.set("group.id", group_name(p, lane))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", p.new_group_start.as_str());
     c

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dlq;
 pub mod group;
 pub mod producer;
+pub mod scan;
 pub mod topics;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ pub enum BusError {
     Avro(#[from] avro::AvroError),
     #[error(transparent)]
     Connect(#[from] client::ConnectError),
+    #[error("reading a topic: {0}")]
+    Scan(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl BusError {
@@ -42,7 +45,7 @@ impl BusError {
         match self {
             BusError::Client { .. } | BusError::Avro(_) => false,
             BusError::Connect(client::ConnectError::Client(_)) => false,
-            BusError::Delivery { .. } | BusError::CreateTopic { .. } => true,
+            BusError::Delivery { .. } | BusError::CreateTopic { .. } | BusError::Scan(_) => true,
             BusError::Connect(
                 client::ConnectError::Authentication { .. }
                 | client::ConnectError::Tls { .. }

@@ -44,6 +44,15 @@ pub enum ModelError {
 pub struct EntityKey(pub Vec<String>);
 
 impl EntityKey {
+    /// The key a [`kafka_key`](Self::kafka_key) was made from.
+    pub fn from_kafka_key(key: &str) -> EntityKey {
+        EntityKey(
+            key.split('/')
+                .map(|p| p.replace("%2F", "/").replace("%25", "%"))
+                .collect(),
+        )
+    }
+
     /// The Kafka key: parts joined by `/`, with `%` and `/` inside a part
     /// percent-encoded so the key splits back unambiguously.
     pub fn kafka_key(&self) -> String {
@@ -429,5 +438,8 @@ mod tests {
     fn kafka_key_escapes_separators() {
         let k = EntityKey(vec!["A/B".into(), "50%".into(), "WH1".into()]);
         assert_eq!(k.kafka_key(), "A%2FB/50%25/WH1");
+        assert_eq!(EntityKey::from_kafka_key(&k.kafka_key()), k);
+        let tricky = EntityKey(vec!["%2F".into(), "x".into()]);
+        assert_eq!(EntityKey::from_kafka_key(&tricky.kafka_key()), tricky);
     }
 }

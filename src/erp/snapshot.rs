@@ -14,7 +14,7 @@ use super::pipeline::{invalid_model_row, now_micros};
 use super::position::Position;
 use super::source::SourceError;
 use super::source_metrics::SourceMetrics;
-use crate::bus::producer::EventProducer;
+use crate::bus::producer::{EventProducer, OutRecord};
 
 /// Reads and produces every entity key, each acknowledged by Kafka before
 /// this returns; returns the number of events.
@@ -78,4 +78,56 @@ pub async fn produce_snapshot(
     }
     tracing::info!(events = total, elapsed_ms = started.elapsed().as_millis() as u64, %version, "snapshot complete");
     Ok(total)
+}
+
+/// The ERP's truth for some entities, read inside one consistent snapshot:
+/// each key's event as the source would produce it at `version`, the
+/// snapshot's stream position. Produced to Kafka, such an event is ordered
+/// exactly against the stream: it wins over every change the snapshot saw
+/// and loses to every later one.
+#[derive(Debug)]
+pub struct ErpTruth {
+    pub version: Position,
+    /// Entity name → one record per key (to its topic).
+    pub records: std::collections::BTreeMap<String, Vec<OutRecord>>,
+    /// Keys whose model row the connector's schema refused (`invalid_model_row`
+    /// dead letters at the source): not compared.
+    pub invalid: Vec<(String, String)>,
+}
+
+/// Reads every key of the entities `wanted` names (all when empty), or only
+/// the Kafka key `only`, inside the snapshot `queries` already stands in.
+pub async fn read_truth(
+    queries: &impl ModelQueries,
+    models: &EntityModels,
+    wanted: &[&str],
+    only: Option<&str>,
+    version: Position,
+    batch_keys: usize,
+) -> Result<ErpTruth, SourceError> {
+    let source_ts = now_micros();
+    let mut truth = ErpTruth {
+        version,
+        records: Default::default(),
+        invalid: Vec::new(),
+    };
+    for (i, entity) in models.entities.iter().enumerate() {
+        if !wanted.is_empty() && !wanted.contains(&entity.name.as_str()) {
+            continue;
+        }
+        let keys = match only {
+            Some(key) => vec![super::entity_model::EntityKey::from_kafka_key(key)],
+            None => models.all_keys(queries, i).await?,
+        };
+        let records = truth.records.entry(entity.name.clone()).or_default();
+        for chunk in keys.chunks(batch_keys.max(1)) {
+            for v in models.read(queries, i, chunk).await? {
+                match entity.to_record(&v, version, source_ts) {
+                    Ok(r) => records.push(r),
+                    Err(reason) => truth.invalid.push((v.key.kafka_key(), reason)),
+                }
+            }
+        }
+    }
+    Ok(truth)
 }

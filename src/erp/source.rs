@@ -56,6 +56,20 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     }
 }
 
+/// The ERP's truth for the entities `wanted` names (all when empty): every
+/// key's event (or only the Kafka key `only`'s) at one consistent stream
+/// position (`erp::snapshot::ErpTruth`).
+pub async fn read_truth(
+    config: &Config,
+    wanted: &[&str],
+    only: Option<&str>,
+) -> Result<super::snapshot::ErpTruth, SourceError> {
+    match config.erp.kind() {
+        ErpKind::Postgres => super::postgres::source::read_truth(config, wanted, only).await,
+        ErpKind::Mysql => super::mysql::source::read_truth(config, wanted, only).await,
+    }
+}
+
 /// Runs the source as a long-lived worker (see [`crate::supervise`]): transient
 /// failures restart it from its stored position.
 pub async fn run_with_retries(

@@ -19,9 +19,9 @@ pub use crate::bus::group::PartitionLag;
 /// yet are left out.
 pub fn consumer_lag(config: &Config) -> Result<Vec<PartitionLag>, KafkaError> {
     let mut out = Vec::new();
-    for (entity, topic) in crate::sync::CONSUMED {
-        let group = group_name(&config.processors, entity);
-        if let Some(lags) = group_lag(&config.kafka, &group, &config.kafka.topic(topic))? {
+    for lane in crate::sync::lanes(config) {
+        let group = group_name(&config.processors, &lane.name());
+        if let Some(lags) = group_lag(&config.kafka, &group, &config.kafka.topic(lane.topic))? {
             out.extend(lags);
         }
     }

@@ -10,8 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Config, KafkaConfig};
-use crate::sync::apply_loop::{SyncError, connect_db};
-use crate::sync::partition_leases;
+use crate::sync::state::{StateDb, StateError};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,7 +39,7 @@ pub enum ReplayError {
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("could not see which workers lease the group's partitions: {0}")]
-    State(#[from] SyncError),
+    State(#[from] StateError),
 }
 
 /// One partition's move.
@@ -54,10 +53,7 @@ pub struct Move {
 /// Refuses while workers lease partitions of `group` in the state database:
 /// they would commit over the moved offsets.
 pub async fn ensure_no_workers(config: &Config, group: &str) -> Result<(), ReplayError> {
-    let state = connect_db(config, &config.processors.state_database(&config.erp)).await?;
-    let holders = partition_leases::holders(&state, group)
-        .await
-        .map_err(SyncError::from)?;
+    let holders = StateDb::connect(config).await?.holders(group).await?;
     if holders.is_empty() {
         return Ok(());
     }
@@ -68,11 +64,15 @@ pub async fn ensure_no_workers(config: &Config, group: &str) -> Result<(), Repla
             .iter()
             .map(|h| {
                 format!(
-                    "{} at {}, pid {}, partitions {:?}",
-                    h.application_name,
+                    "{} at {}, session {}{}",
+                    h.name,
                     h.client_addr.as_deref().unwrap_or("local socket"),
-                    h.pid,
-                    h.partitions
+                    h.session,
+                    if h.partitions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", partitions {:?}", h.partitions)
+                    }
                 )
             })
             .collect::<Vec<_>>()

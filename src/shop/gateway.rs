@@ -33,7 +33,7 @@ use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
 use crate::bus::producer::{EventProducer, OutRecord};
 use crate::bus::topics::ensure_topics;
-use crate::config::{Config, KafkaConfig, Platform, ShopConfig};
+use crate::config::{Config, KafkaConfig, Platform};
 
 pub const TOPICS: [&str; 3] = [SHOP_WEBHOOKS_RAW, SHOP_ORDERS, SHOP_INVENTORY];
 
@@ -56,7 +56,8 @@ pub enum GatewayError {
 }
 
 struct Gateway {
-    shops: HashMap<String, ShopConfig>,
+    /// Shop name → its platform and webhook secrets.
+    shops: HashMap<String, (Platform, Vec<String>)>,
     body_limit: usize,
     deadline: Duration,
     kafka: KafkaConfig,
@@ -97,11 +98,19 @@ pub async fn start(
     if let Err(e) = ensure_topics(&kafka, &TOPICS).await {
         tracing::warn!(error = %e, "could not create the gateway's topics yet; not ready until Kafka answers");
     }
+    for shop in config.shops.iter().filter(|s| s.webhook_secrets.is_empty()) {
+        tracing::warn!(
+            shop = %shop.name,
+            "shop has no webhook_secrets: the gateway refuses its webhooks (404); set them to accept its orders and inventory changes"
+        );
+    }
     let gateway = Arc::new(Gateway {
-        shops: g
+        // Only shops with a secret: their webhooks can be verified.
+        shops: config
             .shops
             .iter()
-            .map(|s| (s.name.clone(), s.clone()))
+            .filter(|s| !s.webhook_secrets.is_empty())
+            .map(|s| (s.name.clone(), (s.platform, s.secrets())))
             .collect(),
         body_limit: g.body_limit_bytes,
         deadline: Duration::from_millis(g.ack_deadline_ms),
@@ -271,7 +280,7 @@ async fn process(
 ) -> Outcome {
     let m = GatewayMetrics::get();
     let p = platform.as_str();
-    let Some(cfg) = g.shops.get(shop).filter(|s| s.platform == platform) else {
+    let Some((_, secrets)) = g.shops.get(shop).filter(|(p, _)| *p == platform) else {
         return outcome(StatusCode::NOT_FOUND, "unknown_shop");
     };
     let Ok(raw) = axum::body::to_bytes(body, g.body_limit).await else {
@@ -299,7 +308,7 @@ async fn process(
         return outcome(StatusCode::OK, "ping");
     }
     let verified =
-        header(headers, sig_names).is_some_and(|sig| signature::verify(&cfg.secrets, &raw, sig));
+        header(headers, sig_names).is_some_and(|sig| signature::verify(secrets, &raw, sig));
     if !verified {
         m.verification_failures.with_label_values(&[p]).inc();
         return outcome(StatusCode::UNAUTHORIZED, "bad_signature");

@@ -1,9 +1,16 @@
 //! The shop side: the webhook gateway (signature checks, deduplication,
-//! mapping to canonical events) and the Admin API client the processors use.
+//! mapping to canonical events), and one folder per platform the processors
+//! write to (`shopify`, `woocommerce`), each behind the traits of `platform`.
 
-pub mod admin_api;
+pub mod api;
 pub mod dedupe;
 pub mod gateway;
 pub mod gateway_metrics;
 pub mod mapping;
+pub mod order_poll;
+pub mod platform;
+pub mod shopify;
 pub mod signature;
+pub mod woocommerce;
+
+pub use shopify::admin_api;

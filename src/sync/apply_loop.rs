@@ -20,8 +20,9 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::Lane;
 use super::partition_leases::PartitionLeases;
-use super::version_store::{Version, VersionStore, is_newer};
+use super::state::{StateDb, StateError, Version, is_newer};
 use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
 use crate::bus::dlq::DeadLetter;
@@ -37,17 +38,21 @@ pub enum SyncError {
     Consumer(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("state database: {}", crate::pg::error::db_error_text(.0))]
-    State(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("ERP database: {}", crate::pg::error::db_error_text(.0))]
+    ErpPostgres(#[from] tokio_postgres::Error),
     #[error("shop API: {0}")]
     Shop(#[from] AdminApiError),
+    #[error("WooCommerce: {0}")]
+    Woo(#[from] crate::shop::woocommerce::WooError),
     #[error(
         "the shop has no location for warehouse `{warehouse}` (looked for `{location}`); set processors.warehouse_locations"
     )]
     UnknownLocation { warehouse: String, location: String },
     #[error("ERP: {0}")]
     ErpPrivilege(String),
-    #[error("ERP database: {}", crate::erp::mysql::error_text(.0))]
+    #[error("ERP database: {}", crate::mysql::error_text(.0))]
     ErpMysql(#[from] mysql_async::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -58,11 +63,13 @@ impl SyncError {
     /// operator must fix (an unmapped warehouse, an answer the shop should not give).
     pub fn is_retryable(&self) -> bool {
         match self {
-            SyncError::State(e) => crate::pg::error::is_retryable(e),
-            SyncError::ErpMysql(e) => crate::erp::mysql::is_retryable(e),
+            SyncError::State(e) => e.is_retryable(),
+            SyncError::ErpPostgres(e) => crate::pg::error::is_retryable(e),
+            SyncError::ErpMysql(e) => crate::mysql::is_retryable(e),
             SyncError::Consumer(_) => true,
             SyncError::Bus(e) => e.is_retryable(),
             SyncError::Shop(e) => e.is_transient(),
+            SyncError::Woo(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
             | SyncError::ErpPrivilege(_)
             | SyncError::Config(_) => false,
@@ -146,7 +153,7 @@ fn metrics() -> &'static ProcessorMetrics {
                 "flywheel_processor_events_total",
                 "Events handled by processors: applied, not_applicable, skipped_stale, coalesced, dead_lettered, contended (retried)"
             ),
-            &["entity", "outcome"]
+            &["entity", "shop", "outcome"]
         )
         .expect(REGISTER),
         freshness: register_histogram_vec!(
@@ -158,7 +165,7 @@ fn metrics() -> &'static ProcessorMetrics {
                 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0,
                 10.0, 30.0, 60.0, 300.0,
             ]),
-            &["entity"]
+            &["entity", "shop"]
         )
         .expect(REGISTER),
         running: register_int_gauge_vec!(
@@ -166,7 +173,7 @@ fn metrics() -> &'static ProcessorMetrics {
                 "flywheel_processor_running",
                 "1 while the entity's processor runs (state database connected, consumer subscribed, shop client built), else 0"
             ),
-            &["entity"]
+            &["entity", "shop"]
         )
         .expect(REGISTER),
         assigned: register_int_gauge_vec!(
@@ -174,7 +181,7 @@ fn metrics() -> &'static ProcessorMetrics {
                 "flywheel_processor_assigned_partitions",
                 "Partitions of its topic this worker's processor leases and applies"
             ),
-            &["entity"]
+            &["entity", "shop"]
         )
         .expect(REGISTER),
         stalled: register_int_gauge_vec!(
@@ -182,28 +189,38 @@ fn metrics() -> &'static ProcessorMetrics {
                 "flywheel_processor_stalled",
                 "1 while the processor's group has records waiting and its committed offsets have not moved for processors.stall_timeout_secs"
             ),
-            &["entity"]
+            &["entity", "shop"]
         )
         .expect(REGISTER),
     })
 }
 
-/// Whether `entity`'s processor is running (the processors role's readiness).
-pub fn is_running(entity: &str) -> bool {
-    metrics().running.with_label_values(&[entity]).get() == 1
+/// Whether `lane`'s processor is running (the processors role's readiness).
+pub fn is_running(lane: &Lane) -> bool {
+    metrics()
+        .running
+        .with_label_values(&[lane.entity, lane.shop_label()])
+        .get()
+        == 1
 }
 
-/// Whether `entity`'s processor is stalled (see [`watch_progress`]).
-pub fn is_stalled(entity: &str) -> bool {
-    metrics().stalled.with_label_values(&[entity]).get() == 1
+/// Whether `lane`'s processor is stalled (see [`watch_progress`]).
+pub fn is_stalled(lane: &Lane) -> bool {
+    metrics()
+        .stalled
+        .with_label_values(&[lane.entity, lane.shop_label()])
+        .get()
+        == 1
 }
 
-/// `flywheel_processor_running{entity}` is 1 while this lives.
+/// `flywheel_processor_running{entity, shop}` is 1 while this lives.
 struct Running(prometheus::IntGauge);
 
 impl Running {
-    fn start(entity: &str) -> Running {
-        let gauge = metrics().running.with_label_values(&[entity]);
+    fn start(lane: &Lane) -> Running {
+        let gauge = metrics()
+            .running
+            .with_label_values(&[lane.entity, lane.shop_label()]);
         gauge.set(1);
         Running(gauge)
     }
@@ -232,6 +249,7 @@ const MESSAGES_PER_KEY: usize = 20;
 /// built again and the loop resumes from the committed offsets.
 pub async fn supervised<A, Fut>(
     config: &Config,
+    lane: Lane,
     shutdown: CancellationToken,
     make: impl Fn() -> Fut,
 ) -> Result<(), SyncError>
@@ -241,13 +259,11 @@ where
 {
     // One watch for the worker's whole life, across restarts: a processor
     // that keeps restarting without committing is as stuck as one that hangs.
-    let _watch = AbortOnDrop(tokio::spawn(watch_progress(
-        config.clone(),
-        A::ENTITY,
-        A::TOPIC,
-    )));
-    crate::supervise::with_restarts(A::ENTITY, &shutdown, SyncError::is_retryable, || async {
-        run(config, make().await?, shutdown.clone()).await
+    debug_assert_eq!((lane.entity, lane.topic), (A::ENTITY, A::TOPIC));
+    let _watch = AbortOnDrop(tokio::spawn(watch_progress(config.clone(), lane.clone())));
+    let role = lane.name();
+    crate::supervise::with_restarts(&role, &shutdown, SyncError::is_retryable, || async {
+        run(config, &lane, make().await?, shutdown.clone()).await
     })
     .await
 }
@@ -266,30 +282,21 @@ impl Drop for HeldGauge {
     }
 }
 
-/// A connection to the state database or the ERP, with the configured TLS.
-pub async fn connect_db(config: &Config, dsn: &str) -> Result<tokio_postgres::Client, SyncError> {
-    let pg: tokio_postgres::Config = dsn.parse()?;
+/// A connection to a PostgreSQL ERP, with the configured TLS.
+pub async fn connect_erp_postgres(config: &Config) -> Result<tokio_postgres::Client, SyncError> {
+    let pg = config.erp.pg_config()?;
     Ok(crate::pg::tls::connect(&pg, &config.erp.tls()?).await?)
 }
 
 /// Runs `applier` until `shutdown` or its first error.
 async fn run<A: Applier>(
     config: &Config,
+    lane: &Lane,
     mut applier: A,
     shutdown: CancellationToken,
 ) -> Result<(), SyncError> {
     let p = &config.processors;
-    if config.erp.kind() == crate::config::ErpKind::Mysql && p.state_dsn.is_none() {
-        return Err(SyncError::Config(crate::config::ConfigError::Invalid(
-            "processors.state_dsn must name a PostgreSQL database: with a MariaDB/MySQL ERP, \
-             the processors keep their state (applied versions, partition leases, written \
-             levels) in PostgreSQL, not in the ERP database"
-                .into(),
-        )));
-    }
-    let state_dsn = p.state_database(&config.erp);
-    let state = connect_db(config, &state_dsn).await?;
-    let store = VersionStore::open(&state, A::ENTITY).await?;
+    let mut state = StateDb::connect(config).await?;
     ensure_topics(&config.kafka, &[A::TOPIC, DEAD_LETTERS]).await?;
     let physical_topic = config.kafka.topic(A::TOPIC);
     let partitions = {
@@ -298,17 +305,18 @@ async fn run<A: Applier>(
             .await
             .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))?
     };
-    let group = group::group_name(p, A::ENTITY);
+    let lane_name = lane.name();
+    let group = group::group_name(p, &lane_name);
     // The leases live on a session of their own: they end with this run.
     let mut leases = PartitionLeases::join(
-        connect_db(config, &state_dsn).await?,
+        StateDb::connect(config).await?,
         &group,
         partitions,
         &p.instance(),
     )
     .await?;
     let consumer: StreamConsumer =
-        group::processor_consumer(&config.kafka, p, A::ENTITY).create()?;
+        group::processor_consumer(&config.kafka, p, &lane_name).create()?;
     let assign = |held: &std::collections::BTreeSet<i32>| -> Result<(), SyncError> {
         let mut tpl = TopicPartitionList::new();
         for partition in held {
@@ -317,16 +325,21 @@ async fn run<A: Applier>(
         }
         Ok(consumer.assign(&tpl)?)
     };
-    let held_gauge = HeldGauge(metrics().assigned.with_label_values(&[A::ENTITY]));
+    let shop = lane.shop_label();
+    let held_gauge = HeldGauge(metrics().assigned.with_label_values(&[A::ENTITY, shop]));
     let mut lease_check = tokio::time::interval(LEASE_CHECK);
     lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dlq = EventProducer::new(&config.kafka, "processor")?;
     let codec = AvroCodec::for_topic(A::TOPIC).map_err(BusError::from)?;
     let wait = Duration::from_millis(p.batch_wait_ms);
     let m = metrics();
-    let count = |outcome: &str, n: u64| m.events.with_label_values(&[A::ENTITY, outcome]).inc_by(n);
-    let freshness = m.freshness.with_label_values(&[A::ENTITY]);
-    let _running = Running::start(A::ENTITY);
+    let count = |outcome: &str, n: u64| {
+        m.events
+            .with_label_values(&[A::ENTITY, shop, outcome])
+            .inc_by(n)
+    };
+    let freshness = m.freshness.with_label_values(&[A::ENTITY, shop]);
+    let _running = Running::start(lane);
     loop {
         // Between batches everything consumed is committed: the moment to
         // take or give back partitions.
@@ -398,7 +411,7 @@ async fn run<A: Applier>(
             }
         }
         let keys: Vec<String> = newest.keys().cloned().collect();
-        let applied = store.load(&state, &keys).await?;
+        let applied = state.load_versions(&lane_name, &keys).await?;
         let fresh: Vec<Pending<A::Event>> = newest
             .into_values()
             .filter(|e| is_newer(&e.version, applied.get(&e.key)))
@@ -472,10 +485,10 @@ async fn run<A: Applier>(
         }
         for (msg, class, reason) in letters {
             count("dead_lettered", 1);
-            dlq.send(dead_letter::<A>(msg, class, reason).to_record()?)
+            dlq.send(dead_letter::<A>(&lane_name, msg, class, reason).to_record()?)
                 .await?;
         }
-        store.store(&state, &done).await?;
+        state.store_versions(&lane_name, &done).await?;
 
         // Applied or dead-lettered: now the offsets may move.
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
@@ -508,18 +521,19 @@ impl Drop for AbortOnDrop {
 /// rate limit commits rarely but is working). The group's offsets, not this
 /// worker's, so a worker whose partitions other workers lease and apply is not
 /// stalled, but a group nobody makes progress in is.
-async fn watch_progress(config: Config, entity: &'static str, topic: &'static str) {
+async fn watch_progress(config: Config, lane: Lane) {
     let m = metrics();
+    let (entity, shop) = (lane.entity, lane.shop_label());
     let (assigned, stalled) = (
-        m.assigned.with_label_values(&[entity]),
-        m.stalled.with_label_values(&[entity]),
+        m.assigned.with_label_values(&[entity, shop]),
+        m.stalled.with_label_values(&[entity, shop]),
     );
     let limit = config.processors.stall_timeout();
     let every = (limit / 4).clamp(Duration::from_millis(500), Duration::from_secs(15));
-    let group = group::group_name(&config.processors, entity);
-    let physical = config.kafka.topic(topic);
+    let group = group::group_name(&config.processors, &lane.name());
+    let physical = config.kafka.topic(lane.topic);
     let mut last_committed: Option<i64> = None;
-    let mut last_answers = crate::shop::admin_api::successful_requests(entity);
+    let mut last_answers = crate::shop::admin_api::successful_requests(entity, shop);
     let mut moved_at = tokio::time::Instant::now();
     let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
@@ -541,7 +555,7 @@ async fn watch_progress(config: Config, entity: &'static str, topic: &'static st
         let waiting: i64 = lags.iter().map(|l| l.lag).sum();
         let committed: i64 = lags.iter().filter_map(|l| l.committed).sum();
         let now = tokio::time::Instant::now();
-        let answers = crate::shop::admin_api::successful_requests(entity);
+        let answers = crate::shop::admin_api::successful_requests(entity, shop);
         if waiting == 0 || last_committed != Some(committed) || answers != last_answers {
             moved_at = now;
         }
@@ -550,7 +564,7 @@ async fn watch_progress(config: Config, entity: &'static str, topic: &'static st
         let still = now - moved_at;
         if still < limit {
             if stalled.get() == 1 {
-                tracing::info!(entity, "processor is moving again");
+                tracing::info!(entity, shop, "processor is moving again");
             }
             stalled.set(0);
             warned_at = None;
@@ -564,7 +578,7 @@ async fn watch_progress(config: Config, entity: &'static str, topic: &'static st
         let (secs, held) = (still.as_secs(), assigned.get());
         if held == 0 {
             tracing::warn!(
-                entity, group = %group, waiting, still_secs = secs,
+                entity, shop, group = %group, waiting, still_secs = secs,
                 "processor stalled: this worker leases no partition while {waiting} records wait and \
                  the group committed nothing for {secs} s; other workers hold the leases and do not \
                  progress, or this worker cannot reach the state database (its errors are logged \
@@ -572,7 +586,7 @@ async fn watch_progress(config: Config, entity: &'static str, topic: &'static st
             );
         } else {
             tracing::warn!(
-                entity, group = %group, waiting, held, still_secs = secs,
+                entity, shop, group = %group, waiting, held, still_secs = secs,
                 "processor stalled: it holds {held} partitions, {waiting} records wait, and for {secs} s \
                  no batch was committed and the shop answered none of its requests; the errors \
                  logged above say what it waits for (the shop's API, the state database)"
@@ -581,12 +595,17 @@ async fn watch_progress(config: Config, entity: &'static str, topic: &'static st
     }
 }
 
-fn dead_letter<A: Applier>(msg: &OwnedMessage, class: &str, reason: String) -> DeadLetter {
+fn dead_letter<A: Applier>(
+    lane: &str,
+    msg: &OwnedMessage,
+    class: &str,
+    reason: String,
+) -> DeadLetter {
     DeadLetter {
         key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
         error_class: class.into(),
         reason,
-        stage: format!("processor.{}", A::ENTITY),
+        stage: format!("processor.{lane}"),
         occurred_at_micros: chrono::Utc::now().timestamp_micros(),
         attempts: 1,
         original_topic: Some(A::TOPIC.into()),

@@ -1,6 +1,7 @@
 //! Which partitions of its topic a processor applies: leases held as
-//! session-level advisory locks in the state database, instead of an
-//! assignment from the Kafka group coordinator.
+//! session-level locks in the state database (PostgreSQL advisory locks,
+//! MariaDB/MySQL `GET_LOCK`; see `sync::state`), instead of an assignment
+//! from the Kafka group coordinator.
 //!
 //! ## Why not the consumer group protocol
 //!
@@ -21,11 +22,9 @@
 //! ## How leases work
 //!
 //! Every processor already holds a connection to the state database (its
-//! version store). A worker holds, on a session of its own, one advisory lock
-//! per partition it applies, keyed `(hashtext(group), partition)`, and one
-//! lock `(hashtext(group || '#workers'), pg_backend_pid())` that counts it as a
-//! live worker of the group. PostgreSQL drops a session's locks the moment the
-//! session ends, and a `kill -9`ed worker's socket is closed by the kernel, so
+//! version store). A worker holds, on a session of its own, one lock per
+//! partition it applies and one that counts it as a live worker of the group.
+//! The server drops a session's locks the moment the session ends, and a `kill -9`ed worker's socket is closed by the kernel, so
 //! its partitions are free at once: its successor (or another worker) takes
 //! them on its next lease check, within a second, and starts from the group's
 //! committed offsets. No timeout is involved. Each worker takes at most its
@@ -42,57 +41,28 @@
 
 use std::collections::BTreeSet;
 
-use tokio_postgres::Client;
+use super::state::{StateDb, StateError};
 
-/// A worker's leases on one group's partitions, held by `client`'s session.
+/// A worker's leases on one group's partitions, held by `session`.
 pub struct PartitionLeases {
-    client: Client,
+    session: StateDb,
     group: String,
     partitions: i32,
     held: BTreeSet<i32>,
 }
 
-/// A live session holding leases of a group, for operators.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: i32,
-    pub application_name: String,
-    pub client_addr: Option<String>,
-    pub partitions: Vec<i32>,
-}
-
-/// The advisory locks of this database under key `hashtext($1)`: their
-/// second key and holder.
-const LOCKS_UNDER: &str = "SELECT l.objid::bigint::int, l.pid
-     FROM pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-       AND l.classid = hashtext($1)::oid";
-
 impl PartitionLeases {
-    /// Joins `group` as a live worker on `client` (a session of its own: the
-    /// leases end with it). `partitions` is the topic's partition count.
+    /// Joins `group` as a live worker on `session` (a session of its own:
+    /// the leases end with it). `partitions` is the topic's partition count.
     pub async fn join(
-        client: Client,
+        mut session: StateDb,
         group: &str,
         partitions: i32,
         worker_name: &str,
-    ) -> Result<PartitionLeases, tokio_postgres::Error> {
-        // Shown in `pg_stat_activity` and in `flywheel replay`'s refusal.
-        client
-            .execute(
-                "SELECT set_config('application_name', $1, false)",
-                &[&format!("flywheel processors {worker_name}")],
-            )
-            .await?;
-        client
-            .execute(
-                "SELECT pg_advisory_lock(hashtext($1), pg_backend_pid())",
-                &[&workers_key(group)],
-            )
-            .await?;
+    ) -> Result<PartitionLeases, StateError> {
+        session.join_workers(group, worker_name).await?;
         Ok(PartitionLeases {
-            client,
+            session,
             group: group.to_owned(),
             partitions,
             held: BTreeSet::new(),
@@ -110,17 +80,17 @@ impl PartitionLeases {
     /// *before* given-up ones are released, so no partition is consumed
     /// unleased by this worker. Call it only when everything consumed so far
     /// is committed. Returns whether the set changed.
-    pub async fn rebalance<E: From<tokio_postgres::Error>>(
+    pub async fn rebalance<E: From<StateError>>(
         &mut self,
         apply_assignment: impl FnOnce(&BTreeSet<i32>) -> Result<(), E>,
     ) -> Result<bool, E> {
-        let workers = self.locks_under(&workers_key(&self.group)).await?.len();
+        let workers = self.session.count_workers(&self.group).await?;
         let share = fair_share(self.partitions, workers);
         let leased: BTreeSet<i32> = self
-            .locks_under(&self.group)
+            .session
+            .leased(&self.group, self.partitions)
             .await?
             .into_iter()
-            .map(|(partition, _)| partition)
             .collect();
         // A lease this session lost (the database restarted the session's
         // locks away, an operator terminated it) is no longer ours.
@@ -139,15 +109,7 @@ impl PartitionLeases {
             if leased.contains(&partition) {
                 continue;
             }
-            let taken: bool = self
-                .client
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtext($1), $2)",
-                    &[&self.group, &partition],
-                )
-                .await?
-                .get(0);
-            if taken {
+            if self.session.try_lease(&self.group, partition).await? {
                 next.insert(partition);
             }
         }
@@ -156,12 +118,7 @@ impl PartitionLeases {
         }
         apply_assignment(&next)?;
         for partition in &release {
-            self.client
-                .execute(
-                    "SELECT pg_advisory_unlock(hashtext($1), $2)",
-                    &[&self.group, partition],
-                )
-                .await?;
+            self.session.release(&self.group, *partition).await?;
         }
         tracing::info!(
             group = %self.group, workers, share, held = ?next, released = ?release,
@@ -170,46 +127,6 @@ impl PartitionLeases {
         self.held = next;
         Ok(true)
     }
-
-    /// (second key, holder pid) of this database's locks under `hashtext(key)`.
-    async fn locks_under(&self, key: &str) -> Result<Vec<(i32, i32)>, tokio_postgres::Error> {
-        Ok(self
-            .client
-            .query(LOCKS_UNDER, &[&key])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
-    }
-}
-
-/// The sessions holding partitions of `group`, with what they hold.
-pub async fn holders(client: &Client, group: &str) -> Result<Vec<Holder>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT locks.pid, coalesce(a.application_name, ''), a.client_addr::text,
-                        array_agg(locks.objid ORDER BY locks.objid)
-                 FROM ({LOCKS_UNDER}) AS locks(objid, pid)
-                 LEFT JOIN pg_stat_activity a ON a.pid = locks.pid
-                 GROUP BY 1, 2, 3 ORDER BY 1"
-            ),
-            &[&group],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Holder {
-            pid: r.get(0),
-            application_name: r.get(1),
-            client_addr: r.get(2),
-            partitions: r.get(3),
-        })
-        .collect())
-}
-
-fn workers_key(group: &str) -> String {
-    format!("{group}#workers")
 }
 
 /// ⌈partitions ÷ workers⌉: the most one worker takes.

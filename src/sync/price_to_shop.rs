@@ -1,23 +1,24 @@
-//! `erp.price.v1` → the shop's variant prices.
+//! `erp.price.v1` → a shop's prices, on any platform (`shop::platform::PricePlatform`).
 //!
-//! Only the price list configured as the shop's (`processors.shop_price_list`,
-//! in `processors.shop_currency`) is applied; other lists are not applicable to
-//! this shop. Updates are grouped per product into one
-//! `productVariantsBulkUpdate` each, after reading the shop's current prices
-//! (cheap: scalars cost nothing) and leaving out those it already shows. A
-//! deleted price leaves the shop's price as it is (a variant always has one).
+//! Only the shop's own price list (`price_list`, in `currency`, from its
+//! `[[shops]]` entry) is applied; other lists are not applicable to this shop.
+//! The shop's current prices are read first and those it already shows are
+//! left out (`unchanged`: a replay writes nothing). A SKU the shop lacks is a
+//! dead letter naming the shop. A deleted price leaves the shop's price as it
+//! is (a product always has one).
 
-use std::collections::BTreeMap;
-
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::Lane;
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
-use super::shop_catalog::ShopCatalog;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_PRICE;
-use crate::config::Config;
+use crate::config::{Config, Platform, ShopConfig};
 use crate::shop::admin_api::AdminApi;
+use crate::shop::platform::{PricePlatform, PriceWrite};
+use crate::shop::shopify::catalog::ShopCatalog;
+use crate::shop::shopify::prices::ShopifyPrices;
+use crate::shop::woocommerce::WooClient;
 
 #[derive(Clone, Debug)]
 pub struct Price {
@@ -29,27 +30,52 @@ pub struct Price {
     pub compare_at: Option<String>,
 }
 
-pub struct PriceToShop {
-    catalog: ShopCatalog,
+pub struct PriceToShop<P> {
+    platform: P,
+    shop: String,
     price_list: String,
     currency: String,
 }
 
-/// Runs the price processor until `shutdown`.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
-    let p = &config.processors;
-    apply_loop::supervised(config, shutdown, || async {
-        Ok(PriceToShop {
-            catalog: ShopCatalog::new(AdminApi::from_config(p, <PriceToShop as Applier>::ENTITY)?),
-            price_list: p.shop_price_list.clone(),
-            currency: p.shop_currency.clone(),
-        })
-    })
-    .await
+/// The entity and topic of every price processor, whatever the platform.
+pub const ENTITY: &str = "price";
+
+/// Runs the price processor of `shop` until `shutdown`.
+pub async fn run(
+    config: &Config,
+    shop: &ShopConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SyncError> {
+    let lane = Lane::for_shop(ENTITY, ERP_PRICE, &shop.name);
+    match shop.platform {
+        Platform::Shopify => {
+            apply_loop::supervised(config, lane, shutdown, || async {
+                let catalog = ShopCatalog::new(AdminApi::for_shop(shop, ENTITY)?);
+                Ok(PriceToShop {
+                    platform: ShopifyPrices { catalog },
+                    shop: shop.name.clone(),
+                    price_list: shop.price_list.clone(),
+                    currency: shop.currency.clone(),
+                })
+            })
+            .await
+        }
+        Platform::Woocommerce => {
+            apply_loop::supervised(config, lane, shutdown, || async {
+                Ok(PriceToShop {
+                    platform: WooClient::for_shop(shop, ENTITY)?,
+                    shop: shop.name.clone(),
+                    price_list: shop.price_list.clone(),
+                    currency: shop.currency.clone(),
+                })
+            })
+            .await
+        }
+    }
 }
 
 /// Decimal strings equal as amounts ("50" = "50.00"); both absent is equal.
-fn same_amount(a: &Option<String>, b: &Option<String>) -> bool {
+pub fn same_amount(a: &Option<String>, b: &Option<String>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => match (a.parse::<f64>(), b.parse::<f64>()) {
@@ -60,32 +86,42 @@ fn same_amount(a: &Option<String>, b: &Option<String>) -> bool {
     }
 }
 
-impl Applier for PriceToShop {
-    const ENTITY: &'static str = "price";
+/// An `erp.price.v1` record; `None` for a record without the fields
+/// (dead-lettered by the apply loop).
+pub fn decode(v: &apache_avro::types::Value) -> Option<Decoded<Price>> {
+    let deleted = matches!(
+        field(v, "deleted"),
+        Some(apache_avro::types::Value::Boolean(true))
+    );
+    Some(Decoded {
+        key: field_str(v, "key")?.to_owned(),
+        version: (field_i64(v, "version")?, String::new()),
+        source_ts_micros: field_i64(v, "source_ts")?,
+        event: Price {
+            sku: field_str(v, "sku")?.to_owned(),
+            price_list: field_str(v, "price_list")?.to_owned(),
+            currency: field_str(v, "currency")?.to_owned(),
+            amount: if deleted {
+                None
+            } else {
+                field_str(v, "amount").map(str::to_owned)
+            },
+            compare_at: field_str(v, "compare_at").map(str::to_owned),
+        },
+    })
+}
+
+impl<P> Applier for PriceToShop<P>
+where
+    P: PricePlatform,
+    SyncError: From<P::Error>,
+{
+    const ENTITY: &'static str = ENTITY;
     const TOPIC: &'static str = ERP_PRICE;
     type Event = Price;
 
     fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<Price>> {
-        let deleted = matches!(
-            field(v, "deleted"),
-            Some(apache_avro::types::Value::Boolean(true))
-        );
-        Some(Decoded {
-            key: field_str(v, "key")?.to_owned(),
-            version: (field_i64(v, "version")?, String::new()),
-            source_ts_micros: field_i64(v, "source_ts")?,
-            event: Price {
-                sku: field_str(v, "sku")?.to_owned(),
-                price_list: field_str(v, "price_list")?.to_owned(),
-                currency: field_str(v, "currency")?.to_owned(),
-                amount: if deleted {
-                    None
-                } else {
-                    field_str(v, "amount").map(str::to_owned)
-                },
-                compare_at: field_str(v, "compare_at").map(str::to_owned),
-            },
-        })
+        decode(v)
     }
 
     async fn apply(&mut self, events: &[Pending<Price>]) -> Result<Vec<Outcome>, SyncError> {
@@ -96,71 +132,55 @@ impl Applier for PriceToShop {
                 e.price_list == self.price_list && e.currency == self.currency && e.amount.is_some()
             })
             .collect();
-        let variants = self
-            .catalog
-            .variants(ours.iter().map(|&i| events[i].event.sku.as_str()))
-            .await?;
-        let known: Vec<&str> = ours
+        let skus: Vec<&str> = ours.iter().map(|&i| events[i].event.sku.as_str()).collect();
+        let known = self.platform.known(&skus).await?;
+        let present: Vec<&str> = skus
             .iter()
-            .map(|&i| events[i].event.sku.as_str())
-            .filter(|sku| variants.contains_key(*sku))
+            .copied()
+            .filter(|s| known.contains(*s))
             .collect();
-        let current = self.catalog.current_prices(&known).await?;
-        // product → [(event index, variant input)]
-        let mut per_product: BTreeMap<String, Vec<(usize, Value)>> = BTreeMap::new();
+        let current = self.platform.current(&present).await?;
+        let mut writes: Vec<(usize, PriceWrite)> = Vec::new();
         for &i in &ours {
             let e = &events[i].event;
-            let Some(v) = variants.get(&e.sku) else {
+            if !known.contains(&e.sku) {
                 outcomes[i] = Outcome::DeadLetter {
                     class: "unknown_sku",
-                    reason: format!("the shop has no variant with SKU `{}`", e.sku),
+                    reason: format!("shop `{}` has no product with SKU `{}`", self.shop, e.sku),
                 };
                 continue;
-            };
+            }
             if let Some((price, compare_at)) = current.get(&e.sku)
                 && same_amount(price, &e.amount)
                 && same_amount(compare_at, &e.compare_at)
             {
                 // Compare before write: the shop already shows it (e.g. after
-                // a crash, or a shop seeded from the ERP). A mutation saved.
+                // a crash, or a shop seeded from the ERP). A write saved.
                 outcomes[i] = Outcome::Observed("unchanged");
                 continue;
             }
-            let input = json!({"id": v.variant, "price": e.amount, "compareAtPrice": e.compare_at});
-            per_product
-                .entry(v.product.clone())
-                .or_default()
-                .push((i, input));
+            let Some(amount) = e.amount.clone() else {
+                continue;
+            };
+            writes.push((
+                i,
+                PriceWrite {
+                    sku: e.sku.clone(),
+                    amount,
+                    compare_at: e.compare_at.clone(),
+                },
+            ));
         }
-        for (product, updates) in per_product {
-            let inputs: Vec<Value> = updates.iter().map(|(_, v)| v.clone()).collect();
-            let r = self
-                .catalog
-                .api
-                .execute(
-                    "mutation($p: ID!, $v: [ProductVariantsBulkInput!]!) {
-                        productVariantsBulkUpdate(productId: $p, variants: $v) { userErrors { field message } } }",
-                    json!({"p": product, "v": inputs}),
-                    10.0,
-                )
-                .await?;
-            let errors = r.data["productVariantsBulkUpdate"]["userErrors"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for (i, _) in updates {
-                outcomes[i] = if errors.is_empty() {
-                    Outcome::Applied
-                } else {
-                    Outcome::DeadLetter {
-                        class: "shop_rejected",
-                        reason: format!(
-                            "productVariantsBulkUpdate refused: {}",
-                            Value::Array(errors.clone())
-                        ),
-                    }
-                };
-            }
+        let batch: Vec<PriceWrite> = writes.iter().map(|(_, w)| w.clone()).collect();
+        let results = self.platform.set(&batch).await?;
+        for ((i, _), result) in writes.into_iter().zip(results) {
+            outcomes[i] = match result {
+                Ok(()) => Outcome::Applied,
+                Err(reason) => Outcome::DeadLetter {
+                    class: "shop_rejected",
+                    reason: format!("shop `{}`: {reason}", self.shop),
+                },
+            };
         }
         Ok(outcomes)
     }

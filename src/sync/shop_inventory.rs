@@ -7,28 +7,31 @@
 //! operator can see the shop drifting from the ERP between ERP changes. Sales
 //! reach the ERP as orders, not as inventory.
 
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::Lane;
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
-use super::written_levels;
-use crate::config::Config;
+use super::state::StateDb;
+use crate::config::{Config, ShopConfig};
 use crate::shop::mapping::{SHOP_INVENTORY, ShopInventoryEvent};
 
 pub struct ShopInventory {
-    state: Client,
+    state: StateDb,
     channel: String,
 }
 
 /// Runs the shop inventory consumer until `shutdown`.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
-    apply_loop::supervised(config, shutdown, || async {
-        let state =
-            apply_loop::connect_db(config, &config.processors.state_database(&config.erp)).await?;
-        written_levels::open(&state).await?;
+pub async fn run(
+    config: &Config,
+    shop: &ShopConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SyncError> {
+    let lane = Lane::for_shop(ShopInventory::ENTITY, ShopInventory::TOPIC, &shop.name);
+    apply_loop::supervised(config, lane, shutdown, || async {
+        let state = StateDb::connect(config).await?;
         Ok(ShopInventory {
             state,
-            channel: config.processors.shop_channel.clone(),
+            channel: shop.name.clone(),
         })
     })
     .await
@@ -62,7 +65,7 @@ impl Applier for ShopInventory {
                 )
             })
             .collect();
-        let written = written_levels::load(&self.state, &pairs).await?;
+        let written = self.state.load_levels(&self.channel, &pairs).await?;
         Ok(events
             .iter()
             .zip(&pairs)

@@ -245,6 +245,35 @@ impl TestEnv {
         want
     }
 
+    /// Ships shop order `id` of `channel` in the ERP: a done delivery with
+    /// carrier DHL and `tracking`.
+    pub async fn ship(&self, channel: &str, id: u64, tracking: &str) {
+        self.erp
+            .execute(
+                "INSERT INTO stock_picking (name, sale_id, state, carrier_name, carrier_tracking_ref, date_done)
+                 SELECT 'WH/OUT/' || id, id, 'done', 'DHL', $3, now()
+                 FROM sale_order WHERE channel = $1 AND shop_order_id = $2",
+                &[&channel, &id.to_string(), &tracking],
+            )
+            .await
+            .expect("shipping in the ERP");
+    }
+
+    /// The states of the ERP's sale orders for shop order `id` of `channel`
+    /// (one, once it arrived; never more).
+    pub async fn order_states(&self, channel: &str, id: u64) -> Vec<String> {
+        self.erp
+            .query(
+                "SELECT state FROM sale_order WHERE channel = $1 AND shop_order_id = $2",
+                &[&channel, &id.to_string()],
+            )
+            .await
+            .expect("reading sale_order")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// Stock of one SKU in one warehouse, computed here independently of the connector.
     pub async fn stock_of(&self, sku: &str, warehouse: &str) -> (String, String, String) {
         let row = self
@@ -464,6 +493,22 @@ where
     }
 }
 
+/// Prints a child process's log file when the test panics, so a failure in
+/// CI says what the child saw.
+pub struct ShowLogOnPanic(pub std::path::PathBuf);
+
+impl Drop for ShowLogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!(
+                "--- log of {} ---\n{log}--- end of log ---",
+                self.0.display()
+            );
+        }
+    }
+}
+
 pub fn small() -> DemoSize {
     DemoSize {
         skus: 20,
@@ -572,6 +617,24 @@ async fn shop_levels(sim: &shopsim::ShopSim, quantity: &str) -> HashMap<(String,
         .collect()
 }
 
+/// `flywheel_processor_events_total` of this test binary, summed over the
+/// series whose labels include every (name, value) of `labels`.
+pub fn processor_events(labels: &[(&str, &str)]) -> u64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == "flywheel_processor_events_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            labels.iter().all(|(name, value)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *name && l.value() == *value)
+            })
+        })
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
+}
+
 /// The processors' outcome counters of this test binary, summed over entities.
 pub fn processor_outcomes() -> HashMap<String, u64> {
     let mut out = HashMap::new();
@@ -593,8 +656,8 @@ pub fn processor_config(env: &TestEnv, sim: &shopsim::ShopSim, group: &str) -> C
     let mut config = env.config.clone();
     config.processors.group_id = group.to_owned();
     config.processors.batch_wait_ms = 100;
-    config.processors.shop_graphql_url = sim.graphql_url();
-    config.processors.shop_access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    config.shops[0].admin_url = sim.graphql_url();
+    config.shops[0].access_token = flywheel::config::Secret(sim.config.access_token.clone());
     config
 }
 
@@ -623,11 +686,7 @@ impl WiredShop {
         let mut config = env.config.clone();
         config.gateway.listen = "127.0.0.1:0".into();
         config.gateway.dedupe_path = dir.path().join("seen.log");
-        config.gateway.shops = vec![flywheel::config::ShopConfig {
-            name: "demo".into(),
-            platform: flywheel::config::Platform::Shopify,
-            secrets: vec![WIRED_SECRET.into()],
-        }];
+        config.shops[0].webhook_secrets = vec![flywheel::config::Secret(WIRED_SECRET.into())];
         let gateway_stop = CancellationToken::new();
         let gateway =
             flywheel::shop::gateway::start(&config, axum::Router::new(), gateway_stop.clone())
@@ -647,6 +706,8 @@ impl WiredShop {
         .expect("the shop simulator starts");
         let processors = processor_config(env, &sim, group);
         config.processors = processors.processors;
+        config.shops[0].admin_url = processors.shops[0].admin_url.clone();
+        config.shops[0].access_token = processors.shops[0].access_token.clone();
         let addr = gateway.addr;
         wait_for(
             "the gateway to be ready",
@@ -713,7 +774,7 @@ pub fn stock_lag(config: &Config) -> i64 {
     flywheel::ops::lag::consumer_lag(config)
         .expect("reading the lag")
         .iter()
-        .filter(|l| l.group.ends_with(".stock"))
+        .filter(|l| l.group.ends_with(".stock.demo"))
         .map(|l| l.lag)
         .sum()
 }
@@ -782,13 +843,149 @@ pub fn stock_target(rec: &Rec, channel: &str) -> i64 {
 pub fn stock_and_order_processors(config: &Config) -> [RunningProcessor; 3] {
     [
         RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::stock_to_shop::run(&c, t).await
+            flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
         }),
         RunningProcessor::spawn(config, |c, t| async move {
             flywheel::sync::orders_to_erp::run(&c, t).await
         }),
         RunningProcessor::spawn(config, |c, t| async move {
-            flywheel::sync::status_to_shop::run(&c, t).await
+            flywheel::sync::status_to_shop::run(&c, &c.shops[0].clone(), t).await
         }),
     ]
+}
+
+/// The newest record (by version) of each key.
+pub fn latest_by_key(records: &[Rec]) -> HashMap<String, &Rec> {
+    let mut out: HashMap<String, &Rec> = HashMap::new();
+    for r in records {
+        match out.get(&r.key) {
+            Some(prev) if prev.version() >= r.version() => {}
+            _ => {
+                out.insert(r.key.clone(), r);
+            }
+        }
+    }
+    out
+}
+
+/// After a source was killed: everything its run produced, as the last
+/// offset per partition (what comes after is the next run's).
+pub async fn run_ends(stock: &mut TopicReader) -> HashMap<i32, i64> {
+    let records = stock.drain(Duration::from_secs(2)).await;
+    let mut ends = HashMap::new();
+    for r in records {
+        let e = ends.entry(r.partition).or_insert(r.offset);
+        *e = (*e).max(r.offset);
+    }
+    ends
+}
+
+/// Waits until the newest record of every key in `finals` carries its final
+/// `on_hand`.
+pub async fn await_final_on_hand(stock: &mut TopicReader, finals: &HashMap<String, String>) {
+    stock
+        .read_until(Duration::from_secs(90), move |r| {
+            let latest = latest_by_key(r);
+            finals
+                .iter()
+                .all(|(k, v)| latest.get(k).and_then(|e| e.str("on_hand")) == Some(v.as_str()))
+        })
+        .await;
+}
+
+/// Within each run of a source (split at `first_run_ends`), versions per key
+/// only grow; the second run may replay older versions, which consumers
+/// skip as stale.
+pub fn assert_versions_grow_within_runs(records: &[Rec], first_run_ends: &HashMap<i32, i64>) {
+    let mut last: HashMap<(bool, String), u64> = HashMap::new();
+    for r in records {
+        let second_run = first_run_ends
+            .get(&r.partition)
+            .is_some_and(|end| r.offset > *end);
+        let prev = last.entry((second_run, r.key.clone())).or_insert(0);
+        assert!(
+            r.version() > *prev,
+            "version went backward within a run for {}: {} after {}",
+            r.key,
+            r.version(),
+            prev
+        );
+        *prev = r.version();
+    }
+}
+
+/// The `flywheel` binary as a child process (`args`, settings from `envs`),
+/// killed when dropped so a failing test does not leave it running.
+pub struct FlywheelProcess(pub std::process::Child);
+
+impl FlywheelProcess {
+    pub fn spawn(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> FlywheelProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
+            .args(args)
+            .env("FLYWHEEL_METRICS__LISTEN", "")
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning flywheel");
+        FlywheelProcess(child)
+    }
+
+    /// The source of `config`'s ERP and Kafka; `envs` override settings.
+    pub fn source(config: &Config, envs: &[(&str, &str)]) -> FlywheelProcess {
+        let server_id = config.erp.server_id.to_string();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("FLYWHEEL_ERP__DSN", &config.erp.dsn),
+            ("FLYWHEEL_ERP__SLOT", &config.erp.slot),
+            ("FLYWHEEL_ERP__SERVER_ID", &server_id),
+            ("FLYWHEEL_ERP__STATE_DATABASE", &config.erp.state_database),
+            ("FLYWHEEL_ERP__STATUS_INTERVAL_MS", "100"),
+            ("FLYWHEEL_KAFKA__BOOTSTRAP", &config.kafka.bootstrap),
+            ("FLYWHEEL_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix),
+            ("FLYWHEEL_KAFKA__PARTITIONS", "3"),
+        ];
+        all.extend_from_slice(envs);
+        FlywheelProcess::spawn(&["source".as_ref()], &all)
+    }
+
+    pub fn kill_9(&mut self) {
+        self.0.kill().expect("kill -9");
+        self.0.wait().expect("reaping the killed process");
+    }
+}
+
+impl Drop for FlywheelProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SKU → (regular, sale) a WooCommerce shop on the ERP's Wholesale list
+/// (price list 2) should show: the list price as the regular price, the
+/// Wholesale price as the sale; other SKUs keep what the shop had (`before`).
+pub async fn wholesale_view(
+    env: &TestEnv,
+    before: &std::collections::BTreeMap<String, (String, String)>,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut want = before.clone();
+    for r in env
+        .erp
+        .query(
+            "SELECT p.default_code, i.fixed_price::text, t.list_price::text
+             FROM product_pricelist_item i
+             JOIN product_product p ON p.id = i.product_id
+             JOIN product_template t ON t.id = p.product_tmpl_id
+             WHERE i.pricelist_id = 2 AND p.default_code IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("reading Wholesale")
+    {
+        let (sku, fixed, list): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if want.contains_key(&sku) {
+            want.insert(sku, (list, fixed));
+        }
+    }
+    want
 }

@@ -11,11 +11,11 @@ use tokio::sync::Mutex;
 
 use super::binlog_pos::BinlogPos;
 use super::binlog_value::value_text;
-use super::{error_text, is_retryable};
 use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::{Entity, EntityKey, EntityModels, ModelError};
 use crate::erp::model_queries::{ModelQueries, TextRow};
 use crate::erp::position::Position;
+use crate::mysql::{error_text, is_retryable};
 
 /// How long a batch waits for its transactions to become visible before the
 /// source restarts (and tries again).

@@ -9,8 +9,8 @@ use mysql_async::prelude::Queryable;
 
 use super::binlog_pos::BinlogPos;
 use super::capture::ECHO_MARK_TABLE;
-use super::{error_text, is_retryable};
 use crate::config::ErpConfig;
+use crate::mysql::{error_text, is_retryable, quote_ident};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -248,10 +248,6 @@ pub fn bytes_after(logs: &[(String, u64)], at: &BinlogPos) -> u64 {
 }
 
 /// A MariaDB/MySQL identifier in backquotes.
-pub fn quote_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
 use crate::erp::pipeline::{Processor, Streaming, drain, forward, run_reader_and_processor};
 use crate::erp::position::Position;
-use crate::erp::snapshot::produce_snapshot;
+use crate::erp::snapshot::{ErpTruth, produce_snapshot};
 use crate::erp::source::SourceError;
 use crate::erp::source_metrics::{SourceMetrics, register_seconds_since_last_commit};
 
@@ -133,16 +133,46 @@ fn setup_error(problem: String) -> SourceError {
 }
 
 /// Reads every key inside one consistent snapshot and returns the binlog
-/// position it stands at, where streaming resumes. MariaDB reports that
-/// position for the snapshot itself (`binlog_snapshot_file/position`), so no
-/// lock is taken; MySQL lacks it, and there the position is read under a
-/// brief `FLUSH TABLES WITH READ LOCK` (which needs the RELOAD privilege).
+/// position it stands at, where streaming resumes.
 async fn take_snapshot(
     opts: &Opts,
     models: &EntityModels,
     producer: &EventProducer,
     batch_keys: usize,
 ) -> Result<BinlogPos, SourceError> {
+    let (conn, at, version) = open_snapshot(opts).await?;
+    let queries = MyQueries::prepare(conn, models).await?;
+    produce_snapshot(&queries, models, producer, version, batch_keys).await?;
+    queries.execute("COMMIT").await?;
+    Ok(at)
+}
+
+/// The ERP's truth for the entities `wanted` names (all when empty), read
+/// consistent with one binlog position (see `open_snapshot`).
+pub async fn read_truth(
+    config: &Config,
+    wanted: &[&str],
+    only: Option<&str>,
+) -> Result<ErpTruth, SourceError> {
+    let erp = &config.erp;
+    let opts = erp.mysql_opts()?;
+    let erp_db = opts.db_name().unwrap_or_default().to_owned();
+    let models = EntityModels::with_default_schema(&Connector::for_erp(erp)?, &erp_db)?;
+    let (conn, _, version) = open_snapshot(&opts).await?;
+    let queries = MyQueries::prepare(conn, &models).await?;
+    let truth =
+        crate::erp::snapshot::read_truth(&queries, &models, wanted, only, version, erp.batch_keys)
+            .await?;
+    queries.execute("COMMIT").await?;
+    Ok(truth)
+}
+
+/// Opens a consistent snapshot and returns the binlog position it stands at
+/// (and as a version). MariaDB reports that position for the snapshot itself
+/// (`binlog_snapshot_file/position`), so no lock is taken; MySQL lacks it,
+/// and there the position is read under a brief `FLUSH TABLES WITH READ
+/// LOCK` (which needs the RELOAD privilege).
+async fn open_snapshot(opts: &Opts) -> Result<(Conn, BinlogPos, Position), SourceError> {
     let mut conn = Conn::new(opts.clone()).await?;
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await?;
@@ -181,10 +211,7 @@ async fn take_snapshot(
         .position()
         .ok_or_else(|| setup_error(format!("binlog file name without a number: {}", at.file)))?;
     tracing::info!(at = %at, "snapshot opened");
-    let queries = MyQueries::prepare(conn, models).await?;
-    produce_snapshot(&queries, models, producer, version, batch_keys).await?;
-    queries.execute("COMMIT").await?;
-    Ok(at)
+    Ok((conn, at, version))
 }
 
 /// Registers as a replica and requests the binlog from `from`. Heartbeats

@@ -329,8 +329,31 @@ impl ReplicationConn {
         &mut self,
         slot: &str,
     ) -> Result<CreatedSlot, ReplicationError> {
+        self.create_exporting(slot, "").await
+    }
+
+    /// Ends the connection politely (a temporary slot goes with it).
+    pub async fn close(mut self) -> Result<(), ReplicationError> {
+        frontend::terminate(&mut self.wbuf);
+        self.flush().await
+    }
+
+    /// A slot that lives as long as this connection, for its exported
+    /// snapshot alone: a read consistent with an exact stream position.
+    pub async fn create_temporary_slot_exporting_snapshot(
+        &mut self,
+        slot: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        self.create_exporting(slot, " TEMPORARY").await
+    }
+
+    async fn create_exporting(
+        &mut self,
+        slot: &str,
+        temporary: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput EXPORT_SNAPSHOT",
             quote_ident(slot)
         );
         let rows = self.simple_query(&sql).await?;

@@ -35,11 +35,32 @@ use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
 use crate::erp::pipeline::{Processor, Streaming, drain, forward, run_reader_and_processor};
 use crate::erp::position::Position;
+use crate::erp::snapshot::ErpTruth;
 use crate::erp::source::SourceError;
 use crate::erp::source_metrics::{SourceMetrics, register_seconds_since_last_commit};
 use crate::pg::error::db_error_text;
 use crate::pg::tls::PgTls;
 use snapshot::take_snapshot;
+
+/// The ERP's truth for the entities `wanted` names (all when empty), read
+/// consistent with one stream position (`erp::snapshot::ErpTruth`).
+pub async fn read_truth(
+    config: &Config,
+    wanted: &[&str],
+    only: Option<&str>,
+) -> Result<ErpTruth, SourceError> {
+    let erp = &config.erp;
+    let models = EntityModels::new(&Connector::for_erp(erp)?)?;
+    snapshot::read_consistent(
+        &erp.pg_config()?,
+        &erp.tls()?,
+        &models,
+        wanted,
+        only,
+        erp.batch_keys,
+    )
+    .await
+}
 
 pub(crate) async fn connect_client(
     pg: &tokio_postgres::Config,

@@ -15,7 +15,8 @@ use super::{OrderState, customer_name, order_email, unknown_skus};
 use crate::config::Config;
 use crate::erp::erpnext::recompute_reserved;
 use crate::erp::mysql::capture::ECHO_MARK_TABLE;
-use crate::erp::mysql::setup::{self, SetupError, quote_ident};
+use crate::erp::mysql::setup::{self, SetupError};
+use crate::mysql::quote_ident;
 use crate::shop::mapping::ShopOrderEvent;
 use crate::sync::apply_loop::{Outcome, SyncError};
 

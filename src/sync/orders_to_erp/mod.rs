@@ -35,7 +35,7 @@ pub struct OrdersToErp {
 
 /// Runs the order processor until `shutdown`.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), SyncError> {
-    apply_loop::supervised(config, shutdown, || async {
+    apply_loop::supervised(config, super::Lane::orders_in(), shutdown, || async {
         let writer = match config.erp.kind() {
             ErpKind::Postgres => Writer::Odoo(odoo::OdooWriter::connect(config).await?),
             ErpKind::Mysql => Writer::Erpnext(erpnext::ErpnextWriter::connect(config).await?),

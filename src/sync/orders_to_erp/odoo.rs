@@ -18,7 +18,7 @@ pub struct OdooWriter {
 
 impl OdooWriter {
     pub async fn connect(config: &Config) -> Result<OdooWriter, SyncError> {
-        let erp = apply_loop::connect_db(config, &config.erp.dsn).await?;
+        let erp = apply_loop::connect_erp_postgres(config).await?;
         let origin = claim_replication_origin(&erp).await?;
         tracing::info!(%origin, "ERP writes carry Flywheel's replication origin, so capture skips them");
         Ok(OdooWriter { erp })

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::apply_loop::SyncError;
-use crate::shop::admin_api::AdminApi;
+use super::admin_api::{AdminApi, AdminApiError};
 
 #[derive(Clone, Debug)]
 pub struct VariantRef {
@@ -35,7 +34,7 @@ impl ShopCatalog {
     pub async fn variants<'a>(
         &mut self,
         skus: impl IntoIterator<Item = &'a str>,
-    ) -> Result<HashMap<String, VariantRef>, SyncError> {
+    ) -> Result<HashMap<String, VariantRef>, AdminApiError> {
         let mut wanted: Vec<&str> = skus.into_iter().collect();
         wanted.sort();
         wanted.dedup();
@@ -76,7 +75,7 @@ impl ShopCatalog {
     pub async fn current_prices(
         &self,
         skus: &[&str],
-    ) -> Result<HashMap<String, (Option<String>, Option<String>)>, SyncError> {
+    ) -> Result<HashMap<String, (Option<String>, Option<String>)>, AdminApiError> {
         let mut out = HashMap::new();
         for v in self.by_sku(skus, "sku price compareAtPrice", 1.0).await? {
             if let Some(sku) = v["sku"].as_str() {
@@ -94,7 +93,7 @@ impl ShopCatalog {
         skus: &[&str],
         fields: &str,
         points_per_node: f64,
-    ) -> Result<Vec<Value>, SyncError> {
+    ) -> Result<Vec<Value>, AdminApiError> {
         let mut nodes = Vec::new();
         for chunk in skus.chunks(50) {
             let filter = chunk
@@ -120,7 +119,7 @@ impl ShopCatalog {
     }
 
     /// The id of the location named `name`.
-    pub async fn location(&mut self, name: &str) -> Result<Option<String>, SyncError> {
+    pub async fn location(&mut self, name: &str) -> Result<Option<String>, AdminApiError> {
         if !self.locations.contains_key(name) {
             let r = self
                 .api

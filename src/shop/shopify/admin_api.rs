@@ -10,17 +10,18 @@
 //! Why not `governor` here: its quota cannot be re-seeded to a level the
 //! server reports, and following the server is the point.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use prometheus::{CounterVec, IntCounterVec, Opts, register_counter_vec, register_int_counter_vec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use crate::shop::api::successful_requests;
+use crate::shop::api::{http_client_with, metrics};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminApiError {
-    #[error("the shop refused the access token (401); check the configured Admin API token")]
+    #[error("the shop refused the access token (401); check access_token of its [[shops]] entry")]
     Unauthorized,
     #[error("the shop answered with GraphQL errors: {0}")]
     GraphQl(String),
@@ -31,7 +32,7 @@ pub enum AdminApiError {
     /// The TLS connection to the shop cannot be made (an untrusted or wrong
     /// certificate, an unreadable CA file): retrying cannot help.
     #[error(
-        "TLS to the shop failed: {0}; check processors.shop_graphql_url, and set processors.shop_ca_file to a PEM file of the CA that signed the shop's certificate if it is not publicly trusted"
+        "TLS to the shop failed: {0}; check the shop's admin_url in [[shops]], and set its ca_file to a PEM file of the CA that signed the shop's certificate if it is not publicly trusted"
     )]
     Tls(String),
 }
@@ -104,6 +105,20 @@ impl CostBudget {
         }
     }
 
+    /// A share of the shop's bucket: fills at `share` of its restore rate, up
+    /// to `share` of its size, following the plan the server reports
+    /// (`follow_share`) but not its level, which everyone's calls move.
+    fn share_of(&self, share: f64) -> Self {
+        CostBudget::new(self.maximum * share, self.restore_rate * share)
+    }
+
+    fn follow_share(&mut self, status: &ThrottleStatus, share: f64, now: Instant) {
+        self.refill(now);
+        self.maximum = (status.maximum_available * share).max(1.0);
+        self.restore_rate = (status.restore_rate * share).max(0.001);
+        self.available = self.available.min(self.maximum);
+    }
+
     /// Follows what the server reports.
     pub fn observe(&mut self, status: ThrottleStatus, now: Instant) {
         self.maximum = status.maximum_available.max(1.0);
@@ -113,61 +128,15 @@ impl CostBudget {
     }
 }
 
-struct ApiMetrics {
-    requests: IntCounterVec,
-    cost: CounterVec,
-    throttle_wait: CounterVec,
-}
-
-/// Requests of `processor` the shop answered successfully, so far: a
-/// processor that keeps getting answers is working, however slowly its batch
-/// goes under the rate limit.
-pub fn successful_requests(processor: &str) -> u64 {
-    metrics()
-        .requests
-        .with_label_values(&[processor, "ok"])
-        .get()
-}
-
-fn metrics() -> &'static ApiMetrics {
-    static M: OnceLock<ApiMetrics> = OnceLock::new();
-    const REGISTER: &str = "registering a shop API metric";
-    M.get_or_init(|| ApiMetrics {
-        requests: register_int_counter_vec!(
-            Opts::new(
-                "flywheel_shop_api_requests_total",
-                "Shop Admin API requests by outcome"
-            ),
-            &["processor", "outcome"]
-        )
-        .expect(REGISTER),
-        cost: register_counter_vec!(
-            Opts::new(
-                "flywheel_shop_api_cost_points_total",
-                "Actual query cost charged by the shop"
-            ),
-            &["processor"]
-        )
-        .expect(REGISTER),
-        throttle_wait: register_counter_vec!(
-            Opts::new(
-                "flywheel_shop_api_throttle_wait_seconds_total",
-                "Seconds spent waiting for rate-limit budget (before sending, THROTTLED, 429)"
-            ),
-            &["processor"]
-        )
-        .expect(REGISTER),
-    })
-}
-
-/// The HTTP client for the shop: HTTPS with rustls, server certificates
-/// checked against the system's roots plus `extra_roots`.
-fn http_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .tls_certs_merge(extra_roots)
-        .build()
+/// How long a 429 asks us to wait (`Retry-After`, seconds; 1 s when absent).
+fn retry_after(r: &reqwest::Response) -> Duration {
+    let secs = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(secs.clamp(0.0, 60.0))
 }
 
 enum Answer {
@@ -181,16 +150,20 @@ pub struct AdminApi {
     graphql_url: String,
     token: String,
     budget: Mutex<CostBudget>,
+    /// A client held to a share of the shop's budget (reconciliation), and
+    /// that share; `None`: the whole budget.
+    share: Option<(f64, Mutex<CostBudget>)>,
     max_attempts: u32,
     backoff_base: Duration,
-    /// The `processor` label of this client's metrics.
+    /// The `processor` and `shop` labels of this client's metrics.
     processor: &'static str,
+    shop: String,
 }
 
 impl AdminApi {
     /// `graphql_url` is the shop's `…/admin/api/<version>/graphql.json`.
     pub fn new(graphql_url: impl Into<String>, access_token: impl Into<String>) -> Self {
-        let http = http_client(Vec::new()).expect("an HTTP client with timeouts and TLS");
+        let http = http_client_with(Vec::new()).expect("an HTTP client with timeouts and TLS");
         AdminApi::with_client(http, graphql_url.into(), access_token.into())
     }
 
@@ -200,54 +173,105 @@ impl AdminApi {
             graphql_url,
             token,
             budget: Mutex::new(CostBudget::new(1000.0, 100.0)),
+            share: None,
             max_attempts: 8,
             backoff_base: Duration::from_millis(100),
             processor: "client",
+            shop: String::new(),
         }
     }
 
-    /// The client of one processor: its cost and waits are counted under `processor`.
-    pub fn for_processor(mut self, processor: &'static str) -> Self {
+    /// The client of one processor for one shop: its cost and waits are
+    /// counted under `processor` and `shop`.
+    pub fn for_processor(mut self, processor: &'static str, shop: &str) -> Self {
         self.processor = processor;
+        self.shop = shop.to_owned();
         // Export the processor's series from the start (at 0), so rates and
         // alerts see them before the first wait.
         let m = metrics();
-        m.throttle_wait.with_label_values(&[processor]);
-        m.cost.with_label_values(&[processor]);
+        m.throttle_wait.with_label_values(&[processor, shop]);
+        m.cost.with_label_values(&[processor, shop]);
         self
     }
 
-    /// The configured shop's client for `processor`, trusting the system's
-    /// certificate authorities and those in `processors.shop_ca_file`.
-    pub fn from_config(
-        p: &crate::config::ProcessorsConfig,
+    /// `shop`'s client for `processor`, trusting the system's certificate
+    /// authorities and those in the shop's `ca_file`.
+    pub fn for_shop(
+        shop: &crate::config::ShopConfig,
         processor: &'static str,
     ) -> Result<Self, AdminApiError> {
-        let mut extra_roots = Vec::new();
-        if let Some(path) = &p.shop_ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                AdminApiError::Tls(format!(
-                    "cannot read processors.shop_ca_file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            extra_roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                AdminApiError::Tls(format!(
-                    "processors.shop_ca_file {} holds no PEM certificates: {e}",
-                    path.display()
-                ))
-            })?;
-            if extra_roots.is_empty() {
-                return Err(AdminApiError::Tls(format!(
-                    "processors.shop_ca_file {} holds no PEM certificates",
-                    path.display()
+        let http = crate::shop::api::http_client(shop).map_err(AdminApiError::Tls)?;
+        let token = shop.access_token.0.clone();
+        Ok(AdminApi::with_client(http, shop.admin_url.clone(), token)
+            .for_processor(processor, &shop.name))
+    }
+
+    /// Holds this client to `share` (0–1] of the shop's rate budget, so it
+    /// never competes with the processors' live writes.
+    pub fn with_budget_share(mut self, share: f64) -> Self {
+        let share = share.clamp(0.001, 1.0);
+        if share < 1.0 {
+            let budget = self.budget.lock().share_of(share);
+            self.share = Some((share, Mutex::new(budget)));
+        }
+        self
+    }
+
+    /// One REST Admin API read (`path` relative to the API version, e.g.
+    /// `orders.json`): for what GraphQL has no webhook-shaped answer to. The
+    /// REST bucket is separate from the GraphQL budget; a 429 waits its
+    /// `Retry-After`, 5xx and connection errors back off as GraphQL calls do.
+    pub async fn rest_get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, AdminApiError> {
+        let url = match self.graphql_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{path}"),
+            None => {
+                return Err(AdminApiError::Protocol(format!(
+                    "admin_url {} has no path",
+                    self.graphql_url
                 )));
             }
+        };
+        let url = reqwest::Url::parse_with_params(&url, query)
+            .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))?;
+        let mut failures = 0u32;
+        loop {
+            let sent = self
+                .http
+                .get(url.clone())
+                .header("X-Shopify-Access-Token", &self.token)
+                .send()
+                .await;
+            let failure = match sent {
+                Err(e) => match crate::tls_error::rustls_cause(&e) {
+                    Some(cause) => return Err(AdminApiError::Tls(format!("{url}: {cause}"))),
+                    None => format!("request failed: {e}"),
+                },
+                Ok(r) if r.status().as_u16() == 401 => return Err(AdminApiError::Unauthorized),
+                Ok(r) if r.status().as_u16() == 429 => {
+                    self.wait(retry_after(&r)).await;
+                    continue;
+                }
+                Ok(r) if r.status().is_success() => {
+                    return r
+                        .json()
+                        .await
+                        .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")));
+                }
+                Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
+                // 403 (a scope the app lacks), 404: asking again cannot help.
+                Ok(r) => {
+                    return Err(AdminApiError::Protocol(format!(
+                        "{url} answered {}",
+                        r.status()
+                    )));
+                }
+            };
+            self.back_off(&mut failures, failure).await?;
         }
-        let http = http_client(extra_roots)
-            .map_err(|e| AdminApiError::Tls(format!("cannot build the HTTPS client: {e}")))?;
-        let token = p.shop_access_token.0.clone();
-        Ok(AdminApi::with_client(http, p.shop_graphql_url.clone(), token).for_processor(processor))
     }
 
     /// Attempts before a transient failure is reported (throttle waits do not count).
@@ -261,7 +285,7 @@ impl AdminApi {
         if !d.is_zero() {
             metrics()
                 .throttle_wait
-                .with_label_values(&[self.processor])
+                .with_label_values(&[self.processor, &self.shop])
                 .inc_by(d.as_secs_f64());
             tokio::time::sleep(d).await;
         }
@@ -280,7 +304,11 @@ impl AdminApi {
         let body = json!({"query": query, "variables": variables});
         let mut failures = 0u32;
         loop {
-            let wait = self.budget.lock().reserve(estimated_cost, Instant::now());
+            let now = Instant::now();
+            let mut wait = self.budget.lock().reserve(estimated_cost, now);
+            if let Some((_, share)) = &self.share {
+                wait = wait.max(share.lock().reserve(estimated_cost, now));
+            }
             self.wait(wait).await;
             let sent = self
                 .http
@@ -293,7 +321,7 @@ impl AdminApi {
                 Err(e) => match crate::tls_error::rustls_cause(&e) {
                     Some(cause) => {
                         m.requests
-                            .with_label_values(&[self.processor, "error"])
+                            .with_label_values(&[self.processor, &self.shop, "error"])
                             .inc();
                         return Err(AdminApiError::Tls(format!("{}: {cause}", self.graphql_url)));
                     }
@@ -301,22 +329,15 @@ impl AdminApi {
                 },
                 Ok(r) if r.status().as_u16() == 401 => {
                     m.requests
-                        .with_label_values(&[self.processor, "unauthorized"])
+                        .with_label_values(&[self.processor, &self.shop, "unauthorized"])
                         .inc();
                     return Err(AdminApiError::Unauthorized);
                 }
                 Ok(r) if r.status().as_u16() == 429 => {
                     m.requests
-                        .with_label_values(&[self.processor, "throttled"])
+                        .with_label_values(&[self.processor, &self.shop, "throttled"])
                         .inc();
-                    let retry_after = r
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .unwrap_or(1.0);
-                    self.wait(Duration::from_secs_f64(retry_after.max(0.0)))
-                        .await;
+                    self.wait(retry_after(&r)).await;
                     continue;
                 }
                 Ok(r) if r.status().is_server_error() => format!("HTTP {}", r.status()),
@@ -324,7 +345,9 @@ impl AdminApi {
                     Err(e) => format!("unreadable answer: {e}"),
                     Ok(answer) => match self.interpret(answer) {
                         Answer::Done(response) => {
-                            m.requests.with_label_values(&[self.processor, "ok"]).inc();
+                            m.requests
+                                .with_label_values(&[self.processor, &self.shop, "ok"])
+                                .inc();
                             return Ok(response);
                         }
                         Answer::Throttled { requested } => {
@@ -334,7 +357,7 @@ impl AdminApi {
                         }
                         Answer::Failed(e) => {
                             m.requests
-                                .with_label_values(&[self.processor, "error"])
+                                .with_label_values(&[self.processor, &self.shop, "error"])
                                 .inc();
                             return Err(e);
                         }
@@ -342,20 +365,27 @@ impl AdminApi {
                 },
             };
             m.requests
-                .with_label_values(&[self.processor, "transient_error"])
+                .with_label_values(&[self.processor, &self.shop, "transient_error"])
                 .inc();
-            failures += 1;
-            if failures >= self.max_attempts {
-                return Err(AdminApiError::Unavailable {
-                    attempts: failures,
-                    last: failure,
-                });
-            }
-            let base = self.backoff_base.as_secs_f64() * 2f64.powi(failures as i32 - 1);
-            let jittered = base * (0.5 + fastrand::f64());
-            tracing::debug!(%failure, attempt = failures, retry_in_ms = (jittered * 1000.0) as u64, "shop API call failed");
-            tokio::time::sleep(Duration::from_secs_f64(jittered.min(30.0))).await;
+            self.back_off(&mut failures, failure).await?;
         }
+    }
+
+    /// Counts a transient failure and waits before the next attempt
+    /// (exponential, with jitter); gives up after `max_attempts`.
+    async fn back_off(&self, failures: &mut u32, failure: String) -> Result<(), AdminApiError> {
+        *failures += 1;
+        if *failures >= self.max_attempts {
+            return Err(AdminApiError::Unavailable {
+                attempts: *failures,
+                last: failure,
+            });
+        }
+        let base = self.backoff_base.as_secs_f64() * 2f64.powi(*failures as i32 - 1);
+        let jittered = base * (0.5 + fastrand::f64());
+        tracing::debug!(%failure, attempt = *failures, retry_in_ms = (jittered * 1000.0) as u64, "shop API call failed");
+        tokio::time::sleep(Duration::from_secs_f64(jittered.min(30.0))).await;
+        Ok(())
     }
 
     fn interpret(&self, answer: Value) -> Answer {
@@ -363,13 +393,18 @@ impl AdminApi {
             .pointer("/extensions/cost")
             .and_then(|c| serde_json::from_value(c.clone()).ok());
         if let Some(c) = cost {
+            if let Some((share, budget)) = &self.share {
+                budget
+                    .lock()
+                    .follow_share(&c.throttle_status, *share, Instant::now());
+            }
             self.budget
                 .lock()
                 .observe(c.throttle_status, Instant::now());
             if let Some(actual) = c.actual_query_cost {
                 metrics()
                     .cost
-                    .with_label_values(&[self.processor])
+                    .with_label_values(&[self.processor, &self.shop])
                     .inc_by(actual);
             }
         }
@@ -384,7 +419,7 @@ impl AdminApi {
             if throttled {
                 metrics()
                     .requests
-                    .with_label_values(&[self.processor, "throttled"])
+                    .with_label_values(&[self.processor, &self.shop, "throttled"])
                     .inc();
                 // The budget was re-seeded from the answer; the next reserve()
                 // waits for the missing points.

@@ -1,0 +1,275 @@
+//! `flywheel trace <entity> <key>`: the whole story of one key, for the
+//! question "why is SKU X wrong in the shop?" — the ERP's value now, the
+//! events Kafka holds for the key, what each shop's processor applied, what
+//! the shop shows now, any dead letter, and one verdict per shop.
+
+use serde::Serialize;
+
+use super::compare::EntityReport;
+use super::{Entity, ReconcileError, TruthRecord, compare_one, decode_all};
+use crate::bus::avro::{AvroCodec, field_i64};
+use crate::config::{Config, Platform};
+use crate::sync::Lane;
+use crate::sync::state::StateDb;
+
+/// One event of the key in its topic.
+#[derive(Debug, Serialize)]
+pub struct EventSeen {
+    pub partition: i32,
+    pub offset: i64,
+    pub version: i64,
+    /// When the change happened at the source (µs since the Unix epoch).
+    pub source_ts_micros: i64,
+    pub value: serde_json::Value,
+}
+
+/// A dead letter of the key.
+#[derive(Debug, Serialize)]
+pub struct LetterSeen {
+    pub id: String,
+    pub stage: String,
+    pub error_class: String,
+    pub reason: String,
+}
+
+/// The key as one shop sees it.
+#[derive(Debug, Serialize)]
+pub struct ShopStory {
+    pub shop: String,
+    /// The version this shop's processor applied (absent: never).
+    pub applied_version: Option<i64>,
+    /// What the ERP says the shop should show, and what it shows.
+    pub erp: Option<String>,
+    pub shop_now: Option<String>,
+    pub in_sync: bool,
+    pub verdict: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Trace {
+    pub entity: String,
+    pub key: String,
+    /// The ERP's value now, as the source would produce it.
+    pub erp_now: Option<serde_json::Value>,
+    /// Newest first.
+    pub events: Vec<EventSeen>,
+    pub dead_letters: Vec<LetterSeen>,
+    pub shops: Vec<ShopStory>,
+}
+
+/// Tells the story of `key` of `entity` in every configured shop.
+pub async fn trace(config: &Config, entity: Entity, key: &str) -> Result<Trace, ReconcileError> {
+    let topic = entity.topic();
+    // A count per SKU (WooCommerce) sums every warehouse of the SKU.
+    let whole_sku = entity == Entity::Stock
+        && config
+            .shops
+            .iter()
+            .any(|s| s.platform == Platform::Woocommerce);
+    let only = (!whole_sku).then_some(key);
+    let truth = crate::erp::source::read_truth(config, &[entity.name()], only).await?;
+    let records = truth
+        .records
+        .get(entity.name())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let decoded = decode_all(entity.name(), records)?;
+    let sku = key.split('/').next().unwrap_or(key);
+    let own: Vec<TruthRecord> = decoded.iter().filter(|r| r.key == key).cloned().collect();
+    let same_sku: Vec<TruthRecord> = decoded
+        .iter()
+        .filter(|r| r.key.split('/').next() == Some(sku))
+        .cloned()
+        .collect();
+    let erp_now = own
+        .first()
+        .and_then(|r| serde_json::Value::try_from(r.value.clone()).ok());
+
+    let kafka = config.kafka.clone();
+    let wanted = key.to_owned();
+    let (mut events, letters) = tokio::task::spawn_blocking(move || {
+        let codec = AvroCodec::for_topic(topic)?;
+        let events = crate::bus::scan::read_topic(&kafka, topic, "trace", |m| {
+            use rdkafka::message::Message;
+            (m.key() == Some(wanted.as_bytes())).then_some(())?;
+            let value = codec.decode(m.payload().unwrap_or_default()).ok()?;
+            Some(EventSeen {
+                partition: m.partition(),
+                offset: m.offset(),
+                version: field_i64(&value, "version").unwrap_or_default(),
+                source_ts_micros: field_i64(&value, "source_ts").unwrap_or_default(),
+                value: serde_json::Value::try_from(value).unwrap_or_default(),
+            })
+        })
+        .map_err(|e| crate::bus::BusError::Scan(Box::new(e)))?;
+        let letters = crate::ops::dlq::read_all(&kafka)
+            .map_err(|e| crate::bus::BusError::Scan(Box::new(e)))?
+            .into_iter()
+            .filter(|p| p.letter.key == wanted)
+            .map(|p| LetterSeen {
+                id: p.id(),
+                stage: p.letter.stage.clone(),
+                error_class: p.letter.error_class.clone(),
+                reason: p.letter.reason.clone(),
+            })
+            .collect::<Vec<_>>();
+        Ok::<_, crate::bus::BusError>((events, letters))
+    })
+    .await
+    .map_err(|e| ReconcileError::Task(e.to_string()))??;
+    events.sort_by_key(|e| std::cmp::Reverse((e.version, e.offset)));
+    let latest = events.first().map(|e| e.version);
+    let captured = match (&erp_now, events.first()) {
+        (Some(now), Some(newest)) => same_value(now, &newest.value),
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+
+    let mut state = Some(
+        StateDb::connect(config)
+            .await
+            .map_err(ReconcileError::State)?,
+    );
+    let mut shops = Vec::new();
+    for shop in &config.shops {
+        let lane = Lane::for_shop(entity.name(), topic, &shop.name).name();
+        let applied = match state.as_mut() {
+            Some(db) => db
+                .load_versions(&lane, &[key.to_owned()])
+                .await
+                .map_err(ReconcileError::State)?
+                .get(key)
+                .map(|v| v.0),
+            None => None,
+        };
+        let truth = if entity == Entity::Stock && shop.platform == Platform::Woocommerce {
+            &same_sku
+        } else {
+            &own
+        };
+        let (report, _) = compare_one(config, shop, entity, truth, 1.0, &mut state).await?;
+        shops.push(story(
+            &shop.name, &report, applied, latest, captured, &letters,
+        ));
+    }
+    Ok(Trace {
+        entity: entity.name().to_owned(),
+        key: key.to_owned(),
+        erp_now,
+        events,
+        dead_letters: letters,
+        shops,
+    })
+}
+
+/// Whether two events say the same, whatever their versions and times.
+fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            for f in ["version", "source_ts", "event_id"] {
+                o.remove(f);
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+/// The verdict for one shop, from its comparison and the key's history.
+fn story(
+    shop: &str,
+    report: &EntityReport,
+    applied: Option<i64>,
+    latest: Option<i64>,
+    captured: bool,
+    letters: &[LetterSeen],
+) -> ShopStory {
+    let drifted = report.drifted.first();
+    let mut story = ShopStory {
+        shop: shop.to_owned(),
+        applied_version: applied,
+        erp: drifted.map(|d| d.erp.clone()),
+        shop_now: drifted.map(|d| d.shop.clone()),
+        in_sync: false,
+        verdict: String::new(),
+    };
+    let letter = letters
+        .iter()
+        .find(|l| l.stage.contains(shop))
+        .or(letters.first());
+    story.verdict = if report.compared == 0 {
+        story.in_sync = true;
+        "not this shop's: another price list or currency".to_owned()
+    } else if report.is_in_sync() {
+        story.in_sync = true;
+        "in sync".to_owned()
+    } else if let Some(l) = letter {
+        format!("dead letter {} ({}): {}", l.id, l.error_class, l.reason)
+    } else if !report.missing_in_shop.is_empty() {
+        "unknown SKU: the shop has no such product or level".to_owned()
+    } else if latest.is_none() {
+        "not captured: Kafka holds no event for this key".to_owned()
+    } else if !captured {
+        "not captured yet: the ERP changed since the newest event in Kafka (is the source running?)"
+            .to_owned()
+    } else if applied < latest {
+        format!(
+            "not yet applied: the processor applied {}, Kafka holds version {}",
+            applied.map_or("nothing".to_owned(), |v| format!("version {v}")),
+            latest.unwrap_or_default()
+        )
+    } else {
+        "the shop changed it: the processor applied the latest version; `flywheel reconcile --repair` writes the ERP's value again".to_owned()
+    };
+    story
+}
+
+/// Newest first, as `flywheel trace` prints it.
+pub fn render(t: &Trace) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {}", t.entity, t.key);
+    match &t.erp_now {
+        Some(v) => {
+            let _ = writeln!(out, "ERP now:      {v}");
+        }
+        None => {
+            let _ = writeln!(out, "ERP now:      no such key");
+        }
+    }
+    for e in &t.events {
+        let at = chrono::DateTime::from_timestamp_micros(e.source_ts_micros)
+            .map_or("?".into(), |t| t.to_rfc3339());
+        let _ = writeln!(
+            out,
+            "event:        version {} at {at} (partition {} offset {}): {}",
+            e.version, e.partition, e.offset, e.value
+        );
+    }
+    if t.events.is_empty() {
+        let _ = writeln!(out, "event:        none in Kafka");
+    }
+    for l in &t.dead_letters {
+        let _ = writeln!(
+            out,
+            "dead letter:  {} {} {}: {}",
+            l.id, l.stage, l.error_class, l.reason
+        );
+    }
+    for s in &t.shops {
+        let _ = writeln!(
+            out,
+            "shop {}:     applied {}{}",
+            s.shop,
+            s.applied_version
+                .map_or("nothing".to_owned(), |v| format!("version {v}")),
+            match (&s.erp, &s.shop_now) {
+                (Some(erp), Some(now)) => format!("; ERP says {erp}, the shop shows {now}"),
+                _ => String::new(),
+            }
+        );
+        let _ = writeln!(out, "verdict {}: {}", s.shop, s.verdict);
+    }
+    out
+}

@@ -1,0 +1,164 @@
+//! The safety net under every platform's order webhooks: a webhook can be
+//! lost (WooCommerce delivers once and disables a failing webhook; Shopify
+//! gives up after retries and removes the subscription; a gateway can be down
+//! longer than either retries). So each shop's changed orders are also polled
+//! (`OrderFeed`, one per platform) and fed into `shop.orders.v1` exactly as
+//! the gateway maps their webhooks: a lost webhook costs one poll interval,
+//! not an order.
+//!
+//! A polled order carries the version its webhook carries (its last change
+//! time), so finding it again — or after its webhook — is harmless: the order
+//! processor's version guard and its forward-only, idempotent ERP writes make
+//! a repeat a no-op. The cursor is kept in memory: after a restart the poller
+//! looks back `POLL_LOOKBACK`. Each poll starts a little before the newest
+//! change it saw (`OVERLAP`), since several orders can share a timestamp.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BusError;
+use crate::bus::avro::AvroCodec;
+use crate::bus::producer::{EventProducer, OutRecord};
+use crate::config::{Config, Platform, ShopConfig};
+use crate::shop::mapping::{MappingError, SHOP_ORDERS, ShopOrderEvent};
+use crate::shop::shopify::admin_api::AdminApi;
+use crate::shop::shopify::order_poll::ShopifyOrderFeed;
+use crate::shop::woocommerce::WooClient;
+use crate::shop::woocommerce::order_poll::WooOrderFeed;
+
+/// How far back a fresh poller looks.
+pub const POLL_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+/// How much before the newest seen change each poll starts again.
+const OVERLAP: Duration = Duration::from_secs(2);
+
+/// A shop's orders as its platform lists them.
+///
+/// Contract:
+/// - `changed_since` reads (never writes) every order changed at or after
+///   `since`, oldest change first, across all pages, each in the shape of the
+///   platform's order webhook body, so `map` is the gateway's own mapping.
+/// - `changed_at` is the change time `map` takes the version from.
+pub trait OrderFeed: Send {
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The `flywheel.source` header of polled records.
+    const SOURCE: &'static str;
+
+    fn changed_since(
+        &mut self,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<Value>, Self::Error>> + Send;
+
+    fn changed_at(order: &Value) -> Option<DateTime<Utc>>;
+
+    /// The order as the gateway maps the platform's webhook of it.
+    fn map(order: &Value, shop: &str) -> Result<ShopOrderEvent, MappingError>;
+
+    /// Whether a failed read is worth trying again later.
+    fn is_transient(e: &Self::Error) -> bool;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("polling the shop's orders: {source}")]
+    Shop {
+        source: Box<dyn std::error::Error + Send + Sync>,
+        transient: bool,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl PollError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PollError::Shop { transient, .. } => *transient,
+            PollError::Bus(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// Polls `shop` (its platform's feed) every `order_poll_secs` until `shutdown`.
+pub async fn run_for_shop(
+    config: &Config,
+    shop: &ShopConfig,
+    shutdown: CancellationToken,
+) -> Result<(), PollError> {
+    let every = Duration::from_secs(shop.order_poll_secs);
+    let setup = |e: Box<dyn std::error::Error + Send + Sync>| PollError::Shop {
+        source: e,
+        transient: false,
+    };
+    match shop.platform {
+        Platform::Shopify => {
+            let api = AdminApi::for_shop(shop, "order_poll").map_err(|e| setup(Box::new(e)))?;
+            run(config, shop, ShopifyOrderFeed(api), every, shutdown).await
+        }
+        Platform::Woocommerce => {
+            let client = WooClient::for_shop(shop, "order_poll").map_err(|e| setup(Box::new(e)))?;
+            run(config, shop, WooOrderFeed(client), every, shutdown).await
+        }
+    }
+}
+
+/// Polls `shop` through `feed` every `every` until `shutdown`, producing what
+/// it finds.
+pub async fn run<F: OrderFeed>(
+    config: &Config,
+    shop: &ShopConfig,
+    mut feed: F,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), PollError> {
+    let producer = EventProducer::new(&config.kafka, "order-poll")?;
+    let codec = AvroCodec::for_topic(SHOP_ORDERS).map_err(BusError::from)?;
+    let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
+    let mut cursor = Utc::now() - chrono::Duration::from_std(POLL_LOOKBACK).unwrap_or_default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let orders = feed
+            .changed_since(cursor)
+            .await
+            .map_err(|e| PollError::Shop {
+                transient: F::is_transient(&e),
+                source: Box::new(e),
+            })?;
+        let mut newest: Option<DateTime<Utc>> = None;
+        for order in &orders {
+            let Some(changed) = F::changed_at(order) else {
+                continue;
+            };
+            match F::map(order, &shop.name) {
+                Ok(event) => {
+                    let payload = codec.encode_serde(&event).map_err(BusError::from)?;
+                    producer
+                        .send(OutRecord {
+                            topic: SHOP_ORDERS,
+                            key: event.key.clone(),
+                            payload,
+                            headers: vec![("flywheel.source", F::SOURCE.into())],
+                        })
+                        .await?;
+                }
+                Err(e) => {
+                    tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "a polled order does not map; left out");
+                }
+            }
+            newest = newest.max(Some(changed));
+        }
+        if let Some(n) = newest
+            && n - overlap > cursor
+        {
+            cursor = n - overlap;
+        }
+        tracing::debug!(shop = %shop.name, found = orders.len(), %cursor, "polled the shop's orders");
+    }
+}
