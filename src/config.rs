@@ -520,6 +520,14 @@ impl ShopConfig {
         }
     }
 
+    /// The name of the shop location an ERP warehouse's stock goes to.
+    pub fn location_name(&self, warehouse: &str) -> String {
+        self.warehouse_locations
+            .get(warehouse)
+            .cloned()
+            .unwrap_or_else(|| warehouse.to_owned())
+    }
+
     /// The shop's webhook secrets, as the signature check takes them.
     pub fn secrets(&self) -> Vec<String> {
         self.webhook_secrets.iter().map(|s| s.0.clone()).collect()
@@ -689,6 +697,15 @@ pub struct ReconcileConfig {
     /// Repair the drift found (through the processors, version-guarded);
     /// off: report it only (`flywheel_drift_keys`, a log line per key).
     pub auto_repair: bool,
+    /// How far back the order safety net looks for shop orders the ERP
+    /// lacks: the processors' poll on start, and `flywheel reconcile
+    /// --entity orders`. Longer than any outage you want covered.
+    pub orders_lookback_secs: u64,
+    /// A Shopify shop compared on this many keys or more is read whole with
+    /// one bulk query (a few cost points, outside the rate budget) instead of
+    /// page by page (about 4 points a level); 0: always in bulk. A bulk read
+    /// also lists the shop's SKUs the ERP lacks.
+    pub bulk_above_keys: usize,
 }
 
 impl Default for ReconcileConfig {
@@ -697,6 +714,8 @@ impl Default for ReconcileConfig {
             interval_secs: 900,
             budget_share: 0.1,
             auto_repair: false,
+            orders_lookback_secs: 24 * 3600,
+            bulk_above_keys: 1000,
         }
     }
 }

@@ -99,9 +99,14 @@ struct ReconcileArgs {
     /// What to compare.
     #[arg(long, value_enum, default_value_t = EntityArg::All)]
     entity: EntityArg,
-    /// Produce the drifted keys' ERP events again, for the processors to apply.
+    /// Produce the drifted keys' ERP events again (and the shop orders the ERP
+    /// lacks), for the processors to apply.
     #[arg(long)]
     repair: bool,
+    /// How far back to look for shop orders (seconds); default
+    /// `reconcile.orders_lookback_secs`.
+    #[arg(long)]
+    orders_lookback_secs: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -110,6 +115,7 @@ struct ReconcileArgs {
 enum EntityArg {
     Stock,
     Price,
+    Orders,
     All,
 }
 
@@ -317,10 +323,17 @@ async fn reconcile(config: &Config, args: &ReconcileArgs) -> ExitCode {
         entities: match args.entity {
             EntityArg::Stock => vec![Entity::Stock],
             EntityArg::Price => vec![Entity::Price],
+            EntityArg::Orders => vec![],
             EntityArg::All => Entity::ALL.to_vec(),
         },
         repair: args.repair,
         budget_share: 1.0,
+        orders_lookback: matches!(args.entity, EntityArg::Orders | EntityArg::All).then(|| {
+            std::time::Duration::from_secs(
+                args.orders_lookback_secs
+                    .unwrap_or(config.reconcile.orders_lookback_secs),
+            )
+        }),
     };
     let reports = match reconcile::reconcile(config, &request).await {
         Ok(r) => r,

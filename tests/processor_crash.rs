@@ -170,10 +170,11 @@ async fn kill_9_mid_batch_loses_nothing_and_applies_nothing_twice() {
     processors = Processors::spawn(&env, &sim, &log);
 
     let want = env.shop_should_show_all(SKUS, 0).await;
-    wait_for(
+    common::wait_for_shop_stock(
         "the shop to converge after the crash",
         AFTER_CRASH,
-        || async { shop_stock(&sim).await == want },
+        &sim,
+        &want,
     )
     .await;
 

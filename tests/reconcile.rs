@@ -138,6 +138,47 @@ async fn drift_in_a_shopify_shop_is_reported_exactly_and_repaired() {
     assert!(keys(stock_report, "missing_in_shop").is_empty());
     assert_eq!(stock_report["in_sync"], SKUS * 3 - 1);
 
+    // The same comparison over one bulk export of the whole catalogue: the
+    // same keys and nothing else, the shop's SKU the ERP lacks named too, for
+    // a fraction of the cost of reading it page by page.
+    let item = sim
+        .shop()
+        .state
+        .lock()
+        .add_product("SKU-NOT-IN-ERP", "5.00", 3);
+    let cost = || sim.stats()["api"]["cost_used"].as_f64().unwrap_or_default();
+    let mut bulk = config.clone();
+    bulk.reconcile.bulk_above_keys = 0;
+    let before = cost();
+    let (code, bulk_reports) = reconcile(&bulk, &[]).await;
+    let bulk_cost = cost() - before;
+    assert_eq!(code, 1, "drift: {bulk_reports:?}");
+    let (bulk_stock, bulk_price) = (
+        report(&bulk_reports, "stock"),
+        report(&bulk_reports, "price"),
+    );
+    assert_eq!(keys(bulk_stock, "drifted"), ["SKU-000003/WH2"]);
+    assert_eq!(bulk_stock["drifted"], stock_report["drifted"]);
+    assert_eq!(bulk_stock["in_sync"], SKUS * 3 - 1);
+    assert!(keys(bulk_stock, "missing_in_shop").is_empty());
+    assert_eq!(keys(bulk_price, "drifted"), ["SKU-000005"]);
+    assert_eq!(bulk_price["drifted"], price_report["drifted"]);
+    assert_eq!(keys(bulk_stock, "missing_in_erp"), ["SKU-NOT-IN-ERP"]);
+    let before = cost();
+    let _ = reconcile(&config, &[]).await;
+    let paged_cost = cost() - before;
+    assert!(
+        bulk_cost * 4.0 < paged_cost,
+        "a bulk export costs {bulk_cost} points, reading page by page {paged_cost}"
+    );
+    {
+        let mut st = sim.shop().state.lock();
+        let v = st.variant_by_item(item).expect("the added variant").clone();
+        st.variants.remove(&v.id);
+        st.products.remove(&v.product_id);
+        st.levels.retain(|(i, _), _| *i != item);
+    }
+
     let (code, reports) = reconcile(&config, &["--repair"]).await;
     assert_eq!(
         code, 1,
@@ -455,6 +496,26 @@ async fn trace_tells_why_a_key_is_or_is_not_in_sync() {
     let newest = story["events"][0]["version"].as_i64().expect("an event");
     assert_eq!(story["shops"][0]["applied_version"].as_i64(), Some(newest));
     assert!(story["erp_now"]["on_hand"].is_string(), "{story}");
+    let applied_at = story["shops"][0]["applied_at"]
+        .as_str()
+        .expect("when it was applied");
+    let age = chrono::Utc::now()
+        - chrono::DateTime::parse_from_rfc3339(applied_at)
+            .expect("an RFC 3339 time")
+            .with_timezone(&chrono::Utc);
+    assert!(
+        age < chrono::Duration::minutes(10),
+        "applied at {applied_at}"
+    );
+    let last = &story["shops"][0]["last_write"];
+    assert_eq!(last["confirmed"], true, "{story}");
+    assert_eq!(last["version"].as_i64(), Some(newest), "{story}");
+    assert_eq!(
+        last["quantity"].as_i64(),
+        want.get(&("SKU-000001".to_owned(), "WH1".to_owned()))
+            .copied(),
+        "{story}"
+    );
 
     // Changed in the shop by hand.
     {
@@ -501,4 +562,55 @@ async fn trace_tells_why_a_key_is_or_is_not_in_sync() {
     .await;
     stock.stop().await;
     source.stop().await;
+}
+
+/// Shop orders whose webhooks were all lost (no subscription at all) and that
+/// no poll has fed: `reconcile --entity orders` names them as not in the ERP
+/// (and nothing else), `--repair` feeds them to the order processor, and a
+/// second run finds every order in the ERP at its version.
+#[tokio::test(flavor = "multi_thread")]
+async fn shop_orders_the_erp_lacks_are_reported_and_fed_again() {
+    let env = TestEnv::new("reconcile_orders", size(0.8)).await;
+    let sim = common::start_shop(SKUS).await;
+    flywheel::bus::topics::ensure_topics(&env.config.kafka, &["shop.orders.v1"])
+        .await
+        .expect("the orders topic");
+    let config = common::processor_config(&env, &sim, "reconcile_orders");
+    sim.stock_every_level(100);
+    let first = sim.place_order_for("SKU-000004", 2).expect("an order");
+    let second = sim.place_order_for("SKU-000009", 1).expect("an order");
+
+    let (code, reports) = reconcile(&config, &["--entity", "orders"]).await;
+    assert_eq!(code, 1, "orders the ERP lacks are drift: {reports:?}");
+    assert_eq!(reports.len(), 1, "orders only: {reports:?}");
+    let orders = report(&reports, "orders");
+    assert_eq!(orders["compared"], 2);
+    let mut missing = keys(orders, "missing_in_erp");
+    missing.sort();
+    let mut want = vec![format!("demo/{first}"), format!("demo/{second}")];
+    want.sort();
+    assert_eq!(missing, want);
+    assert!(keys(orders, "drifted").is_empty());
+    assert_eq!(env.order_states("demo", first).await.len(), 0);
+
+    let orders_in = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::orders_to_erp::run(&c, t).await
+    });
+    let (_, repaired) = reconcile(&config, &["--entity", "orders", "--repair"]).await;
+    assert_eq!(report(&repaired, "orders")["repaired"], 2);
+    wait_for("both orders in the ERP", T, || async {
+        env.order_states("demo", first).await.len() == 1
+            && env.order_states("demo", second).await.len() == 1
+    })
+    .await;
+    wait_for(
+        "a second reconcile to find every order in the ERP",
+        T,
+        || async {
+            let (code, reports) = reconcile(&config, &["--entity", "orders"]).await;
+            code == 0 && report(&reports, "orders")["in_sync"] == 2
+        },
+    )
+    .await;
+    orders_in.stop().await;
 }

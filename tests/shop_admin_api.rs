@@ -270,3 +270,99 @@ async fn https_shop_works_with_its_ca_configured_and_is_refused_clearly_without(
         Ok(_) => panic!("a missing CA file was accepted"),
     }
 }
+
+/// A worker killed mid-write: its `inventorySetQuantities` was accepted, and
+/// the shop carries it out although the client is gone. A restarted worker
+/// sending the same request (same key) while it is still processed is told
+/// so (`InProgress`, never a refusal to dead-letter); once it landed, the same
+/// key is answered from the shop's record and nothing is applied twice.
+#[tokio::test]
+async fn a_write_whose_client_died_still_lands_once_and_its_repeat_waits() {
+    use flywheel::shop::platform::{OnHandWrite, SetOnHand, StockLevelPlatform, StockLevelReader};
+    use flywheel::shop::shopify::catalog::ShopCatalog;
+    use flywheel::shop::shopify::inventory::ShopifyInventory;
+
+    let shop = sim(1000.0, 100.0).await;
+    let mut inventory = ShopifyInventory {
+        catalog: ShopCatalog::new(client(&shop)),
+    };
+    let items = inventory.items(&["SKU-000001"]).await.expect("items");
+    let item = items["SKU-000001"].clone();
+    let location = inventory
+        .location("WH1")
+        .await
+        .expect("locations")
+        .expect("WH1");
+    let pair = (item.clone(), location.clone());
+    let before = inventory
+        .on_hand(std::slice::from_ref(&pair))
+        .await
+        .expect("level")[&pair];
+    let write = [OnHandWrite {
+        item,
+        location,
+        on_hand: before + 40,
+        compare: Some(before),
+    }];
+    shop.set_faults(
+        ApiFaults {
+            mutation_latency_ms: 600,
+            ..ApiFaults::default()
+        },
+        WebhookFaults::default(),
+    );
+    // The dying worker: its request is sent, then the client is gone.
+    let died = tokio::time::timeout(
+        Duration::from_millis(150),
+        inventory.set_on_hand(&write, "flywheel-stock-test-died"),
+    )
+    .await;
+    assert!(
+        died.is_err(),
+        "the first write must still be in flight when dropped"
+    );
+    // The restarted worker sends the same request while it is processed.
+    let mut restarted = ShopifyInventory {
+        catalog: ShopCatalog::new(client(&shop)),
+    };
+    assert_eq!(
+        restarted
+            .set_on_hand(&write, "flywheel-stock-test-died")
+            .await
+            .expect("an answer"),
+        SetOnHand::InProgress
+    );
+    // The abandoned write lands.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = restarted
+            .on_hand(std::slice::from_ref(&pair))
+            .await
+            .expect("level")[&pair];
+        if now == before + 40 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned write never landed ({now})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its repeat is answered from the record: done, applied once.
+    assert_eq!(
+        restarted
+            .set_on_hand(&write, "flywheel-stock-test-died")
+            .await
+            .expect("an answer"),
+        SetOnHand::Done
+    );
+    let sets: usize = shop
+        .shop()
+        .state
+        .lock()
+        .set_history
+        .values()
+        .map(|h| h.iter().filter(|q| **q == before + 40).count())
+        .sum();
+    assert_eq!(sets, 1, "the level was set to its target exactly once");
+}

@@ -31,6 +31,7 @@ pub struct Shop {
     /// Added processing time of inventory mutations (fault injection), so that
     /// concurrent requests with one idempotency key can overlap.
     pub mutation_latency: Mutex<Duration>,
+    pub bulk: Arc<crate::bulk::BulkOps>,
 }
 
 /// A remembered `@idempotent` request.
@@ -91,11 +92,17 @@ async fn paginate<T: async_graphql::OutputType>(
     first: Option<i32>,
     last: Option<i32>,
 ) -> Result<Connection<usize, T>> {
+    // A bulk query's connections take no page arguments: every node.
+    let bulk = crate::bulk::in_bulk();
+    let first = match (first, last) {
+        (None, None) if bulk => Some(i32::try_from(items.len()).unwrap_or(i32::MAX)),
+        _ => first,
+    };
     if first.is_none() && last.is_none() {
         return Err(Error::new("you must provide one of first or last")
             .extend_with(|_, e| e.set("code", "BAD_REQUEST")));
     }
-    if first.unwrap_or(0) as usize > MAX_PAGE || last.unwrap_or(0) as usize > MAX_PAGE {
+    if !bulk && (first.unwrap_or(0) as usize > MAX_PAGE || last.unwrap_or(0) as usize > MAX_PAGE) {
         return Err(Error::new(format!("first/last may not exceed {MAX_PAGE}"))
             .extend_with(|_, e| e.set("code", "MAX_INPUT_SIZE_EXCEEDED")));
     }
@@ -543,6 +550,19 @@ pub struct QueryRoot;
 
 #[Object]
 impl QueryRoot {
+    /// The app's newest bulk operation (one bulk query runs at a time).
+    async fn current_bulk_operation(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(name = "type")] kind: Option<BulkOperationType>,
+    ) -> Option<BulkOperationGql> {
+        if kind == Some(BulkOperationType::Mutation) {
+            return None;
+        }
+        let bulk = &shop(ctx).bulk;
+        bulk.current().map(|op| BulkOperationGql::of(op, bulk))
+    }
+
     async fn shop(&self, ctx: &Context<'_>) -> ShopInfo {
         let s = shop(ctx);
         ShopInfo {
@@ -752,6 +772,59 @@ pub struct ProductVariantsBulkInput {
     compare_at_price: MaybeUndefined<String>,
 }
 
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum BulkOperationType {
+    Query,
+    Mutation,
+}
+
+/// A bulk operation as Shopify shows it (counts are `UnsignedInt64`, which
+/// Shopify serialises as strings).
+#[derive(SimpleObject)]
+#[graphql(name = "BulkOperation")]
+pub struct BulkOperationGql {
+    id: ID,
+    status: String,
+    #[graphql(name = "type")]
+    kind: String,
+    query: String,
+    error_code: Option<String>,
+    object_count: String,
+    root_object_count: String,
+    file_size: Option<String>,
+    url: Option<String>,
+    partial_data_url: Option<String>,
+    created_at: String,
+    completed_at: Option<String>,
+}
+
+impl BulkOperationGql {
+    fn of(op: crate::bulk::BulkOp, bulk: &crate::bulk::BulkOps) -> Self {
+        // Like Shopify: no file when nothing matched.
+        let url = (op.status == "COMPLETED" && op.object_count > 0).then(|| bulk.url(op.id));
+        BulkOperationGql {
+            id: ID(gid("BulkOperation", op.id)),
+            status: op.status.to_owned(),
+            kind: "QUERY".to_owned(),
+            query: op.query,
+            error_code: op.error_code,
+            object_count: op.object_count.to_string(),
+            root_object_count: op.root_object_count.to_string(),
+            file_size: op.file_size.map(|n| n.to_string()),
+            url,
+            partial_data_url: None,
+            created_at: op.created_at,
+            completed_at: op.completed_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct BulkOperationRunQueryPayload {
+    bulk_operation: Option<BulkOperationGql>,
+    user_errors: Vec<UserError>,
+}
+
 #[derive(SimpleObject, Clone)]
 pub struct UserError {
     field: Option<Vec<String>>,
@@ -858,6 +931,38 @@ pub struct MutationRoot;
 
 #[Object]
 impl MutationRoot {
+    /// Starts a bulk query; its result is read through `currentBulkOperation`.
+    async fn bulk_operation_run_query(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        group_objects: Option<bool>,
+    ) -> BulkOperationRunQueryPayload {
+        let _ = group_objects;
+        let s = shop(ctx);
+        let refuse = |message: String, code: &str| BulkOperationRunQueryPayload {
+            bulk_operation: None,
+            user_errors: vec![user_error(&["query"], message, code)],
+        };
+        if let Err(e) = async_graphql::parser::parse_query(&query) {
+            return refuse(format!("Invalid bulk query: {e}"), "INVALID");
+        }
+        let id = s.state.lock().new_id();
+        match s.bulk.start(id, query, now_rfc3339()) {
+            Ok(op) => BulkOperationRunQueryPayload {
+                bulk_operation: Some(BulkOperationGql::of(op, &s.bulk)),
+                user_errors: vec![],
+            },
+            Err(running) => refuse(
+                format!(
+                    "A bulk query operation for this app and shop is already in progress: {}.",
+                    gid("BulkOperation", running)
+                ),
+                "OPERATION_IN_PROGRESS",
+            ),
+        }
+    }
+
     /// Sets absolute quantities, compare-before-write, all or nothing.
     async fn inventory_set_quantities(
         &self,
@@ -916,21 +1021,30 @@ impl MutationRoot {
                 }
             }
         }
-        let latency = *s.mutation_latency.lock();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let payload = apply_set_quantities(s, &input);
-        if let Some(key) = key {
-            s.idempotency.lock().insert(
-                key,
-                Idempotent::Done {
-                    fingerprint,
-                    payload: payload.clone(),
-                },
-            );
-        }
-        Ok(payload)
+        // Like Shopify, a request once accepted is carried out even if its
+        // client goes away (a worker killed mid-request): the work runs in its
+        // own task, so a dropped connection cannot leave the key in progress
+        // forever nor the write half done.
+        let s = Arc::clone(s);
+        let work = tokio::spawn(async move {
+            let latency = *s.mutation_latency.lock();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let payload = apply_set_quantities(&s, &input);
+            if let Some(key) = key {
+                s.idempotency.lock().insert(
+                    key,
+                    Idempotent::Done {
+                        fingerprint,
+                        payload: payload.clone(),
+                    },
+                );
+            }
+            payload
+        });
+        work.await
+            .map_err(|e| Error::new(format!("inventorySetQuantities failed: {e}")))
     }
 
     async fn product_variants_bulk_update(

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::cost::{LeakyBucket, actual_cost, requested_cost};
 use crate::graphql::{Shop, ShopSchema, build_schema};
-use crate::state::{Seed, ShopState};
+use crate::state::{Seed, ShopState, now_rfc3339};
 use crate::webhooks::{API_VERSION, DeliveryPolicy, Topic, WebhookFaults, WebhookSender};
 
 /// How the simulated shop behaves. Every field has a default.
@@ -127,12 +127,15 @@ impl ShopSim {
             config.delivery.clone(),
         );
         let state = ShopState::new(&config.seed);
+        let (bulk, bulk_jobs) = crate::bulk::BulkOps::new();
+        let bulk = Arc::new(bulk);
         let shop = Arc::new(Shop {
             state: Mutex::new(state),
             webhooks,
             idempotency: Mutex::default(),
             shop_domain: config.shop_domain.clone(),
             mutation_latency: Mutex::new(Duration::ZERO),
+            bulk: bulk.clone(),
         });
         for (topic, url) in &config.subscriptions {
             let id = shop.state.lock().new_id();
@@ -165,6 +168,7 @@ impl ShopSim {
             )
             .route(&format!("{api}/orders/{{id}}"), get(rest_order))
             .route(&format!("{api}/orders.json"), get(rest_orders))
+            .route("/_sim/bulk/{file}", get(bulk_file))
             .route("/_sim/state", get(sim_state))
             .route("/_sim/stats", get(sim_stats))
             .route("/_sim/faults", post(sim_faults))
@@ -174,9 +178,16 @@ impl ShopSim {
             .with_state(app.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        bulk.set_base_url(format!("http://{addr}"));
+        let runner = crate::bulk::run(app.schema.clone(), bulk, bulk_jobs, now_rfc3339);
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "shopsim server stopped");
+            let serve = axum::serve(listener, router);
+            tokio::select! {
+                served = serve => if let Err(e) = served {
+                    tracing::error!(error = %e, "shopsim server stopped");
+                },
+                // Runs while the shop lives (it holds the job sender).
+                () = runner => {}
             }
         });
         tracing::info!(%addr, shop = %config.shop_domain, "shop simulator listening");
@@ -728,4 +739,22 @@ async fn sim_subscribe(State(app): State<Arc<App>>, body: Bytes) -> Response {
         StatusCode::OK,
         json!({"id": sub.id, "topic": topic.as_str()}),
     )
+}
+
+/// A bulk operation's result file (Shopify serves it from signed storage, no
+/// token needed): `/_sim/bulk/<id>.jsonl`.
+async fn bulk_file(State(app): State<Arc<App>>, Path(file): Path<String>) -> Response {
+    let text = file
+        .strip_suffix(".jsonl")
+        .and_then(|id| id.parse::<u64>().ok())
+        .and_then(|id| app.shop.bulk.file(id));
+    match text {
+        Some(text) => (
+            StatusCode::OK,
+            [("content-type", "application/jsonl")],
+            text.to_string(),
+        )
+            .into_response(),
+        None => json_response(StatusCode::NOT_FOUND, json!({"errors": "Not Found"})),
+    }
 }

@@ -25,13 +25,15 @@ pub struct EntityReport {
     /// Keys the shop cannot hold (a SKU it lacks, a level not stocked at its
     /// location): the processors dead-letter them; no write can fix them.
     pub missing_in_shop: Vec<String>,
+    /// Keys the shop has that the ERP lacks (orders it never took).
+    pub missing_in_erp: Vec<String>,
     /// Drifted keys whose ERP event was produced again (`--repair`).
     pub repaired: usize,
 }
 
 impl EntityReport {
     pub fn is_in_sync(&self) -> bool {
-        self.drifted.is_empty() && self.missing_in_shop.is_empty()
+        self.drifted.is_empty() && self.missing_in_shop.is_empty() && self.missing_in_erp.is_empty()
     }
 }
 

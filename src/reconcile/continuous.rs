@@ -78,6 +78,8 @@ pub async fn run(config: &Config, shop: &ShopConfig, shutdown: CancellationToken
             entities: Entity::ALL.to_vec(),
             repair: config.reconcile.auto_repair,
             budget_share: config.reconcile.budget_share,
+            // The processors' order poll is the continuous net for orders.
+            orders_lookback: None,
         };
         let done = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -86,7 +88,7 @@ pub async fn run(config: &Config, shop: &ShopConfig, shutdown: CancellationToken
         match done {
             Ok(reports) => {
                 for r in &reports {
-                    let drift = r.drifted.len() + r.missing_in_shop.len();
+                    let drift = r.drifted.len() + r.missing_in_shop.len() + r.missing_in_erp.len();
                     metrics()
                         .drift
                         .with_label_values(&[&r.shop, &r.entity])

@@ -11,11 +11,13 @@
 //! snapshot wins, so a repair never writes an older value over a newer one.
 //!
 //! Shops are read through their platforms (`shop::platform`), one module per
-//! entity here: `stock` (levels on Shopify, counts on WooCommerce) and `price`.
-//! The comparison itself is pure (`compare`).
+//! entity here: `stock` (levels on Shopify, counts on WooCommerce), `price`,
+//! and `orders` (the other way round: shop orders the ERP lacks, fed into
+//! `shop.orders.v1` again). The comparison itself is pure (`compare`).
 
 pub mod compare;
 pub mod continuous;
+pub mod orders;
 pub mod price;
 pub mod stock;
 pub mod trace;
@@ -31,6 +33,7 @@ use crate::config::{Config, Platform, ShopConfig};
 use crate::erp::source::SourceError;
 use crate::shop::admin_api::AdminApi;
 use crate::shop::shopify::catalog::ShopCatalog;
+use crate::shop::shopify::export::CatalogExport;
 use crate::shop::shopify::inventory::ShopifyInventory;
 use crate::shop::shopify::prices::ShopifyPrices;
 use crate::shop::woocommerce::WooClient;
@@ -119,6 +122,8 @@ pub struct Request {
     pub repair: bool,
     /// The share (0–1] of each shop's API rate budget the comparison may use.
     pub budget_share: f64,
+    /// Also compare the shop orders changed within this lookback.
+    pub orders_lookback: Option<std::time::Duration>,
 }
 
 /// One ERP event of the truth, decoded as the processors decode it.
@@ -146,10 +151,16 @@ pub async fn reconcile(
         ],
     };
     let names: Vec<&str> = request.entities.iter().map(|e| e.name()).collect();
-    let truth = crate::erp::source::read_truth(config, &names, None).await?;
-    tracing::info!(version = %truth.version, "read the ERP's truth");
+    // Orders alone need no snapshot of the ERP (nor its replication slot).
+    let truth = if names.is_empty() {
+        None
+    } else {
+        let truth = crate::erp::source::read_truth(config, &names, None).await?;
+        tracing::info!(version = %truth.version, "read the ERP's truth");
+        Some(truth)
+    };
     let mut decoded: HashMap<&str, (Vec<TruthRecord>, &[OutRecord])> = HashMap::new();
-    for (entity, records) in &truth.records {
+    for (entity, records) in truth.iter().flat_map(|t| &t.records) {
         decoded.insert(entity.as_str(), (decode_all(entity, records)?, records));
     }
     let producer = if request.repair {
@@ -160,6 +171,8 @@ pub async fn reconcile(
     let mut state = None;
     let mut reports = Vec::new();
     for shop in shops {
+        // A bulk export serves every entity of the shop: read once.
+        let mut export = None;
         for entity in &request.entities {
             let (truth, records) = decoded
                 .get(entity.name())
@@ -172,6 +185,7 @@ pub async fn reconcile(
                 truth,
                 request.budget_share,
                 &mut state,
+                &mut export,
             )
             .await?;
             if let Some(producer) = &producer {
@@ -184,10 +198,80 @@ pub async fn reconcile(
             }
             reports.push(report);
         }
+        if let Some(lookback) = request.orders_lookback {
+            let since =
+                chrono::Utc::now() - chrono::Duration::from_std(lookback).unwrap_or_default();
+            if state.is_none() {
+                state = Some(StateDb::connect(config).await?);
+            }
+            let Some(db) = state.as_mut() else {
+                unreachable!("connected just above")
+            };
+            let (mut report, again) = compare_orders(shop, db, since, request.budget_share).await?;
+            if let Some(producer) = &producer {
+                let codec = AvroCodec::for_topic(crate::shop::mapping::SHOP_ORDERS)
+                    .map_err(BusError::from)?;
+                for order in &again {
+                    crate::shop::order_poll::produce(producer, codec, order, "reconcile").await?;
+                    report.repaired += 1;
+                }
+            }
+            reports.push(report);
+        }
     }
     Ok(reports)
 }
 
+/// The orders of `shop` changed since `since` against the applied versions.
+async fn compare_orders(
+    shop: &ShopConfig,
+    state: &mut StateDb,
+    since: chrono::DateTime<chrono::Utc>,
+    budget_share: f64,
+) -> Result<(EntityReport, Vec<crate::shop::mapping::ShopOrderEvent>), ReconcileError> {
+    use crate::shop::shopify::order_poll::ShopifyOrderFeed;
+    use crate::shop::woocommerce::order_poll::WooOrderFeed;
+    match shop.platform {
+        Platform::Shopify => {
+            let api = AdminApi::for_shop(shop, CLIENT)
+                .map_err(|e| ReconcileError::shop(shop, e.into()))?;
+            let mut feed = ShopifyOrderFeed(api.with_budget_share(budget_share));
+            orders::compare(&mut feed, state, shop, since).await
+        }
+        Platform::Woocommerce => {
+            let mut feed = WooOrderFeed(woo_client(shop, budget_share)?);
+            orders::compare(&mut feed, state, shop, since).await
+        }
+    }
+}
+
+/// A Shopify catalog held to `budget_share` of the shop's budget.
+fn shopify_catalog(shop: &ShopConfig, budget_share: f64) -> Result<ShopCatalog, ReconcileError> {
+    let api = AdminApi::for_shop(shop, CLIENT).map_err(|e| ReconcileError::shop(shop, e.into()))?;
+    Ok(ShopCatalog::new(api.with_budget_share(budget_share)))
+}
+
+/// A WooCommerce client held to `budget_share` of the shop's configured rate
+/// (WooCommerce publishes no budget of its own).
+fn woo_client(shop: &ShopConfig, budget_share: f64) -> Result<WooClient, ReconcileError> {
+    let share = budget_share.clamp(0.001, 1.0);
+    let held_to_share = ShopConfig {
+        requests_per_second: shop.requests_per_second * share,
+        burst: ((shop.burst as f64 * share).floor() as u32).max(1),
+        ..shop.clone()
+    };
+    WooClient::for_shop(&held_to_share, CLIENT).map_err(|e| ReconcileError::shop(shop, e.into()))
+}
+
+/// How long a bulk export may take before the comparison gives up (Shopify
+/// exports a large catalogue in minutes).
+const BULK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Compares one entity of one shop. A Shopify shop compared on
+/// `reconcile.bulk_above_keys` keys or more is read through one bulk export
+/// (`export`, read on first use and kept for the shop's other entities),
+/// which also names the shop's SKUs the ERP lacks.
+#[allow(clippy::too_many_arguments)]
 async fn compare_one(
     config: &Config,
     shop: &ShopConfig,
@@ -195,22 +279,38 @@ async fn compare_one(
     truth: &[TruthRecord],
     budget_share: f64,
     state: &mut Option<StateDb>,
+    export: &mut Option<CatalogExport>,
 ) -> Result<(EntityReport, HashMap<String, Vec<usize>>), ReconcileError> {
     let err = |e: SyncError| ReconcileError::shop(shop, e);
-    let shopify = || -> Result<ShopCatalog, ReconcileError> {
-        let api = AdminApi::for_shop(shop, CLIENT).map_err(|e| err(e.into()))?;
-        Ok(ShopCatalog::new(api.with_budget_share(budget_share)))
-    };
-    // WooCommerce publishes no budget: the share is of the rate configured.
-    let woo = || {
-        let share = budget_share.clamp(0.001, 1.0);
-        let held_to_share = ShopConfig {
-            requests_per_second: shop.requests_per_second * share,
-            burst: ((shop.burst as f64 * share).floor() as u32).max(1),
-            ..shop.clone()
+    let shopify = || shopify_catalog(shop, budget_share);
+    if shop.platform == Platform::Shopify && truth.len() >= config.reconcile.bulk_above_keys {
+        if export.is_none() {
+            let api = AdminApi::for_shop(shop, CLIENT).map_err(|e| err(e.into()))?;
+            let read = CatalogExport::read(&api.with_budget_share(budget_share), BULK_PATIENCE)
+                .await
+                .map_err(|e| err(e.into()))?;
+            *export = Some(read);
+        }
+        let Some(export) = export.as_mut() else {
+            unreachable!("read just above")
         };
-        WooClient::for_shop(&held_to_share, CLIENT).map_err(|e| err(e.into()))
-    };
+        let (mut report, repair) = match entity {
+            Entity::Stock => stock::compare_levels(export, shop, truth).await?,
+            Entity::Price => price::compare(export, shop, truth).await?,
+        };
+        let known: std::collections::HashSet<&str> = truth
+            .iter()
+            .map(|r| r.key.split('/').next().unwrap_or(&r.key))
+            .collect();
+        report.missing_in_erp = export
+            .skus()
+            .filter(|sku| !known.contains(sku))
+            .map(str::to_owned)
+            .collect();
+        report.missing_in_erp.sort();
+        return Ok((report, repair));
+    }
+    let woo = || woo_client(shop, budget_share);
     match (entity, shop.platform) {
         (Entity::Stock, Platform::Shopify) => {
             let mut platform = ShopifyInventory {
@@ -276,19 +376,20 @@ pub fn render_table(reports: &[EntityReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<8} {:>9} {:>9} {:>8} {:>8} {:>9}",
-        "shop", "entity", "compared", "in sync", "drifted", "missing", "repaired"
+        "{:<16} {:<8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}",
+        "shop", "entity", "compared", "in sync", "drifted", "missing", "not in ERP", "repaired"
     );
     for r in reports {
         let _ = writeln!(
             out,
-            "{:<16} {:<8} {:>9} {:>9} {:>8} {:>8} {:>9}",
+            "{:<16} {:<8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}",
             r.shop,
             r.entity,
             r.compared,
             r.in_sync,
             r.drifted.len(),
             r.missing_in_shop.len(),
+            r.missing_in_erp.len(),
             r.repaired
         );
     }
@@ -304,6 +405,13 @@ pub fn render_table(reports: &[EntityReport]) -> String {
             let _ = writeln!(
                 out,
                 "missing  {} {} {key}: not in the shop",
+                r.shop, r.entity
+            );
+        }
+        for key in &r.missing_in_erp {
+            let _ = writeln!(
+                out,
+                "missing  {} {} {key}: not in the ERP",
                 r.shop, r.entity
             );
         }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::compare::{EntityReport, diff};
 use super::{ReconcileError, TruthRecord};
 use crate::config::ShopConfig;
-use crate::shop::platform::{PricePlatform, ShownPrice};
+use crate::shop::platform::{PriceReader, ShownPrice};
 use crate::sync::apply_loop::SyncError;
 use crate::sync::price_to_shop::{self, same_amount};
 
@@ -16,7 +16,7 @@ pub async fn compare<P>(
     truth: &[TruthRecord],
 ) -> Result<(EntityReport, HashMap<String, Vec<usize>>), ReconcileError>
 where
-    P: PricePlatform,
+    P: PriceReader,
     SyncError: From<P::Error>,
 {
     let shop_err = |e: P::Error| ReconcileError::shop(shop, SyncError::from(e));

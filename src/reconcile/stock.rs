@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::compare::{EntityReport, diff};
 use super::{ReconcileError, TruthRecord};
 use crate::config::ShopConfig;
-use crate::shop::platform::{StockCountPlatform, StockLevelPlatform};
+use crate::shop::platform::{StockCountPlatform, StockLevelReader};
 use crate::sync::apply_loop::SyncError;
 use crate::sync::state::{StateDb, StockPart};
 use crate::sync::stock_count_to_shop::ErpStock;
@@ -29,7 +29,7 @@ pub async fn compare_levels<P>(
     truth: &[TruthRecord],
 ) -> Result<(EntityReport, HashMap<String, Vec<usize>>), ReconcileError>
 where
-    P: StockLevelPlatform,
+    P: StockLevelReader,
     SyncError: From<P::Error>,
 {
     let shop_err = |e: P::Error| ReconcileError::shop(shop, SyncError::from(e));
@@ -41,11 +41,7 @@ where
     let mut where_is: HashMap<(String, String), String> = HashMap::new();
     let mut repair: HashMap<String, Vec<usize>> = HashMap::new();
     for (level, record) in &levels {
-        let name = shop
-            .warehouse_locations
-            .get(&level.warehouse)
-            .cloned()
-            .unwrap_or_else(|| level.warehouse.clone());
+        let name = shop.location_name(&level.warehouse);
         if !locations.contains_key(&name) {
             let id = platform.location(&name).await.map_err(shop_err)?;
             locations.insert(name.clone(), id);
@@ -132,4 +128,35 @@ where
         |v| v.map_or_else(|| "not tracked".to_owned(), |n| n.to_string()),
     );
     Ok((report, repair))
+}
+
+/// What the stock processor last wrote for `sku` at `warehouse` in a shop
+/// keeping levels (absent: never written, or the shop lacks the SKU or the
+/// location).
+pub async fn last_level_write<P>(
+    platform: &mut P,
+    state: &mut StateDb,
+    shop: &ShopConfig,
+    sku: &str,
+    warehouse: &str,
+) -> Result<Option<crate::sync::state::Written>, ReconcileError>
+where
+    P: StockLevelReader,
+    SyncError: From<P::Error>,
+{
+    let shop_err = |e: P::Error| ReconcileError::shop(shop, SyncError::from(e));
+    let items = platform.items(&[sku]).await.map_err(shop_err)?;
+    let location = platform
+        .location(&shop.location_name(warehouse))
+        .await
+        .map_err(shop_err)?;
+    let (Some(item), Some(location)) = (items.get(sku), location) else {
+        return Ok(None);
+    };
+    let pair = (item.clone(), location);
+    let written = state
+        .load_levels(&shop.name, std::slice::from_ref(&pair))
+        .await
+        .map_err(ReconcileError::State)?;
+    Ok(written.get(&pair).copied())
 }

@@ -1,6 +1,7 @@
 //! `flywheel trace <entity> <key>`: the whole story of one key, for the
 //! question "why is SKU X wrong in the shop?" — the ERP's value now, the
-//! events Kafka holds for the key, what each shop's processor applied, what
+//! events Kafka holds for the key, what each shop's processor applied and
+//! when, what it last wrote (and whether the shop confirmed it), what
 //! the shop shows now, any dead letter, and one verdict per shop.
 
 use serde::Serialize;
@@ -8,7 +9,7 @@ use serde::Serialize;
 use super::compare::EntityReport;
 use super::{Entity, ReconcileError, TruthRecord, compare_one, decode_all};
 use crate::bus::avro::{AvroCodec, field_i64};
-use crate::config::{Config, Platform};
+use crate::config::{Config, Platform, ShopConfig};
 use crate::sync::Lane;
 use crate::sync::state::StateDb;
 
@@ -36,13 +37,26 @@ pub struct LetterSeen {
 #[derive(Debug, Serialize)]
 pub struct ShopStory {
     pub shop: String,
-    /// The version this shop's processor applied (absent: never).
+    /// The version this shop's processor applied (absent: never), and when.
     pub applied_version: Option<i64>,
+    pub applied_at: Option<String>,
+    /// Stock: what the processor last wrote to the shop for this key.
+    pub last_write: Option<LastWrite>,
     /// What the ERP says the shop should show, and what it shows.
     pub erp: Option<String>,
     pub shop_now: Option<String>,
     pub in_sync: bool,
     pub verdict: String,
+}
+
+/// The stock processor's record of its last write for a key.
+#[derive(Debug, Serialize)]
+pub struct LastWrite {
+    pub quantity: i64,
+    /// The ERP version it carried (levels; a count sums several keys).
+    pub version: Option<i64>,
+    /// Whether the shop accepted it (false: sent, outcome unknown).
+    pub confirmed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,24 +147,35 @@ pub async fn trace(config: &Config, entity: Entity, key: &str) -> Result<Trace, 
     let mut shops = Vec::new();
     for shop in &config.shops {
         let lane = Lane::for_shop(entity.name(), topic, &shop.name).name();
-        let applied = match state.as_mut() {
-            Some(db) => db
-                .load_versions(&lane, &[key.to_owned()])
-                .await
-                .map_err(ReconcileError::State)?
-                .get(key)
-                .map(|v| v.0),
-            None => None,
+        let (applied, applied_at, last_write) = match state.as_mut() {
+            Some(db) => {
+                let applied = db
+                    .load_versions(&lane, &[key.to_owned()])
+                    .await?
+                    .get(key)
+                    .map(|v| v.0);
+                let at = db.applied_at(&lane, key).await?.and_then(|micros| {
+                    chrono::DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339())
+                });
+                let last = match entity {
+                    Entity::Stock => last_write(shop, db, key).await?,
+                    Entity::Price => None,
+                };
+                (applied, at, last)
+            }
+            None => (None, None, None),
         };
         let truth = if entity == Entity::Stock && shop.platform == Platform::Woocommerce {
             &same_sku
         } else {
             &own
         };
-        let (report, _) = compare_one(config, shop, entity, truth, 1.0, &mut state).await?;
-        shops.push(story(
-            &shop.name, &report, applied, latest, captured, &letters,
-        ));
+        let (report, _) =
+            compare_one(config, shop, entity, truth, 1.0, &mut state, &mut None).await?;
+        let mut story = story(&shop.name, &report, applied, latest, captured, &letters);
+        story.applied_at = applied_at;
+        story.last_write = last_write;
+        shops.push(story);
     }
     Ok(Trace {
         entity: entity.name().to_owned(),
@@ -159,6 +184,39 @@ pub async fn trace(config: &Config, entity: Entity, key: &str) -> Result<Trace, 
         events,
         dead_letters: letters,
         shops,
+    })
+}
+
+/// The stock processor's last write for `key` (`SKU/warehouse`) to `shop`:
+/// the level's on Shopify, the SKU's count on WooCommerce.
+async fn last_write(
+    shop: &ShopConfig,
+    db: &mut StateDb,
+    key: &str,
+) -> Result<Option<LastWrite>, ReconcileError> {
+    let (sku, warehouse) = key.split_once('/').unwrap_or((key, ""));
+    Ok(match shop.platform {
+        Platform::Shopify => {
+            let mut platform = crate::shop::shopify::inventory::ShopifyInventory {
+                catalog: super::shopify_catalog(shop, 1.0)?,
+            };
+            super::stock::last_level_write(&mut platform, db, shop, sku, warehouse)
+                .await?
+                .map(|w| LastWrite {
+                    quantity: w.quantity,
+                    version: Some(w.version),
+                    confirmed: w.confirmed,
+                })
+        }
+        Platform::Woocommerce => db
+            .load_counts(&shop.name, &[sku.to_owned()])
+            .await?
+            .get(sku)
+            .map(|w| LastWrite {
+                quantity: w.quantity,
+                version: None,
+                confirmed: w.confirmed,
+            }),
     })
 }
 
@@ -189,6 +247,8 @@ fn story(
     let mut story = ShopStory {
         shop: shop.to_owned(),
         applied_version: applied,
+        applied_at: None,
+        last_write: None,
         erp: drifted.map(|d| d.erp.clone()),
         shop_now: drifted.map(|d| d.shop.clone()),
         in_sync: false,
@@ -260,15 +320,33 @@ pub fn render(t: &Trace) -> String {
     for s in &t.shops {
         let _ = writeln!(
             out,
-            "shop {}:     applied {}{}",
+            "shop {}:     applied {}{}{}",
             s.shop,
             s.applied_version
                 .map_or("nothing".to_owned(), |v| format!("version {v}")),
+            s.applied_at
+                .as_ref()
+                .map_or(String::new(), |at| format!(" at {at}")),
             match (&s.erp, &s.shop_now) {
                 (Some(erp), Some(now)) => format!("; ERP says {erp}, the shop shows {now}"),
                 _ => String::new(),
             }
         );
+        if let Some(w) = &s.last_write {
+            let _ = writeln!(
+                out,
+                "shop {}:     last wrote {}{}, {}",
+                s.shop,
+                w.quantity,
+                w.version
+                    .map_or(String::new(), |v| format!(" (version {v})")),
+                if w.confirmed {
+                    "confirmed by the shop"
+                } else {
+                    "not confirmed (sent, outcome unknown)"
+                }
+            );
+        }
         let _ = writeln!(out, "verdict {}: {}", s.shop, s.verdict);
     }
     out

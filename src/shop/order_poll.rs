@@ -10,7 +10,7 @@
 //! time), so finding it again — or after its webhook — is harmless: the order
 //! processor's version guard and its forward-only, idempotent ERP writes make
 //! a repeat a no-op. The cursor is kept in memory: after a restart the poller
-//! looks back `POLL_LOOKBACK`. Each poll starts a little before the newest
+//! looks back `reconcile.orders_lookback_secs`. Each poll starts a little before the newest
 //! change it saw (`OVERLAP`), since several orders can share a timestamp.
 
 use std::future::Future;
@@ -30,8 +30,6 @@ use crate::shop::shopify::order_poll::ShopifyOrderFeed;
 use crate::shop::woocommerce::WooClient;
 use crate::shop::woocommerce::order_poll::WooOrderFeed;
 
-/// How far back a fresh poller looks.
-pub const POLL_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 /// How much before the newest seen change each poll starts again.
 const OVERLAP: Duration = Duration::from_secs(2);
 
@@ -116,7 +114,8 @@ pub async fn run<F: OrderFeed>(
     let producer = EventProducer::new(&config.kafka, "order-poll")?;
     let codec = AvroCodec::for_topic(SHOP_ORDERS).map_err(BusError::from)?;
     let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
-    let mut cursor = Utc::now() - chrono::Duration::from_std(POLL_LOOKBACK).unwrap_or_default();
+    let lookback = Duration::from_secs(config.reconcile.orders_lookback_secs);
+    let mut cursor = Utc::now() - chrono::Duration::from_std(lookback).unwrap_or_default();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -137,17 +136,7 @@ pub async fn run<F: OrderFeed>(
                 continue;
             };
             match F::map(order, &shop.name) {
-                Ok(event) => {
-                    let payload = codec.encode_serde(&event).map_err(BusError::from)?;
-                    producer
-                        .send(OutRecord {
-                            topic: SHOP_ORDERS,
-                            key: event.key.clone(),
-                            payload,
-                            headers: vec![("flywheel.source", F::SOURCE.into())],
-                        })
-                        .await?;
-                }
+                Ok(event) => produce(&producer, codec, &event, F::SOURCE).await?,
                 Err(e) => {
                     tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "a polled order does not map; left out");
                 }
@@ -161,4 +150,23 @@ pub async fn run<F: OrderFeed>(
         }
         tracing::debug!(shop = %shop.name, found = orders.len(), %cursor, "polled the shop's orders");
     }
+}
+
+/// Feeds one shop order into `shop.orders.v1` as the gateway would.
+pub async fn produce(
+    producer: &EventProducer,
+    codec: &AvroCodec,
+    event: &ShopOrderEvent,
+    source: &'static str,
+) -> Result<(), BusError> {
+    let payload = codec.encode_serde(event).map_err(BusError::from)?;
+    producer
+        .send(OutRecord {
+            topic: SHOP_ORDERS,
+            key: event.key.clone(),
+            payload,
+            headers: vec![("flywheel.source", source.into())],
+        })
+        .await?;
+    Ok(())
 }

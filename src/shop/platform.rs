@@ -34,7 +34,18 @@ pub type ShownPrice = (Option<String>, Option<String>);
 ///   letter). An `Err` of the whole call is the platform being unreachable,
 ///   throttled beyond patience or refusing the credentials: nothing is known to
 ///   be written, and the processor retries or stops as the error says.
-pub trait PricePlatform: Send {
+pub trait PricePlatform: PriceReader {
+    /// Writes `prices`; one outcome per write, in order.
+    fn set(
+        &mut self,
+        prices: &[PriceWrite],
+    ) -> impl Future<Output = Result<Vec<Result<(), String>>, Self::Error>> + Send;
+}
+
+/// The reading half of [`PricePlatform`] (its contract for `known` and
+/// `current`): what reconciliation needs, and all a read-only view of a shop
+/// (a bulk export) offers.
+pub trait PriceReader: Send {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Which of `skus` the shop has (looked up, cached, refreshed on a miss).
@@ -49,12 +60,6 @@ pub trait PricePlatform: Send {
         &mut self,
         skus: &[&str],
     ) -> impl Future<Output = Result<HashMap<String, ShownPrice>, Self::Error>> + Send;
-
-    /// Writes `prices`; one outcome per write, in order.
-    fn set(
-        &mut self,
-        prices: &[PriceWrite],
-    ) -> impl Future<Output = Result<Vec<Result<(), String>>, Self::Error>> + Send;
 }
 
 /// Where an order stands in the shop, as far as the ERP's status goes.
@@ -169,6 +174,11 @@ pub enum SetOnHand {
     /// Nothing was set: some level was not at its `compare` (a sale, a
     /// fulfilment, a person moved it). Normal concurrency: read and retry.
     Stale,
+    /// Nothing was set by this call: a request with the same key is still
+    /// being processed by the shop (typically one sent by a worker that died
+    /// before its answer came). It may yet land: read and retry, as for
+    /// `Stale`; never a reason to give up on the level.
+    InProgress,
     /// Nothing was set: the shop refused the input (its words).
     Refused(String),
 }
@@ -185,8 +195,20 @@ pub enum SetOnHand {
 ///   only if it still holds its `compare`. `key` identifies the whole input:
 ///   the shop answers a repeat of the same key and input from its record
 ///   without applying it twice, so a retry after a lost answer is safe; the
-///   processor makes a new key whenever the input changes.
-pub trait StockLevelPlatform: Send {
+///   processor makes a new key whenever the input changes. A repeat that
+///   arrives while the first is still processed is `InProgress`.
+pub trait StockLevelPlatform: StockLevelReader {
+    fn set_on_hand(
+        &mut self,
+        writes: &[OnHandWrite],
+        key: &str,
+    ) -> impl Future<Output = Result<SetOnHand, Self::Error>> + Send;
+}
+
+/// The reading half of [`StockLevelPlatform`] (its contract for `items`,
+/// `location` and `on_hand`): what reconciliation needs, and all a read-only
+/// view of a shop (a bulk export) offers.
+pub trait StockLevelReader: Send {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// SKU → inventory item, of those the shop has.
@@ -206,10 +228,4 @@ pub trait StockLevelPlatform: Send {
         &mut self,
         pairs: &[(String, String)],
     ) -> impl Future<Output = Result<HashMap<(String, String), i64>, Self::Error>> + Send;
-
-    fn set_on_hand(
-        &mut self,
-        writes: &[OnHandWrite],
-        key: &str,
-    ) -> impl Future<Output = Result<SetOnHand, Self::Error>> + Send;
 }

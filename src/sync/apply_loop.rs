@@ -58,6 +58,13 @@ pub enum SyncError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// A platform view that cannot fail (a catalogue already read).
+impl From<std::convert::Infallible> for SyncError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 impl SyncError {
     /// Worth restarting for (a server away), as opposed to something an
     /// operator must fix (an unmapped warehouse, an answer the shop should not give).
@@ -485,8 +492,15 @@ async fn run<A: Applier>(
         }
         for (msg, class, reason) in letters {
             count("dead_lettered", 1);
-            dlq.send(dead_letter::<A>(&lane_name, msg, class, reason).to_record()?)
-                .await?;
+            let letter = dead_letter::<A>(&lane_name, msg, class, reason);
+            // An operator must act on each (fix the cause, then `flywheel dlq
+            // redrive`), so each is named where they look first.
+            tracing::warn!(
+                lane = %lane_name, key = %letter.key, class, reason = %letter.reason,
+                partition = msg.partition(), offset = msg.offset(),
+                "dead-lettered an event the shop cannot take; see `flywheel dlq list`"
+            );
+            dlq.send(letter.to_record()?).await?;
         }
         state.store_versions(&lane_name, &done).await?;
 

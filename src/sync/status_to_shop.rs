@@ -192,7 +192,9 @@ where
                     tracing::debug!(item = %pair.0, location = %pair.1, "shipment was counted twice in the shop; on_hand restored");
                 }
                 // The level is not the double-counted one: nothing to undo.
-                SetOnHand::Stale => {}
+                // Or this very repair, sent before a crash, is still being
+                // processed: it lands without us.
+                SetOnHand::Stale | SetOnHand::InProgress => {}
                 SetOnHand::Refused(reason) => {
                     tracing::warn!(item = %pair.0, location = %pair.1, %reason, "the shop refused to put back a double-counted shipment");
                 }

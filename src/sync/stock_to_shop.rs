@@ -350,16 +350,23 @@ where
                     return Ok(SetOutcome::Done);
                 }
                 SetOnHand::Refused(reason) => return Ok(SetOutcome::Refused(reason)),
-                SetOnHand::Stale => {}
+                // Normal concurrency: something (a fulfilment, a person in the
+                // shop admin, our own request sent before a crash) moved on_hand
+                // since we last looked.
+                SetOnHand::Stale => tracing::debug!(
+                    attempt,
+                    levels = todo.len(),
+                    "on_hand moved under us; re-reading"
+                ),
+                // The same request, sent by a worker that died before its
+                // answer came, is still being processed: once it lands, the
+                // re-read shows its levels at target and they are dropped.
+                SetOnHand::InProgress => tracing::debug!(
+                    attempt,
+                    levels = todo.len(),
+                    "the same request is still in progress at the shop; re-reading"
+                ),
             }
-            // Normal concurrency: something (a fulfilment, a person in the
-            // shop admin, our own request sent before a crash) moved on_hand
-            // since we last looked.
-            tracing::debug!(
-                attempt,
-                levels = todo.len(),
-                "on_hand moved under us; re-reading"
-            );
             let backoff = STALE_BACKOFF * 2u32.pow(attempt);
             tokio::time::sleep(backoff + backoff.mul_f64(fastrand::f64())).await;
             let read: Vec<(String, String)> = todo.iter().map(|(_, p)| p.clone()).collect();

@@ -493,6 +493,41 @@ where
     }
 }
 
+/// Awaits the shop showing `want` (re-read every 50 ms) or panics after
+/// `timeout` naming each level that differs, with the shop's record of what it
+/// was set to, so a failure says which levels stuck and where.
+#[allow(dead_code)]
+pub async fn wait_for_shop_stock(
+    what: &str,
+    timeout: Duration,
+    sim: &shopsim::ShopSim,
+    want: &HashMap<(String, String), i64>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = shop_stock(sim).await;
+        if have == *want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut keys: Vec<&(String, String)> = want.keys().chain(have.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let differ: Vec<String> = keys
+                .into_iter()
+                .filter(|k| want.get(*k) != have.get(*k))
+                .map(|k| format!("{k:?}: want {:?}, shop {:?}", want.get(k), have.get(k)))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; {} levels differ:\n{}",
+                differ.len(),
+                differ.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Prints a child process's log file when the test panics, so a failure in
 /// CI says what the child saw.
 pub struct ShowLogOnPanic(pub std::path::PathBuf);

@@ -274,6 +274,35 @@ impl AdminApi {
         }
     }
 
+    /// Downloads a bulk operation's result file. Its URL is signed storage,
+    /// not the Admin API: no token is sent, and it costs nothing.
+    pub async fn download(&self, url: &str) -> Result<String, AdminApiError> {
+        let mut failures = 0u32;
+        loop {
+            let failure = match self.http.get(url).send().await {
+                Err(e) => match crate::tls_error::rustls_cause(&e) {
+                    Some(cause) => return Err(AdminApiError::Tls(format!("{url}: {cause}"))),
+                    None => format!("download failed: {e}"),
+                },
+                Ok(r) if r.status().is_success() => {
+                    return r
+                        .text()
+                        .await
+                        .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")));
+                }
+                Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
+                // Expired (results are kept seven days) or never there.
+                Ok(r) => {
+                    return Err(AdminApiError::Protocol(format!(
+                        "{url} answered {}",
+                        r.status()
+                    )));
+                }
+            };
+            self.back_off(&mut failures, failure).await?;
+        }
+    }
+
     /// Attempts before a transient failure is reported (throttle waits do not count).
     pub fn with_retries(mut self, max_attempts: u32, backoff_base: Duration) -> Self {
         self.max_attempts = max_attempts.max(1);

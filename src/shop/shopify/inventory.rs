@@ -9,13 +9,13 @@ use serde_json::{Value, json};
 
 use super::admin_api::AdminApiError;
 use super::catalog::ShopCatalog;
-use crate::shop::platform::{OnHandWrite, SetOnHand, StockLevelPlatform};
+use crate::shop::platform::{OnHandWrite, SetOnHand, StockLevelPlatform, StockLevelReader};
 
 pub struct ShopifyInventory {
     pub catalog: ShopCatalog,
 }
 
-impl StockLevelPlatform for ShopifyInventory {
+impl StockLevelReader for ShopifyInventory {
     type Error = AdminApiError;
 
     async fn items(&mut self, skus: &[&str]) -> Result<HashMap<String, String>, AdminApiError> {
@@ -60,7 +60,9 @@ impl StockLevelPlatform for ShopifyInventory {
         }
         Ok(levels)
     }
+}
 
+impl StockLevelPlatform for ShopifyInventory {
     async fn set_on_hand(
         &mut self,
         writes: &[OnHandWrite],
@@ -83,8 +85,11 @@ impl StockLevelPlatform for ShopifyInventory {
             .as_array()
             .cloned()
             .unwrap_or_default();
+        let all = |code: &str| errors.iter().all(|e| e["code"] == code);
         Ok(if errors.is_empty() {
             SetOnHand::Done
+        } else if all("IDEMPOTENCY_CONCURRENT_REQUEST") {
+            SetOnHand::InProgress
         } else if errors
             .iter()
             .all(|e| e["code"] == "CHANGE_FROM_QUANTITY_STALE")

@@ -7,13 +7,13 @@ use serde_json::{Value, json};
 
 use super::admin_api::AdminApiError;
 use super::catalog::ShopCatalog;
-use crate::shop::platform::{PricePlatform, PriceWrite, ShownPrice};
+use crate::shop::platform::{PricePlatform, PriceReader, PriceWrite, ShownPrice};
 
 pub struct ShopifyPrices {
     pub catalog: ShopCatalog,
 }
 
-impl PricePlatform for ShopifyPrices {
+impl PriceReader for ShopifyPrices {
     type Error = AdminApiError;
 
     async fn known(&mut self, skus: &[&str]) -> Result<HashSet<String>, AdminApiError> {
@@ -31,7 +31,9 @@ impl PricePlatform for ShopifyPrices {
     ) -> Result<HashMap<String, ShownPrice>, AdminApiError> {
         self.catalog.current_prices(skus).await
     }
+}
 
+impl PricePlatform for ShopifyPrices {
     async fn set(
         &mut self,
         prices: &[PriceWrite],

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use super::client::{WooClient, WooError};
-use crate::shop::platform::{PricePlatform, PriceWrite, ShownPrice};
+use crate::shop::platform::{PricePlatform, PriceReader, PriceWrite, ShownPrice};
 
 /// (price, compare-at) as the ERP would describe what a product shows.
 fn shown(product: &Value) -> ShownPrice {
@@ -38,7 +38,7 @@ fn update(w: &PriceWrite) -> Value {
     }
 }
 
-impl PricePlatform for WooClient {
+impl PriceReader for WooClient {
     type Error = WooError;
 
     async fn known(&mut self, skus: &[&str]) -> Result<HashSet<String>, WooError> {
@@ -53,7 +53,9 @@ impl PricePlatform for WooClient {
             .filter_map(|p| Some((p["sku"].as_str()?.to_owned(), shown(p))))
             .collect())
     }
+}
 
+impl PricePlatform for WooClient {
     async fn set(&mut self, prices: &[PriceWrite]) -> Result<Vec<Result<(), String>>, WooError> {
         let changes: Vec<(&str, Value)> =
             prices.iter().map(|w| (w.sku.as_str(), update(w))).collect();

@@ -155,6 +155,19 @@ impl StateDb {
         }
     }
 
+    /// When `processor` stored `key`'s current version (microseconds since
+    /// the epoch; absent: never applied).
+    pub async fn applied_at(
+        &mut self,
+        processor: &str,
+        key: &str,
+    ) -> Result<Option<i64>, StateError> {
+        match self {
+            StateDb::Postgres(c) => Ok(postgres::applied_at(c, processor, key).await?),
+            StateDb::Mysql(m) => Ok(m.applied_at(processor, key).await?),
+        }
+    }
+
     /// Records applied versions; never lowers one.
     pub async fn store_versions(
         &mut self,

@@ -121,6 +121,23 @@ impl MysqlState {
         Ok(rows.into_iter().map(|(k, v, t)| (k, (v, t))).collect())
     }
 
+    pub async fn applied_at(
+        &mut self,
+        processor: &str,
+        key: &str,
+    ) -> Result<Option<i64>, mysql_async::Error> {
+        self.conn
+            .exec_first(
+                format!(
+                    "SELECT CAST(UNIX_TIMESTAMP(applied_at) * 1000000 AS SIGNED)
+                     FROM {}.applied_versions WHERE processor = ? AND `key` = ?",
+                    self.db
+                ),
+                (processor, key),
+            )
+            .await
+    }
+
     pub async fn store_versions(
         &mut self,
         processor: &str,

@@ -72,6 +72,21 @@ pub async fn load_versions(
         .collect())
 }
 
+pub async fn applied_at(
+    client: &Client,
+    processor: &str,
+    key: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT (extract(epoch FROM applied_at) * 1000000)::bigint
+             FROM flywheel.applied_versions WHERE processor = $1 AND key = $2",
+            &[&processor, &key],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 pub async fn store_versions(
     client: &Client,
     processor: &str,

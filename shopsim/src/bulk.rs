@@ -1,0 +1,285 @@
+//! Bulk query operations, as Shopify runs them: `bulkOperationRunQuery`
+//! accepts a query over a whole connection (no `first`/`after`: every node),
+//! runs it in the background outside the cost limit, and
+//! `currentBulkOperation` reports its status and, once `COMPLETED`, the `url`
+//! of a JSONL file: one line per node of every connection, a nested
+//! connection's nodes on their own lines after their parent, naming it in
+//! `__parentId`. One bulk query runs at a time per shop.
+//!
+//! The query runs through the shop's own schema (`graphql`), so it sees every
+//! field the simulator has; [`BULK`] lifts the page limit while it runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::graphql::ShopSchema;
+
+tokio::task_local! {
+    /// Set while a bulk query runs: connections return every node.
+    pub static BULK: bool;
+}
+
+/// Whether the running task executes a bulk query.
+pub fn in_bulk() -> bool {
+    BULK.try_with(|b| *b).unwrap_or(false)
+}
+
+#[derive(Clone, Debug)]
+pub struct BulkOp {
+    pub id: u64,
+    pub query: String,
+    /// CREATED, RUNNING, COMPLETED or FAILED.
+    pub status: &'static str,
+    pub error_code: Option<String>,
+    pub object_count: u64,
+    pub root_object_count: u64,
+    pub file_size: Option<u64>,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+}
+
+impl BulkOp {
+    pub fn running(&self) -> bool {
+        matches!(self.status, "CREATED" | "RUNNING")
+    }
+}
+
+/// The shop's bulk operations and their result files.
+pub struct BulkOps {
+    ops: Mutex<Vec<BulkOp>>,
+    files: Mutex<HashMap<u64, Arc<String>>>,
+    jobs: mpsc::UnboundedSender<u64>,
+    base_url: Mutex<String>,
+}
+
+impl BulkOps {
+    /// The operations, and the receiver the runner ([`run`]) takes jobs from.
+    pub fn new() -> (BulkOps, mpsc::UnboundedReceiver<u64>) {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let ops = BulkOps {
+            ops: Mutex::default(),
+            files: Mutex::default(),
+            jobs,
+            base_url: Mutex::default(),
+        };
+        (ops, rx)
+    }
+
+    /// Where result files are served (`http://host:port`).
+    pub fn set_base_url(&self, base: String) {
+        *self.base_url.lock() = base;
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        format!("{}/_sim/bulk/{id}.jsonl", self.base_url.lock())
+    }
+
+    /// The newest operation.
+    pub fn current(&self) -> Option<BulkOp> {
+        self.ops.lock().last().cloned()
+    }
+
+    /// Starts `query` as operation `id`; `Err` is the id of the running one.
+    pub fn start(&self, id: u64, query: String, now: String) -> Result<BulkOp, u64> {
+        let mut ops = self.ops.lock();
+        if let Some(running) = ops.iter().find(|o| o.running()) {
+            return Err(running.id);
+        }
+        let op = BulkOp {
+            id,
+            query,
+            status: "CREATED",
+            error_code: None,
+            object_count: 0,
+            root_object_count: 0,
+            file_size: None,
+            created_at: now,
+            completed_at: None,
+        };
+        ops.push(op.clone());
+        // The runner lives as long as the server; if it is gone, so is the shop.
+        let _ = self.jobs.send(id);
+        Ok(op)
+    }
+
+    pub fn file(&self, id: u64) -> Option<Arc<String>> {
+        self.files.lock().get(&id).cloned()
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut BulkOp)) {
+        if let Some(op) = self.ops.lock().iter_mut().find(|o| o.id == id) {
+            f(op);
+        }
+    }
+}
+
+/// Runs each started operation through `schema` until the server stops.
+pub async fn run(
+    schema: ShopSchema,
+    bulk: Arc<BulkOps>,
+    mut jobs: mpsc::UnboundedReceiver<u64>,
+    now: fn() -> String,
+) {
+    while let Some(id) = jobs.recv().await {
+        let Some(query) = bulk
+            .ops
+            .lock()
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| o.query.clone())
+        else {
+            continue;
+        };
+        bulk.update(id, |o| o.status = "RUNNING");
+        let response = BULK
+            .scope(true, schema.execute(async_graphql::Request::new(query)))
+            .await;
+        let data = serde_json::to_value(&response.data).unwrap_or(Value::Null);
+        match (response.errors.is_empty(), to_jsonl(&data)) {
+            (true, Ok(out)) => {
+                let size = out.text.len() as u64;
+                bulk.files.lock().insert(id, Arc::new(out.text));
+                bulk.update(id, |o| {
+                    o.status = "COMPLETED";
+                    o.object_count = out.objects;
+                    o.root_object_count = out.roots;
+                    o.file_size = Some(size);
+                    o.completed_at = Some(now());
+                });
+            }
+            (errors_empty, shape) => {
+                tracing::warn!(
+                    id,
+                    errors = ?response.errors,
+                    shape = ?shape.err(),
+                    errors_empty,
+                    "bulk query failed"
+                );
+                bulk.update(id, |o| {
+                    o.status = "FAILED";
+                    o.error_code = Some("INTERNAL_SERVER_ERROR".into());
+                    o.completed_at = Some(now());
+                });
+            }
+        }
+    }
+}
+
+/// A bulk query's result as JSONL.
+#[derive(Debug, PartialEq)]
+pub struct Jsonl {
+    pub text: String,
+    pub objects: u64,
+    pub roots: u64,
+}
+
+/// Flattens a query's data into Shopify's bulk JSONL: the root connection's
+/// nodes each on a line, each followed by the nodes of the connections nested
+/// in it, which name the nearest enclosing node in `__parentId`.
+pub fn to_jsonl(data: &Value) -> Result<Jsonl, String> {
+    let root = data
+        .as_object()
+        .and_then(|o| o.values().find_map(connection_nodes))
+        .ok_or("a bulk query must select a connection at its root")?;
+    let mut out = Jsonl {
+        text: String::new(),
+        objects: 0,
+        roots: root.len() as u64,
+    };
+    for node in root {
+        emit(node, None, &mut out);
+    }
+    Ok(out)
+}
+
+fn emit(node: &Value, parent: Option<&Value>, out: &mut Jsonl) {
+    let mut line = node.clone();
+    let mut children = Vec::new();
+    take_connections(&mut line, &mut children);
+    if let (Some(o), Some(p)) = (line.as_object_mut(), parent) {
+        o.insert("__parentId".into(), p.clone());
+    }
+    out.text.push_str(&line.to_string());
+    out.text.push('\n');
+    out.objects += 1;
+    let id = node.get("id");
+    for child in &children {
+        emit(child, id.or(parent), out);
+    }
+}
+
+/// Removes every connection nested in `v` (through plain objects) and
+/// collects its nodes.
+fn take_connections(v: &mut Value, into: &mut Vec<Value>) {
+    let Some(o) = v.as_object_mut() else {
+        return;
+    };
+    let keys: Vec<String> = o.keys().cloned().collect();
+    for k in keys {
+        let Some(field) = o.get_mut(&k) else {
+            continue;
+        };
+        if let Some(nodes) = connection_nodes(field) {
+            into.extend(nodes.into_iter().cloned());
+            o.remove(&k);
+        } else {
+            take_connections(field, into);
+        }
+    }
+}
+
+/// The nodes of a connection (`edges { node }` or `nodes`); `None` for
+/// anything else.
+fn connection_nodes(v: &Value) -> Option<Vec<&Value>> {
+    let o: &Map<String, Value> = v.as_object()?;
+    if let Some(edges) = o.get("edges").and_then(Value::as_array) {
+        return Some(edges.iter().filter_map(|e| e.get("node")).collect());
+    }
+    o.get("nodes")
+        .and_then(Value::as_array)
+        .map(|n| n.iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_connections_become_lines_after_their_parent() {
+        let data = json!({"productVariants": {"edges": [
+            {"node": {"id": "V1", "sku": "A", "inventoryItem": {"id": "I1",
+                "inventoryLevels": {"edges": [
+                    {"node": {"id": "L1", "quantities": [{"name": "on_hand", "quantity": 3}]}},
+                    {"node": {"id": "L2", "quantities": []}}
+                ]}}}},
+            {"node": {"id": "V2", "sku": "B", "inventoryItem": {"id": "I2",
+                "inventoryLevels": {"nodes": []}}}}
+        ]}});
+        let out = to_jsonl(&data).expect("a connection at the root");
+        let lines: Vec<Value> = out
+            .text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                json!({"id": "V1", "sku": "A", "inventoryItem": {"id": "I1"}}),
+                json!({"id": "L1", "quantities": [{"name": "on_hand", "quantity": 3}], "__parentId": "V1"}),
+                json!({"id": "L2", "quantities": [], "__parentId": "V1"}),
+                json!({"id": "V2", "sku": "B", "inventoryItem": {"id": "I2"}}),
+            ]
+        );
+        assert_eq!((out.objects, out.roots), (4, 2));
+    }
+
+    #[test]
+    fn a_query_without_a_root_connection_is_refused() {
+        assert!(to_jsonl(&json!({"shop": {"name": "x"}})).is_err());
+    }
+}
