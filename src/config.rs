@@ -581,7 +581,10 @@ pub struct ProcessorsConfig {
     pub state_dsn: Option<String>,
     /// Most events applied together (and quantities per inventory call, ≤ 250).
     pub batch_max: usize,
-    /// How long to gather a batch after its first event.
+    /// How long to wait for more events after a batch's first; 0: none — a
+    /// batch is what has already arrived. Batching then comes from load, not
+    /// from waiting: while a batch is applied (or waits for the shop's
+    /// budget) the next events queue and form the next, larger batch.
     pub batch_wait_ms: u64,
     /// Where a consumer group without committed offsets starts: `earliest`
     /// (everything the topics hold) or `latest` (only what comes next, e.g. for
@@ -677,7 +680,7 @@ impl Default for ProcessorsConfig {
             group_id: "flywheel-processors".into(),
             state_dsn: None,
             batch_max: 250,
-            batch_wait_ms: 200,
+            batch_wait_ms: 0,
             new_group_start: GroupStart::Earliest,
             instance_id: String::new(),
             stall_timeout_secs: 120,

@@ -366,3 +366,49 @@ async fn a_write_whose_client_died_still_lands_once_and_its_repeat_waits() {
         .sum();
     assert_eq!(sets, 1, "the level was set to its target exactly once");
 }
+
+/// Bulk queries against the simulator: the result is every node, nested
+/// connections on their own lines after their parent; two clients asking for
+/// the same export at once share one operation (the second waits for the
+/// first and takes its file); a query that is not GraphQL is refused, final.
+#[tokio::test]
+async fn bulk_queries_export_everything_once_and_bad_ones_are_refused() {
+    use flywheel::shop::shopify::bulk::run_query;
+    let shop = sim(1000.0, 100.0).await;
+    // Long enough that the second client asks while the first one runs.
+    shop.set_faults(
+        ApiFaults {
+            bulk_latency_ms: 1_000,
+            ..ApiFaults::default()
+        },
+        WebhookFaults::default(),
+    );
+    let (a, b) = (client(&shop), client(&shop));
+    let query = flywheel::shop::shopify::export::QUERY;
+    let patience = Duration::from_secs(30);
+    let (first, second) = tokio::join!(
+        run_query(&a, query, patience),
+        run_query(&b, query, patience)
+    );
+    let (first, second) = (first.expect("an export"), second.expect("an export"));
+    assert_eq!(first, second);
+    assert_eq!(shop.shop().bulk.started(), 1, "one operation served both");
+    let variants = first
+        .iter()
+        .filter(|l| l.get("__parentId").is_none())
+        .count();
+    let levels = first.len() - variants;
+    assert_eq!((variants, levels), (100, 200), "100 SKUs at 2 locations");
+    assert!(
+        first
+            .iter()
+            .filter(|l| l.get("__parentId").is_some())
+            .all(|l| l["quantities"][0]["name"] == "on_hand")
+    );
+
+    let refused = run_query(&a, "{ productVariants { edges ", patience).await;
+    assert!(
+        matches!(&refused, Err(AdminApiError::GraphQl(m)) if m.contains("Invalid bulk query")),
+        "{refused:?}"
+    );
+}

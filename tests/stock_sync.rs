@@ -113,3 +113,48 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     replay.stop().await;
     source.stop().await;
 }
+
+/// A first full sync of a catalogue too large to look up SKU by SKU: the
+/// stock processor exports the shop's catalogue with one bulk query, and the
+/// whole sync costs a fraction of the 3 points per SKU the lookups alone
+/// would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_full_sync_maps_the_catalogue_with_one_bulk_export() {
+    const SKUS: u32 = 400;
+    let env = TestEnv::new(
+        "full_sync",
+        flywheel::erp::demo_erp::DemoSize {
+            skus: SKUS,
+            warehouses: 3,
+            orders: 0,
+            seed: 0.3,
+        },
+    )
+    .await;
+    let sim = common::start_shop(SKUS).await;
+    let source = env.start_streaming().await;
+    let config = common::processor_config(&env, &sim, "full_sync-processors");
+    let stock = common::RunningProcessor::spawn(&config, |c, t| async move {
+        flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
+    });
+    let want = env.shop_should_show_all(SKUS, 0).await;
+    wait_for("the shop to match the ERP snapshot", T, || async {
+        shop_stock(&sim).await == want
+    })
+    .await;
+    let export = sim
+        .shop()
+        .bulk
+        .current()
+        .expect("the catalogue was exported in bulk");
+    assert_eq!(export.status, "COMPLETED");
+    assert_eq!(export.root_object_count, u64::from(SKUS));
+    let lookups = f64::from(SKUS) * 3.0;
+    let cost = sim.stats()["api"]["cost_used"].as_f64().unwrap_or_default();
+    assert!(
+        cost < lookups / 2.0,
+        "the sync cost {cost} points; looking up {SKUS} SKUs alone costs {lookups}"
+    );
+    stock.stop().await;
+    source.stop().await;
+}

@@ -54,6 +54,7 @@ pub struct BulkOps {
     files: Mutex<HashMap<u64, Arc<String>>>,
     jobs: mpsc::UnboundedSender<u64>,
     base_url: Mutex<String>,
+    latency: Mutex<std::time::Duration>,
 }
 
 impl BulkOps {
@@ -65,8 +66,14 @@ impl BulkOps {
             files: Mutex::default(),
             jobs,
             base_url: Mutex::default(),
+            latency: Mutex::default(),
         };
         (ops, rx)
+    }
+
+    /// How long each operation runs before its result is ready (fault injection).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        *self.latency.lock() = latency;
     }
 
     /// Where result files are served (`http://host:port`).
@@ -76,6 +83,11 @@ impl BulkOps {
 
     pub fn url(&self, id: u64) -> String {
         format!("{}/_sim/bulk/{id}.jsonl", self.base_url.lock())
+    }
+
+    /// How many operations were started.
+    pub fn started(&self) -> usize {
+        self.ops.lock().len()
     }
 
     /// The newest operation.
@@ -135,6 +147,10 @@ pub async fn run(
             continue;
         };
         bulk.update(id, |o| o.status = "RUNNING");
+        let latency = *bulk.latency.lock();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let response = BULK
             .scope(true, schema.execute(async_graphql::Request::new(query)))
             .await;

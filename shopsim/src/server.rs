@@ -72,6 +72,9 @@ pub struct ApiFaults {
     /// Extra processing time inside inventory mutations (to overlap requests
     /// that share an idempotency key).
     pub mutation_latency_ms: u64,
+    /// How long a bulk operation runs before its result is ready (Shopify
+    /// takes seconds to minutes).
+    pub bulk_latency_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -214,6 +217,10 @@ impl ShopSim {
 
     pub fn set_faults(&self, api: ApiFaults, webhooks: WebhookFaults) {
         *self.app.shop.mutation_latency.lock() = Duration::from_millis(api.mutation_latency_ms);
+        self.app
+            .shop
+            .bulk
+            .set_latency(Duration::from_millis(api.bulk_latency_ms));
         *self.app.faults.lock() = api;
         *self.app.shop.webhooks.faults.lock() = webhooks;
     }
@@ -682,6 +689,9 @@ async fn sim_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     match serde_json::from_slice::<FaultsBody>(&body) {
         Ok(f) => {
             *app.shop.mutation_latency.lock() = Duration::from_millis(f.api.mutation_latency_ms);
+            app.shop
+                .bulk
+                .set_latency(Duration::from_millis(f.api.bulk_latency_ms));
             *app.faults.lock() = f.api;
             *app.shop.webhooks.faults.lock() = f.webhooks;
             json_response(StatusCode::OK, json!({"ok": true}))

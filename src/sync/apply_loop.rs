@@ -169,8 +169,8 @@ fn metrics() -> &'static ProcessorMetrics {
                 "From the change at its source (ERP commit, shop event) to applied on the other side"
             )
             .buckets(vec![
-                0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0,
-                10.0, 30.0, 60.0, 300.0,
+                0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
+                0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0,
             ]),
             &["entity", "shop"]
         )
@@ -360,10 +360,12 @@ async fn run<A: Applier>(
             }
             msg = consumer.recv() => msg?.detach(),
         };
-        // A batch is up to `batch_max` distinct keys. While the previous batch
-        // waited for the shop's budget, changes queued up in Kafka; reading
-        // several versions of a key here and keeping the newest is the
-        // coalescing (bounded, so memory is too).
+        // A batch is up to `batch_max` distinct keys: what has arrived by
+        // `batch_wait` after the first (by default nothing is waited for, so a
+        // lone change goes out at once). While the previous batch was applied
+        // or waited for the shop's budget, changes queued up; reading several
+        // versions of a key here and keeping the newest is the coalescing
+        // (bounded, so memory is too).
         let mut keys: HashSet<Vec<u8>> = HashSet::new();
         keys.insert(first.key().unwrap_or_default().to_vec());
         let mut batch = vec![first];

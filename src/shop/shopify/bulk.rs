@@ -5,8 +5,9 @@
 //! a whole catalogue this costs a few points instead of several per item.
 //!
 //! One bulk query runs at a time per app and shop: when another is running
-//! (a second reconciliation, another tool under the same app), this waits for
-//! it to end and starts again, within its patience.
+//! (a second reconciliation, another processor exporting the catalogue), this
+//! waits for it to end — and takes its file when it was the same query — or
+//! starts again, within its patience.
 
 use std::time::Duration;
 
@@ -29,16 +30,21 @@ pub async fn run_query(
     patience: Duration,
 ) -> Result<Vec<Value>, AdminApiError> {
     let deadline = Instant::now() + patience;
-    let id = loop {
+    let done = loop {
         match start(api, query).await? {
-            Started::Id(id) => break id,
+            Started::Id(id) => break wait_while_running(api, Some(&id), deadline).await?,
             Started::Busy(message) => {
                 tracing::info!(%message, "another bulk query of this app is running; waiting for it");
-                wait_while_running(api, None, deadline).await?;
+                let other = wait_while_running(api, None, deadline).await?;
+                // The same export (another processor of this shop): its file
+                // is ours too.
+                if other["query"].as_str() == Some(query) && other["status"] == "COMPLETED" {
+                    break other;
+                }
             }
         }
     };
-    let done = wait_while_running(api, Some(&id), deadline).await?;
+    let id = done["id"].clone();
     match done["status"].as_str() {
         Some("COMPLETED") => {}
         status => {
@@ -108,7 +114,7 @@ async fn wait_while_running(
     loop {
         let r = api
             .execute(
-                "query { currentBulkOperation(type: QUERY) { id status errorCode objectCount url } }",
+                "query { currentBulkOperation(type: QUERY) { id status errorCode objectCount url query } }",
                 Value::Null,
                 1.0,
             )

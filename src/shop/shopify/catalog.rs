@@ -1,6 +1,9 @@
 //! What the processors need to know about the shop's catalogue: SKU → variant,
 //! product and inventory item; location names → ids. Looked up on a miss and
-//! cached for the life of the processor.
+//! cached for the life of the processor. A miss of many SKUs at once (a first
+//! full sync, a processor starting on a backlog) exports the whole catalogue
+//! with one bulk query instead: a few points, where looking up 10,000 SKUs
+//! costs 30,000 and five minutes of the shop's budget.
 
 use std::collections::HashMap;
 
@@ -15,10 +18,19 @@ pub struct VariantRef {
     pub inventory_item: String,
 }
 
+/// Misses of at least this many SKUs in one lookup export the catalogue.
+const EXPORT_FROM_MISSES: usize = 100;
+/// How long an export may take (Shopify exports a large catalogue in minutes).
+const EXPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// The variants' fields the catalogue keeps, as one bulk query.
+const EXPORT_QUERY: &str =
+    "{ productVariants { edges { node { id sku product { id } inventoryItem { id } } } } }";
+
 pub struct ShopCatalog {
     pub api: AdminApi,
     variants: HashMap<String, VariantRef>,
     locations: HashMap<String, String>,
+    exported: bool,
 }
 
 impl ShopCatalog {
@@ -27,6 +39,39 @@ impl ShopCatalog {
             api,
             variants: HashMap::new(),
             locations: HashMap::new(),
+            exported: false,
+        }
+    }
+
+    /// Every variant of the shop, from one bulk export (once per catalogue).
+    async fn export(&mut self) -> Result<(), AdminApiError> {
+        self.exported = true;
+        let lines = super::bulk::run_query(&self.api, EXPORT_QUERY, EXPORT_PATIENCE).await?;
+        for v in &lines {
+            self.remember(v);
+        }
+        tracing::info!(
+            variants = self.variants.len(),
+            "exported the shop's catalogue in one bulk query"
+        );
+        Ok(())
+    }
+
+    fn remember(&mut self, v: &Value) {
+        if let (Some(sku), Some(variant), Some(product), Some(item)) = (
+            v["sku"].as_str().filter(|s| !s.is_empty()),
+            v["id"].as_str(),
+            v["product"]["id"].as_str(),
+            v["inventoryItem"]["id"].as_str(),
+        ) {
+            self.variants.insert(
+                sku.to_owned(),
+                VariantRef {
+                    variant: variant.to_owned(),
+                    product: product.to_owned(),
+                    inventory_item: item.to_owned(),
+                },
+            );
         }
     }
 
@@ -38,30 +83,26 @@ impl ShopCatalog {
         let mut wanted: Vec<&str> = skus.into_iter().collect();
         wanted.sort();
         wanted.dedup();
-        let missing: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|s| !self.variants.contains_key(*s))
-            .collect();
+        let missing = |known: &HashMap<String, VariantRef>| -> Vec<&str> {
+            wanted
+                .iter()
+                .copied()
+                .filter(|s| !known.contains_key(*s))
+                .collect()
+        };
+        if !self.exported && missing(&self.variants).len() >= EXPORT_FROM_MISSES {
+            self.export().await?;
+        }
+        // Still missing: created since the export, or not in the shop.
         let nodes = self
-            .by_sku(&missing, "id sku product { id } inventoryItem { id }", 3.0)
+            .by_sku(
+                &missing(&self.variants),
+                "id sku product { id } inventoryItem { id }",
+                3.0,
+            )
             .await?;
         for v in &nodes {
-            if let (Some(sku), Some(variant), Some(product), Some(item)) = (
-                v["sku"].as_str(),
-                v["id"].as_str(),
-                v["product"]["id"].as_str(),
-                v["inventoryItem"]["id"].as_str(),
-            ) {
-                self.variants.insert(
-                    sku.to_owned(),
-                    VariantRef {
-                        variant: variant.to_owned(),
-                        product: product.to_owned(),
-                        inventory_item: item.to_owned(),
-                    },
-                );
-            }
+            self.remember(v);
         }
         Ok(wanted
             .into_iter()
