@@ -187,6 +187,12 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     /// How long the producer retries one record before reporting it failed.
     pub message_timeout_ms: u64,
+    /// The processors' `fetch.wait.max.ms`. Apache Kafka answers a fetch as
+    /// soon as records arrive, so there a larger value (librdkafka's 500) only
+    /// saves idle requests; the development broker (tansu 0.6) answers only
+    /// after sleeping on it, records or not, so it is added to every event's
+    /// latency: keep it small there.
+    pub fetch_wait_max_ms: u64,
     /// Entity (state) topics are created with `cleanup.policy=compact`, and
     /// existing ones without it are reported.
     pub compact_state_topics: bool,
@@ -274,7 +280,7 @@ impl SaslMechanism {
 /// librdkafka properties the `[kafka]` settings own (set them there), or
 /// that Flywheel's guarantees rest on (manual commits after applying, the
 /// idempotent producer acknowledged by all replicas).
-pub const OWNED_LIBRDKAFKA_PROPERTIES: [(&str, &str); 12] = [
+pub const OWNED_LIBRDKAFKA_PROPERTIES: [(&str, &str); 13] = [
     ("bootstrap.servers", "kafka.bootstrap"),
     ("client.id", "kafka.client_id"),
     ("security.protocol", "kafka.security_protocol"),
@@ -289,6 +295,7 @@ pub const OWNED_LIBRDKAFKA_PROPERTIES: [(&str, &str); 12] = [
         "enable.auto.commit",
         "nothing: processors commit after applying",
     ),
+    ("fetch.wait.max.ms", "kafka.fetch_wait_max_ms"),
     (
         "enable.idempotence",
         "nothing: the producer is always idempotent",
@@ -362,6 +369,7 @@ impl Default for KafkaConfig {
             client_id: "flywheel".into(),
             topic_prefix: String::new(),
             message_timeout_ms: 30_000,
+            fetch_wait_max_ms: 10,
             compact_state_topics: true,
             min_compaction_lag_ms: 3_600_000,
             event_retention_ms: 7 * 24 * 3_600_000,

@@ -33,7 +33,8 @@ pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, lane: &str)
     let mut c = client_config(kafka, &format!("processor-{lane}"));
     c.set("group.id", group_name(p, lane))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", p.new_group_start.as_str());
+        .set("auto.offset.reset", p.new_group_start.as_str())
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
     c
 }
 

@@ -35,6 +35,11 @@ pub type ShownPrice = (Option<String>, Option<String>);
 ///   throttled beyond patience or refusing the credentials: nothing is known to
 ///   be written, and the processor retries or stops as the error says.
 pub trait PricePlatform: PriceReader {
+    /// As `StockLevelPlatform::ready_in`.
+    fn ready_in(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Writes `prices`; one outcome per write, in order.
     fn set(
         &mut self,
@@ -198,6 +203,13 @@ pub enum SetOnHand {
 ///   processor makes a new key whenever the input changes. A repeat that
 ///   arrives while the first is still processed is `InProgress`.
 pub trait StockLevelPlatform: StockLevelReader {
+    /// How long until a write could go out without waiting for the shop's
+    /// rate budget; the processor gathers more events meanwhile, so batches
+    /// grow when the budget is short and not otherwise.
+    fn ready_in(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     fn set_on_hand(
         &mut self,
         writes: &[OnHandWrite],

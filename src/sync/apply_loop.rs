@@ -135,6 +135,13 @@ pub trait Applier: Send {
     /// The key, version and event of a record, or `None` if it is not one.
     fn decode(&self, value: &apache_avro::types::Value) -> Option<Decoded<Self::Event>>;
 
+    /// How long until a write could go out without waiting for the shop's
+    /// rate budget (zero when it is not short, or the target has none). The
+    /// loop gathers events meanwhile, up to `MAX_BUDGET_GATHER`.
+    fn ready_in(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Applies a batch (distinct keys, all newer than applied); one outcome
     /// per event, in order. An `Err` stops the processor without committing.
     fn apply(
@@ -250,6 +257,8 @@ const CONTENDED_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Most records read into one batch, per distinct key it may hold.
 const MESSAGES_PER_KEY: usize = 20;
+/// Longest a batch gathers events while the shop's budget refills.
+const MAX_BUDGET_GATHER: Duration = Duration::from_secs(2);
 
 /// Runs a processor as a long-lived worker until `shutdown`: `make` builds
 /// its applier (connections included), and after a transient failure both are
@@ -362,14 +371,17 @@ async fn run<A: Applier>(
         };
         // A batch is up to `batch_max` distinct keys: what has arrived by
         // `batch_wait` after the first (by default nothing is waited for, so a
-        // lone change goes out at once). While the previous batch was applied
+        // lone change goes out at once) or, when the shop's budget is short,
+        // by the time it affords the write — the wait the write would have
+        // spent anyway, now spent gathering. While the previous batch was applied
         // or waited for the shop's budget, changes queued up; reading several
         // versions of a key here and keeping the newest is the coalescing
         // (bounded, so memory is too).
         let mut keys: HashSet<Vec<u8>> = HashSet::new();
         keys.insert(first.key().unwrap_or_default().to_vec());
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline =
+            tokio::time::Instant::now() + wait.max(applier.ready_in().min(MAX_BUDGET_GATHER));
         while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(msg) => {

@@ -120,6 +120,10 @@ where
     const TOPIC: &'static str = ERP_PRICE;
     type Event = Price;
 
+    fn ready_in(&self) -> std::time::Duration {
+        self.platform.ready_in()
+    }
+
     fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<Price>> {
         decode(v)
     }

@@ -171,6 +171,10 @@ where
     const TOPIC: &'static str = ERP_STOCK;
     type Event = StockLevel;
 
+    fn ready_in(&self) -> std::time::Duration {
+        self.platform.ready_in()
+    }
+
     fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<StockLevel>> {
         decode(v, &self.channel)
     }

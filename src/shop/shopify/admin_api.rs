@@ -93,6 +93,17 @@ impl CostBudget {
         self.at = now;
     }
 
+    /// How long until `cost` points are available (nothing reserved).
+    pub fn time_until(&mut self, cost: f64, now: Instant) -> Duration {
+        self.refill(now);
+        let short = cost.min(self.maximum) - self.available;
+        if short <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(short / self.restore_rate.max(0.001))
+        }
+    }
+
     /// Reserves `cost` points; returns how long to wait before sending.
     pub fn reserve(&mut self, cost: f64, now: Instant) -> Duration {
         self.refill(now);
@@ -300,6 +311,17 @@ impl AdminApi {
                 }
             };
             self.back_off(&mut failures, failure).await?;
+        }
+    }
+
+    /// How long until a call of `cost` points could be sent without waiting
+    /// for the budget (this client's, and its share's if it has one).
+    pub fn time_until(&self, cost: f64) -> Duration {
+        let now = Instant::now();
+        let whole = self.budget.lock().time_until(cost, now);
+        match &self.share {
+            Some((_, share)) => whole.max(share.lock().time_until(cost, now)),
+            None => whole,
         }
     }
 

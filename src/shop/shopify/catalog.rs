@@ -142,14 +142,17 @@ impl ShopCatalog {
                 .map(|s| format!("sku:'{s}'"))
                 .collect::<Vec<_>>()
                 .join(" OR ");
+            // The requested cost counts `first` nodes: ask for no more than
+            // are wanted, or a lookup of one SKU reserves the cost of 50.
+            let first = chunk.len();
             let r = self
                 .api
                 .execute(
                     &format!(
-                        "query($q: String) {{ productVariants(first: 50, query: $q) {{ nodes {{ {fields} }} }} }}"
+                        "query($q: String) {{ productVariants(first: {first}, query: $q) {{ nodes {{ {fields} }} }} }}"
                     ),
                     json!({"q": filter}),
-                    2.0 + 50.0 * points_per_node,
+                    2.0 + first as f64 * points_per_node,
                 )
                 .await?;
             if let Some(found) = r.data["productVariants"]["nodes"].as_array() {

@@ -11,6 +11,9 @@ use super::admin_api::AdminApiError;
 use super::catalog::ShopCatalog;
 use crate::shop::platform::{OnHandWrite, SetOnHand, StockLevelPlatform, StockLevelReader};
 
+/// What Shopify charges for a mutation.
+const MUTATION_COST: f64 = 10.0;
+
 pub struct ShopifyInventory {
     pub catalog: ShopCatalog,
 }
@@ -63,6 +66,10 @@ impl StockLevelReader for ShopifyInventory {
 }
 
 impl StockLevelPlatform for ShopifyInventory {
+    fn ready_in(&self) -> std::time::Duration {
+        self.catalog.api.time_until(MUTATION_COST)
+    }
+
     async fn set_on_hand(
         &mut self,
         writes: &[OnHandWrite],
@@ -80,7 +87,11 @@ impl StockLevelPlatform for ShopifyInventory {
         );
         let input = json!({"input": {"name": "on_hand", "reason": "correction",
             "referenceDocumentUri": "flywheel://erp/stock", "quantities": quantities}});
-        let r = self.catalog.api.execute(&query, input, 10.0).await?;
+        let r = self
+            .catalog
+            .api
+            .execute(&query, input, MUTATION_COST)
+            .await?;
         let errors = r.data["inventorySetQuantities"]["userErrors"]
             .as_array()
             .cloned()

@@ -34,6 +34,11 @@ impl PriceReader for ShopifyPrices {
 }
 
 impl PricePlatform for ShopifyPrices {
+    fn ready_in(&self) -> std::time::Duration {
+        // One productVariantsBulkUpdate (a mutation) per product.
+        self.catalog.api.time_until(10.0)
+    }
+
     async fn set(
         &mut self,
         prices: &[PriceWrite],
