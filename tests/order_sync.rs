@@ -264,3 +264,94 @@ async fn a_shopify_order_whose_webhooks_were_lost_reaches_the_erp_through_the_po
         .expect("the poll ends cleanly");
     orders_in.stop().await;
 }
+
+/// A crash can leave two fulfilments of one level done before either's
+/// repair: the shop then counts both shipments twice (the stock processor had
+/// written the ERP's value after both). The repair puts the level back to
+/// the written value whatever it was short by, once; a level at or above it,
+/// or a shipment newer than the last write, is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_level_short_by_two_shipments_is_put_back_once() {
+    use flywheel::shop::platform::{Shipped, StockLevelReader};
+    use flywheel::shop::shopify::catalog::ShopCatalog;
+    use flywheel::shop::shopify::inventory::ShopifyInventory;
+    use flywheel::sync::state::StateDb;
+    use flywheel::sync::status_to_shop::{AfterFulfil, DoubleCountRepair};
+
+    let env = TestEnv::new("double_count", small()).await;
+    let sim = common::start_shop(20).await;
+    let config = common::processor_config(&env, &sim, "double_count");
+    let api = || {
+        flywheel::shop::admin_api::AdminApi::for_shop(&config.shops[0], "test")
+            .expect("a Shopify client")
+    };
+    let mut inventory = ShopifyInventory {
+        catalog: ShopCatalog::new(api()),
+    };
+    let item = inventory.items(&["SKU-000004"]).await.expect("items")["SKU-000004"].clone();
+    let location = inventory
+        .location("WH1")
+        .await
+        .expect("locations")
+        .expect("WH1");
+    // The stock processor wrote 78 at version 100: the ERP after both shipments.
+    let mut state = StateDb::connect(&config).await.expect("the state database");
+    let written = [(item.as_str(), location.as_str(), 78, 100)];
+    state.intend_levels("demo", &written).await.expect("intend");
+    state
+        .confirm_levels("demo", &written)
+        .await
+        .expect("confirm");
+    let set_level = |on_hand: i64| {
+        let mut st = sim.shop().state.lock();
+        let (i, l) = (
+            st.variant_by_sku("SKU-000004")
+                .expect("variant")
+                .inventory_item_id,
+            st.location_by_name("WH1").expect("WH1").id,
+        );
+        let level = st.levels.get_mut(&(i, l)).expect("level");
+        level.available = on_hand;
+        level.committed = 0;
+    };
+    // Both fulfilments (3 units each) landed after that write.
+    set_level(72);
+    let mut repair = DoubleCountRepair::new(
+        ShopifyInventory {
+            catalog: ShopCatalog::new(api()),
+        },
+        StateDb::connect(&config).await.expect("the state database"),
+    );
+    let shipped = [Shipped {
+        sku: "SKU-000004".into(),
+        location: location.clone(),
+        units: 3,
+    }];
+    let on_hand = || {
+        let st = sim.shop().state.lock();
+        let (i, l) = (
+            st.variant_by_sku("SKU-000004")
+                .expect("variant")
+                .inventory_item_id,
+            st.location_by_name("WH1").expect("WH1").id,
+        );
+        st.levels[&(i, l)].on_hand()
+    };
+    repair
+        .after_fulfil("demo", &shipped, 90)
+        .await
+        .expect("the first shipment's repair");
+    assert_eq!(on_hand(), 78, "put back by both shipments");
+    repair
+        .after_fulfil("demo", &shipped, 95)
+        .await
+        .expect("the second shipment's repair");
+    assert_eq!(on_hand(), 78, "not put back twice");
+    // A shipment after the last write: its fulfilment is the shop's only count.
+    set_level(75);
+    repair
+        .after_fulfil("demo", &shipped, 101)
+        .await
+        .expect("a newer shipment");
+    assert_eq!(on_hand(), 75);
+}

@@ -14,7 +14,7 @@
 //! writes (Shopify), a fulfilment can count a shipment twice with the stock
 //! processor's last write: `DoubleCountRepair` puts it back (see there).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use tokio_util::sync::CancellationToken;
 
@@ -60,12 +60,12 @@ pub async fn run(
                 Ok(StatusToShop {
                     platform: ShopifyOrders::new(ShopCatalog::new(api()?)),
                     channel: shop.name.clone(),
-                    repair: DoubleCountRepair {
-                        levels: ShopifyInventory {
+                    repair: DoubleCountRepair::new(
+                        ShopifyInventory {
                             catalog: ShopCatalog::new(api()?),
                         },
-                        state: StateDb::connect(config).await?,
-                    },
+                        StateDb::connect(config).await?,
+                    ),
                 })
             })
             .await
@@ -126,14 +126,26 @@ impl AfterFulfil for () {
 /// took them off its own stock in the same transaction that shipped the order
 /// (version `shipped_at_version`), and if the stock processor wrote that
 /// already (its last write to the level carries a version at least this one,
-/// `sync::state`), the shop now counts the shipment twice. Then, and only if
-/// the level is exactly the written value minus the shipped units (a
-/// compare-and-set), it is put back to the written value. In the other order —
+/// `sync::state`), the shop now counts the shipment twice. Then a level the
+/// shop shows below the written value is put back to it, compare-and-set on
+/// what was just read. Not "written minus this shipment": when a crash leaves
+/// two fulfilments of one level done before either repair, the level is
+/// written minus both, and each repair's compare would miss. Below the written
+/// value, after it, only fulfilments can take a level (shop sales commit
+/// units, they do not lower `on_hand`) or a hand in the shop admin, which the
+/// stock processor overrides with the ERP's value anyway. In the other order —
 /// fulfilment first — the stock processor's own compare fails, it re-reads and
 /// writes the right number, and nothing is done here.
 pub struct DoubleCountRepair<S> {
     levels: S,
     state: StateDb,
+}
+
+impl<S> DoubleCountRepair<S> {
+    /// Repairs on `levels`, knowing the stock processor's writes from `state`.
+    pub fn new(levels: S, state: StateDb) -> Self {
+        DoubleCountRepair { levels, state }
+    }
 }
 
 impl<S> AfterFulfil for DoubleCountRepair<S>
@@ -152,39 +164,35 @@ where
         }
         let skus: Vec<&str> = shipped.iter().map(|s| s.sku.as_str()).collect();
         let items = self.levels.items(&skus).await?;
-        let mut units: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for s in shipped {
-            if let Some(item) = items.get(&s.sku) {
-                *units.entry((item.clone(), s.location.clone())).or_default() += s.units;
-            }
-        }
-        let pairs: Vec<(String, String)> = units.keys().cloned().collect();
+        // The levels the fulfilment took units from.
+        let pairs: Vec<(String, String)> = shipped
+            .iter()
+            .filter_map(|s| Some((items.get(&s.sku)?.clone(), s.location.clone())))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // The shop first, then our record: a write recorded after the read
+        // only makes the compare below miss, never restore an older value.
+        let shown = self.levels.on_hand(&pairs).await?;
         let written = self.state.load_levels(channel, &pairs).await?;
         // One level per call: each compare stands alone.
-        for (pair, shipped_units) in units {
-            let Some(w) = written.get(&pair) else {
+        for pair in pairs {
+            let (Some(w), Some(&now)) = (written.get(&pair), shown.get(&pair)) else {
                 continue;
             };
-            if w.version < shipped_at_version {
+            if w.version < shipped_at_version || now >= w.quantity {
                 continue;
             }
             let write = OnHandWrite {
                 item: pair.0.clone(),
                 location: pair.1.clone(),
                 on_hand: w.quantity,
-                compare: Some(w.quantity - shipped_units),
+                compare: Some(now),
             };
             let key = {
                 use std::hash::{DefaultHasher, Hash, Hasher};
                 let mut h = DefaultHasher::new();
-                (
-                    channel,
-                    &pair,
-                    shipped_at_version,
-                    w.quantity,
-                    shipped_units,
-                )
-                    .hash(&mut h);
+                (channel, &pair, shipped_at_version, w.quantity, now).hash(&mut h);
                 format!("flywheel-shipment-{:016x}", h.finish())
             };
             match self.levels.set_on_hand(&[write], &key).await? {
