@@ -241,14 +241,17 @@ impl ErpActivity {
         let product = self.rng.one_to(self.size.skus) as i32;
         let warehouse = warehouse_code(self.rng.one_to(self.size.warehouses));
         let delta = (self.rng.next_u64() % 21) as i32 - 10;
-        client
-            .execute(
+        retry_conflicts(|| async {
+            client
+                .execute(
                 "UPDATE stock_quant q SET quantity = greatest(q.quantity + $3::int, q.reserved_quantity, 0), write_date = now()
                  FROM stock_warehouse w
                  WHERE w.code = $2 AND q.location_id = w.lot_stock_id AND q.product_id = $1",
                 &[&product, &warehouse, &delta],
             )
-            .await
+                .await
+        })
+        .await
     }
 
     /// Changes the list price of one product by a few percent.
@@ -270,8 +273,9 @@ impl ErpActivity {
     pub async fn ship_shop_order(&mut self, client: &Client) -> Result<u64, tokio_postgres::Error> {
         let carrier = ["DHL", "UPS", "DPD"][(self.rng.next_u64() % 3) as usize];
         let tracking = format!("{carrier}{:012}", self.rng.next_u64() % 1_000_000_000_000);
-        client
-            .execute(
+        retry_conflicts(|| async {
+            client
+                .execute(
                 "INSERT INTO stock_picking (name, sale_id, state, carrier_name, carrier_tracking_ref, date_done)
                  SELECT 'WH/OUT/' || o.id, o.id, 'done', $1, $2, now()
                  FROM sale_order o
@@ -280,7 +284,39 @@ impl ErpActivity {
                  ORDER BY o.id LIMIT 1",
                 &[&carrier, &tracking],
             )
-            .await
+                .await
+        })
+        .await
+    }
+}
+
+/// Runs one statement again when PostgreSQL aborted it for a deadlock or a
+/// serialization failure, as an ERP's own clients do (Odoo retries such
+/// transactions): a delivery touches the same quants and order lines as an
+/// order being written by the order processor at that moment, and the
+/// database picks one of the two to abort.
+async fn retry_conflicts<F, Fut>(mut run: F) -> Result<u64, tokio_postgres::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+{
+    use tokio_postgres::error::SqlState;
+    let mut attempt = 0u32;
+    loop {
+        match run().await {
+            Err(e)
+                if attempt < 5
+                    && matches!(
+                        e.code(),
+                        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    ) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            done => return done,
+        }
     }
 }
 
