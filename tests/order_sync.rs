@@ -221,23 +221,7 @@ async fn a_shopify_order_whose_webhooks_were_lost_reaches_the_erp_through_the_po
     let orders_in = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::orders_to_erp::run(&c, t).await
     });
-    let stop = tokio_util::sync::CancellationToken::new();
-    let poll = tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move {
-            let shop = config.shops[0].clone();
-            let api = flywheel::shop::admin_api::AdminApi::for_shop(&shop, "order_poll")
-                .expect("a Shopify client");
-            flywheel::shop::order_poll::run(
-                &config,
-                &shop,
-                flywheel::shop::shopify::order_poll::ShopifyOrderFeed(api),
-                Duration::from_millis(500),
-                stop,
-            )
-            .await
-        }
-    });
+    let poll = common::RunningProcessor::order_poll(&config);
     sim.stock_every_level(100);
     let first = sim.place_order_for("SKU-000004", 2).expect("an order");
     let second = sim.place_order_for("SKU-000009", 1).expect("an order");
@@ -258,10 +242,7 @@ async fn a_shopify_order_whose_webhooks_were_lost_reaches_the_erp_through_the_po
         .expect("counting lines")
         .get(0);
     assert_eq!(lines, 2);
-    stop.cancel();
-    poll.await
-        .expect("the poll task")
-        .expect("the poll ends cleanly");
+    poll.stop().await;
     orders_in.stop().await;
 }
 

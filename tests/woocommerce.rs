@@ -186,23 +186,7 @@ async fn orders_whose_webhooks_are_lost_still_reach_the_erp_by_the_poll() {
     let orders_in = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::orders_to_erp::run(&c, t).await
     });
-    let stop = tokio_util::sync::CancellationToken::new();
-    let poll = tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move {
-            let shop = config.shops[0].clone();
-            let client = flywheel::shop::woocommerce::WooClient::for_shop(&shop, "order_poll")
-                .expect("a WooCommerce client");
-            flywheel::shop::order_poll::run(
-                &config,
-                &shop,
-                flywheel::shop::woocommerce::order_poll::WooOrderFeed(client),
-                Duration::from_millis(500),
-                stop,
-            )
-            .await
-        }
-    });
+    let poll = common::RunningProcessor::order_poll(&config);
 
     let mut ids = Vec::new();
     for i in 1..=6 {
@@ -306,10 +290,7 @@ async fn orders_whose_webhooks_are_lost_still_reach_the_erp_by_the_poll() {
     assert_eq!(order(cancelled).status, "cancelled");
     status.stop().await;
 
-    stop.cancel();
-    poll.await
-        .expect("the poller task")
-        .expect("the poller stops cleanly");
+    poll.stop().await;
     orders_in.stop().await;
     source.stop().await;
 }
@@ -426,23 +407,7 @@ async fn woocommerce_counts_hold_a_sale_until_the_erp_reserves_it() {
     let orders_in = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::orders_to_erp::run(&c, t).await
     });
-    let stop = tokio_util::sync::CancellationToken::new();
-    let poll = tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move {
-            let shop = config.shops[0].clone();
-            let client = flywheel::shop::woocommerce::WooClient::for_shop(&shop, "order_poll")
-                .expect("a WooCommerce client");
-            flywheel::shop::order_poll::run(
-                &config,
-                &shop,
-                flywheel::shop::woocommerce::order_poll::WooOrderFeed(client),
-                Duration::from_millis(500),
-                stop,
-            )
-            .await
-        }
-    });
+    let poll = common::RunningProcessor::order_poll(&config);
     wait_for("the order in the ERP", T, || async {
         env.order_states("woostock", order).await.len() == 1
     })
@@ -499,8 +464,7 @@ async fn woocommerce_counts_hold_a_sale_until_the_erp_reserves_it() {
     assert_eq!(sim.stats().batch_items, written, "the replay wrote nothing");
     assert_eq!(sim.stock(), before);
     stock.stop().await;
-    stop.cancel();
-    let _ = poll.await;
+    poll.stop().await;
     orders_in.stop().await;
     source.stop().await;
 }

@@ -771,20 +771,33 @@ impl WiredShop {
 /// A processor running in-process until [`RunningProcessor::stop`].
 pub struct RunningProcessor {
     token: CancellationToken,
-    handle: tokio::task::JoinHandle<Result<(), flywheel::sync::apply_loop::SyncError>>,
+    handle: tokio::task::JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 }
 
 impl RunningProcessor {
-    pub fn spawn<Fut>(
+    /// Runs `run` (a processor, an order poll: anything that runs until its
+    /// token is cancelled) in its own task.
+    pub fn spawn<Fut, E>(
         config: &Config,
         run: impl FnOnce(Config, CancellationToken) -> Fut,
     ) -> RunningProcessor
     where
-        Fut: Future<Output = Result<(), flywheel::sync::apply_loop::SyncError>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
     {
         let token = CancellationToken::new();
-        let handle = tokio::spawn(run(config.clone(), token.clone()));
+        let running = run(config.clone(), token.clone());
+        let handle = tokio::spawn(async move { running.await.map_err(|e| e.into()) });
         RunningProcessor { token, handle }
+    }
+
+    /// The order poll of the configuration's first shop, every second.
+    pub fn order_poll(config: &Config) -> RunningProcessor {
+        let mut config = config.clone();
+        config.shops[0].order_poll_secs = 1;
+        RunningProcessor::spawn(&config, |c, t| async move {
+            flywheel::shop::order_poll::run_for_shop(&c, &c.shops[0].clone(), t).await
+        })
     }
 
     /// Stops it; panics if it had stopped on its own or ends with an error.

@@ -248,61 +248,54 @@ impl AdminApi {
         };
         let url = reqwest::Url::parse_with_params(&url, query)
             .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))?;
-        let mut failures = 0u32;
-        loop {
-            let sent = self
-                .http
-                .get(url.clone())
-                .header("X-Shopify-Access-Token", &self.token)
-                .send()
-                .await;
-            let failure = match sent {
-                Err(e) => match crate::tls_error::rustls_cause(&e) {
-                    Some(cause) => return Err(AdminApiError::Tls(format!("{url}: {cause}"))),
-                    None => format!("request failed: {e}"),
-                },
-                Ok(r) if r.status().as_u16() == 401 => return Err(AdminApiError::Unauthorized),
-                Ok(r) if r.status().as_u16() == 429 => {
-                    self.wait(retry_after(&r)).await;
-                    continue;
-                }
-                Ok(r) if r.status().is_success() => {
-                    return r
-                        .json()
-                        .await
-                        .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")));
-                }
-                Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
-                // 403 (a scope the app lacks), 404: asking again cannot help.
-                Ok(r) => {
-                    return Err(AdminApiError::Protocol(format!(
-                        "{url} answered {}",
-                        r.status()
-                    )));
-                }
-            };
-            self.back_off(&mut failures, failure).await?;
-        }
+        self.get(url.clone(), true)
+            .await?
+            .json()
+            .await
+            .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))
     }
 
     /// Downloads a bulk operation's result file. Its URL is signed storage,
     /// not the Admin API: no token is sent, and it costs nothing.
     pub async fn download(&self, url: &str) -> Result<String, AdminApiError> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))?;
+        self.get(parsed, false)
+            .await?
+            .text()
+            .await
+            .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))
+    }
+
+    /// One GET, `with_token` for the Admin API itself: a 429 waits its
+    /// `Retry-After`, 5xx and connection errors back off as GraphQL calls do;
+    /// any other answer that is not a success is final (403: a scope the app
+    /// lacks; 404: nothing there, or a result file past its seven days).
+    async fn get(
+        &self,
+        url: reqwest::Url,
+        with_token: bool,
+    ) -> Result<reqwest::Response, AdminApiError> {
         let mut failures = 0u32;
         loop {
-            let failure = match self.http.get(url).send().await {
+            let mut request = self.http.get(url.clone());
+            if with_token {
+                request = request.header("X-Shopify-Access-Token", &self.token);
+            }
+            let failure = match request.send().await {
                 Err(e) => match crate::tls_error::rustls_cause(&e) {
                     Some(cause) => return Err(AdminApiError::Tls(format!("{url}: {cause}"))),
-                    None => format!("download failed: {e}"),
+                    None => format!("request failed: {e}"),
                 },
-                Ok(r) if r.status().is_success() => {
-                    return r
-                        .text()
-                        .await
-                        .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")));
+                Ok(r) if with_token && r.status().as_u16() == 401 => {
+                    return Err(AdminApiError::Unauthorized);
                 }
+                Ok(r) if r.status().as_u16() == 429 => {
+                    self.wait(retry_after(&r)).await;
+                    continue;
+                }
+                Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
-                // Expired (results are kept seven days) or never there.
                 Ok(r) => {
                     return Err(AdminApiError::Protocol(format!(
                         "{url} answered {}",
