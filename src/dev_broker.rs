@@ -14,10 +14,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod whole_batch_fetch;
+
 use tansu_broker::NODE_ID;
 use tansu_broker::broker::Broker;
 use tansu_broker::coordinator::group::administrator::Controller;
 use tansu_storage::StorageContainer;
+
+use whole_batch_fetch::WholeBatchFetch;
 
 /// How `flywheel dev-broker` listens.
 #[derive(Clone, Debug, clap::Args)]
@@ -88,24 +92,59 @@ pub async fn run(args: DevBrokerArgs) -> Result<(), DevBrokerError> {
         "development broker (tansu {}, memory storage) starting",
         TANSU_VERSION
     );
-    let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+    if args.authentication {
+        // tansu wires SASL only through its own builder, whose storage is
+        // the plain one. Memory storage holds no users, so nobody gets as far
+        // as a fetch and the storage fix below is not needed.
+        let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+            .node_id(NODE_ID)
+            .cluster_id(CLUSTER_ID)
+            .incarnation_id(uuid::Uuid::now_v7())
+            .advertised_listener(advertised)
+            .storage(memory)
+            .listener(listener)
+            .authentication(true)
+            // Otherwise tansu prints a banner and clears the terminal on exit.
+            .silent(true)
+            .build()
+            .await
+            .map_err(broker_error)?;
+        return broker
+            .main(tokio::time::Instant::now())
+            .await
+            .map(|_| ())
+            .map_err(broker_error);
+    }
+    let storage = StorageContainer::builder()
+        .cluster_id(CLUSTER_ID)
         .node_id(NODE_ID)
-        .cluster_id("flywheel-dev")
-        .incarnation_id(uuid::Uuid::now_v7())
-        .advertised_listener(advertised)
+        .advertised_listener(advertised.clone())
         .storage(memory)
-        .listener(listener)
-        .authentication(args.authentication)
-        // Otherwise tansu prints a banner and clears the terminal on exit.
         .silent(true)
         .build()
         .await
-        .map_err(|e| DevBrokerError::Broker(format!("{e:?}")))?;
-    broker
-        .main(tokio::time::Instant::now())
-        .await
-        .map(|_| ())
-        .map_err(|e| DevBrokerError::Broker(format!("{e:?}")))
+        .map_err(broker_error)?;
+    let storage = WholeBatchFetch::new(storage);
+    let groups = Controller::with_storage(storage.clone()).map_err(broker_error)?;
+    Broker::new(
+        NODE_ID,
+        CLUSTER_ID,
+        listener,
+        advertised,
+        storage,
+        groups,
+        uuid::Uuid::now_v7(),
+    )
+    .main(tokio::time::Instant::now())
+    .await
+    .map(|_| ())
+    .map_err(broker_error)
+}
+
+const CLUSTER_ID: &str = "flywheel-dev";
+
+fn broker_error(e: impl std::fmt::Debug) -> DevBrokerError {
+    DevBrokerError::Broker(format!("{e:?}"))
 }
 
 /// The tansu version built in (Cargo.toml pins it), for the start-up line.

@@ -45,3 +45,78 @@ async fn lag_counts_what_a_group_has_not_committed() {
     processor.stop().await;
     source.stop().await;
 }
+
+/// A group that committed an offset inside a batch the producer sent as one
+/// (every processor commits after each applied batch of events, wherever that
+/// falls) resumes at that offset: the rest of the batch is delivered, not
+/// skipped. tansu 0.6.0 alone skips it (`dev_broker::whole_batch_fetch`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_resuming_inside_a_produced_batch_gets_the_rest_of_it() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let kafka = flywheel::config::KafkaConfig {
+        bootstrap: common::shared().await.broker.bootstrap(),
+        topic_prefix: "mid_batch_resume.".into(),
+        partitions: 1,
+        ..Default::default()
+    };
+    flywheel::bus::topics::ensure_topics(&kafka, &["t"])
+        .await
+        .expect("creating the topic");
+    let topic = kafka.topic("t");
+    // Ten records sent together and lingered on: one batch.
+    let producer: FutureProducer = flywheel::bus::client::client_config(&kafka, "test-producer")
+        .set("linger.ms", "500")
+        .create()
+        .expect("a producer");
+    let sends = (0..10).map(|i| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            let payload = format!("record {i}");
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .partition(0)
+                        .key("k")
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produced")
+        }
+    });
+    let delivered = futures::future::join_all(sends).await;
+    assert_eq!(delivered.iter().map(|d| d.offset).max(), Some(9));
+
+    let consumer = |name: &str| -> BaseConsumer {
+        let c: BaseConsumer = flywheel::bus::client::client_config(&kafka, name)
+            .set("group.id", "mid_batch_resume")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("a consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, 0);
+        c.assign(&tpl).expect("assigning");
+        c
+    };
+    let mut at = TopicPartitionList::new();
+    at.add_partition_offset(&topic, 0, Offset::Offset(4))
+        .expect("an offset");
+    consumer("first")
+        .commit(&at, CommitMode::Sync)
+        .expect("committing offset 4");
+
+    let resumed = consumer("resumed");
+    let mut offsets = Vec::new();
+    let deadline = std::time::Instant::now() + T;
+    while offsets.len() < 6 && std::time::Instant::now() < deadline {
+        if let Some(m) = resumed.poll(Duration::from_millis(200)) {
+            offsets.push(m.expect("a record").offset());
+        }
+    }
+    assert_eq!(offsets, vec![4, 5, 6, 7, 8, 9], "records after the commit");
+}
