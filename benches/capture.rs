@@ -3,6 +3,7 @@
 //!
 //! `cargo bench --bench capture` (env: BENCH_ERP = postgres | mariadb | both,
 //! default both; BENCH_SKUS, BENCH_RATE, BENCH_SECONDS, BENCH_BURST_TXNS,
+//! BENCH_QUERY_CONNECTIONS (PostgreSQL: `erp.query_connections`),
 //! BENCH_ROWS_PER_TXN). Starts its own PostgreSQL, MariaDB and tansu.
 //!
 //! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,
@@ -132,6 +133,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
     let mut config = Config::default();
     config.erp.dsn = dsn.clone();
     config.erp.status_interval_ms = 100;
+    config.erp.query_connections = env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
     config.kafka.bootstrap = broker.bootstrap();
     config.kafka.topic_prefix = "postgres.".into();
     config.metrics.listen = String::new();

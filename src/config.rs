@@ -98,6 +98,10 @@ pub struct ErpConfig {
     pub batch_keys: usize,
     /// Upper bound of transactions merged into one re-read under load.
     pub max_batch_transactions: usize,
+    /// PostgreSQL: connections the streaming source runs the connector's key
+    /// and model queries on, in turn. Under load those queries are most of
+    /// the capture's time, and one connection is one server process, one core.
+    pub query_connections: usize,
     /// MariaDB/MySQL: the server id Flywheel registers as a replica with. It
     /// must differ from the server's and from every other replica's.
     pub server_id: u32,
@@ -127,6 +131,7 @@ impl Default for ErpConfig {
             heartbeat_interval_ms: 10_000,
             batch_keys: 1_000,
             max_batch_transactions: 500,
+            query_connections: 2,
             server_id: 4_171_001,
             state_database: "flywheel".into(),
         }
@@ -962,8 +967,13 @@ impl Config {
                 "processors.instance_id may contain only letters, digits, '.', '_' and '-'",
             );
         }
-        if self.erp.batch_keys == 0 || self.erp.max_batch_transactions == 0 {
-            return bad("erp.batch_keys and erp.max_batch_transactions must be at least 1");
+        if self.erp.batch_keys == 0
+            || self.erp.max_batch_transactions == 0
+            || self.erp.query_connections == 0
+        {
+            return bad(
+                "erp.batch_keys, erp.max_batch_transactions and erp.query_connections must be at least 1",
+            );
         }
         if self.erp.slot.is_empty()
             || !self

@@ -2,6 +2,8 @@
 //! once per connection and checked against the connector's contract, keys
 //! and trigger columns passed as one `text[]` per part.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
@@ -20,19 +22,56 @@ struct Named {
 }
 
 /// Prepared statements on one connection (statements are per connection).
-pub struct PgQueries {
+struct Prepared {
     client: Client,
     model: Vec<Named>,
     all_keys: Vec<Named>,
     triggers: Vec<Vec<Named>>,
 }
 
+/// The connector's statements on one or more connections. Queries go to the
+/// connections in turn: the re-reads of a large batch are the connector's
+/// SQL, and on one connection they use one server process, one core.
+pub struct PgQueries {
+    conns: Vec<Prepared>,
+    next: AtomicUsize,
+}
+
 impl PgQueries {
-    /// Prepares every statement on `client` and checks each against the
-    /// connector's contract (parameters, returned columns and their types), so
-    /// a broken connector fails at start with the entity and column named.
-    pub async fn prepare(client: Client, models: &EntityModels) -> Result<PgQueries, ModelError> {
-        let mut q = PgQueries {
+    /// Prepares every statement on each of `clients` (at least one) and checks
+    /// each against the connector's contract (parameters, returned columns and
+    /// their types), so a broken connector fails at start with the entity and
+    /// column named. A snapshot read passes one client: its transaction is
+    /// the snapshot.
+    pub async fn prepare(
+        clients: Vec<Client>,
+        models: &EntityModels,
+    ) -> Result<PgQueries, ModelError> {
+        let mut conns = Vec::with_capacity(clients.len());
+        for client in clients {
+            conns.push(Prepared::new(client, models).await?);
+        }
+        assert!(!conns.is_empty(), "PgQueries needs a connection");
+        Ok(PgQueries {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The first connection, for what else the source runs on it.
+    pub fn client(&self) -> &Client {
+        &self.conns[0].client
+    }
+
+    fn conn(&self) -> &Prepared {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        &self.conns[i]
+    }
+}
+
+impl Prepared {
+    async fn new(client: Client, models: &EntityModels) -> Result<Prepared, ModelError> {
+        let mut q = Prepared {
             client,
             model: Vec::new(),
             all_keys: Vec::new(),
@@ -65,11 +104,6 @@ impl PgQueries {
         Ok(q)
     }
 
-    /// The connection, for what else the source runs on it.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     async fn query(
         &self,
         s: &Named,
@@ -98,7 +132,8 @@ impl ModelQueries for PgQueries {
         trigger: usize,
         rows: &[TriggerRow],
     ) -> Result<Vec<TextRow>, ModelError> {
-        let s = &self.triggers[entity][trigger];
+        let c = self.conn();
+        let s = &c.triggers[entity][trigger];
         let columns: Vec<Vec<Option<&str>>> = (0..s.params)
             .map(|c| {
                 rows.iter()
@@ -106,15 +141,17 @@ impl ModelQueries for PgQueries {
                     .collect()
             })
             .collect();
-        self.query(s, &columns).await
+        c.query(s, &columns).await
     }
 
     async fn all_keys(&self, entity: usize) -> Result<Vec<TextRow>, ModelError> {
-        self.query(&self.all_keys[entity], &[]).await
+        let c = self.conn();
+        c.query(&c.all_keys[entity], &[]).await
     }
 
     async fn model(&self, entity: usize, keys: &[EntityKey]) -> Result<Vec<TextRow>, ModelError> {
-        let s = &self.model[entity];
+        let c = self.conn();
+        let s = &c.model[entity];
         let arrays: Vec<Vec<Option<&str>>> = (0..s.params)
             .map(|i| {
                 keys.iter()
@@ -122,13 +159,13 @@ impl ModelQueries for PgQueries {
                     .collect()
             })
             .collect();
-        self.query(s, &arrays).await
+        c.query(s, &arrays).await
     }
 
     async fn wait_visible(&self, txns: &[&CommittedTxn]) -> Result<(), ModelError> {
         // A Begin's xid is 32 bits; `txid` only widens it.
         let xids: Vec<u32> = txns.iter().map(|t| t.txid as u32).collect();
-        super::visibility::wait_until_visible(&self.client, &xids)
+        super::visibility::wait_until_visible(self.client(), &xids)
             .await
             .map_err(|e| ModelError::Visibility {
                 reason: format!("pg_current_snapshot(): {}", db_error_text(&e)),

@@ -137,6 +137,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         SlotState::SnapshotIncomplete => unreachable!("handled above"),
     };
 
+    let mut query_clients = vec![client];
+    while query_clients.len() < config.erp.query_connections {
+        query_clients.push(connect_client(&pg, &tls).await?);
+    }
     let _streaming = Streaming::start();
     let (txn_tx, txn_rx) = mpsc::channel::<CommittedTxn>(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(Position::from(start));
@@ -149,7 +153,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         start,
     };
     let processor = Processor {
-        queries: PgQueries::prepare(client, &models).await?,
+        queries: PgQueries::prepare(query_clients, &models).await?,
         models,
         producer,
         confirmed: confirmed_tx,

@@ -28,7 +28,7 @@ pub async fn take_snapshot(
             slot.snapshot_name
         ))
         .await?;
-    let queries = PgQueries::prepare(client, models).await?;
+    let queries = PgQueries::prepare(vec![client], models).await?;
     let version = Position::from(slot.consistent_point);
     let total = produce_snapshot(&queries, models, producer, version, batch_keys).await?;
     queries.client().batch_execute("COMMIT").await?;
@@ -56,7 +56,7 @@ pub async fn read_consistent(
             created.snapshot_name
         ))
         .await?;
-    let queries = PgQueries::prepare(client, models).await?;
+    let queries = PgQueries::prepare(vec![client], models).await?;
     let version = Position::from(created.consistent_point);
     let truth = read_truth(&queries, models, wanted, only, version, batch_keys).await?;
     queries.client().batch_execute("COMMIT").await?;
