@@ -35,18 +35,36 @@ pub struct EventProducer {
     topic_prefix: String,
 }
 
+/// How long a role's producer lets records gather before sending a batch.
+/// The gateway answers each webhook only after its records are acknowledged,
+/// and hundreds of requests in flight fill batches by themselves, so waiting
+/// would only add to every answer (measured at 16 concurrent clients: 5,138
+/// webhooks/s, p50 2.8 ms with 0 ms; 2,454/s, p50 6.6 ms with 5 ms). The
+/// source and the processors enqueue whole batches at once, where a few
+/// milliseconds buy fewer, larger requests.
+fn linger_ms(role: &str) -> String {
+    match role {
+        "gateway" => "0",
+        _ => "5",
+    }
+    .to_owned()
+}
+
 impl EventProducer {
     pub fn new(kafka: &KafkaConfig, role: &str) -> Result<Self, BusError> {
-        let inner: FutureProducer = super::client::client_config(kafka, role)
+        let mut config = super::client::client_config(kafka, role);
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
-            .create()
-            .map_err(|source| BusError::Client {
-                bootstrap: kafka.bootstrap.clone(),
-                source: Box::new(source),
-            })?;
+            .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
+        // `[kafka.librdkafka] linger.ms` is the operator's to tune; without it, each role's own.
+        if !kafka.librdkafka.contains_key("linger.ms") {
+            config.set("linger.ms", linger_ms(role));
+        }
+        let inner: FutureProducer = config.create().map_err(|source| BusError::Client {
+            bootstrap: kafka.bootstrap.clone(),
+            source: Box::new(source),
+        })?;
         Ok(EventProducer {
             inner,
             bootstrap: kafka.bootstrap.clone(),
