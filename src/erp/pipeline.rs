@@ -2,17 +2,13 @@
 //! acknowledged events.
 //!
 //! The [`Processor`] merges the transactions waiting for it (one under light
-//! load, many under heavy load), resolves the touched entity keys with one
-//! query per trigger, re-reads their current values in batches through the
-//! database's [`ModelQueries`], produces one event per key (versioned by the
-//! batch's newest transaction that touched its trigger table: see
-//! [`merge_touched`]), waits for Kafka's acknowledgements, and only then
-//! publishes the batch's resume position, which the source's reader stores or
-//! reports to the database. A crash therefore replays from the last stored
-//! position: events may repeat, none are skipped. A replay may batch
-//! differently and label a key with an older version than its first delivery
-//! did; the processors' version guard skips it, and every later transaction
-//! still produces its own, newer event.
+//! load, many under heavy load), resolves the touched entity keys, re-reads
+//! their current values in batches through the database's [`ModelQueries`],
+//! produces one event per key with the newest touching transaction's version,
+//! waits for Kafka's acknowledgements, and only then publishes the batch's
+//! resume position, which the source's reader stores or reports to the
+//! database. A crash therefore replays from the last stored position: events
+//! may repeat (with the same versions), none are skipped.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
@@ -24,7 +20,7 @@ use futures::future::try_join_all;
 use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
 
-use super::committed::{CommittedTxn, TriggerRow};
+use super::committed::CommittedTxn;
 use super::entity_model::{Entity, EntityKey, EntityModels, EntityValue, Unmappable};
 use super::model_queries::ModelQueries;
 use super::position::Position;
@@ -173,40 +169,6 @@ struct Touch {
     commit_ts_micros: i64,
 }
 
-/// The batch's trigger rows merged per (entity, trigger), each with the index
-/// of the newest transaction that touched that trigger, and the entities
-/// truncated with the newest truncating transaction. That transaction's
-/// version labels every key the rows resolve to: it is never older than the
-/// change that touched the key, and the values are re-read once the whole
-/// batch is visible, so each event's value is at least as new as its version
-/// (what the processors' version guard and reconciliation rely on).
-#[allow(clippy::type_complexity)]
-fn merge_touched(
-    batch: &[CommittedTxn],
-) -> (
-    BTreeMap<(usize, usize), (Vec<TriggerRow>, usize)>,
-    BTreeMap<usize, usize>,
-) {
-    let mut rows: BTreeMap<(usize, usize), (HashSet<&TriggerRow>, usize)> = BTreeMap::new();
-    let mut truncated = BTreeMap::new();
-    // A batch is in stream order: a later index is a newer transaction.
-    for (t, txn) in batch.iter().enumerate() {
-        for (&trigger, touched) in &txn.touched {
-            let e = rows.entry(trigger).or_default();
-            e.0.extend(touched);
-            e.1 = t;
-        }
-        for &entity in &txn.truncated {
-            truncated.insert(entity, t);
-        }
-    }
-    let rows = rows
-        .into_iter()
-        .map(|(trigger, (rows, t))| (trigger, (rows.into_iter().cloned().collect(), t)))
-        .collect();
-    (rows, truncated)
-}
-
 impl<Q: ModelQueries> Processor<Q> {
     /// Batches waiting for acks at once: the next batch is re-read while the
     /// previous one is in flight, and positions are confirmed strictly in order.
@@ -267,36 +229,39 @@ impl<Q: ModelQueries> Processor<Q> {
         // (Flywheel's own writes and heartbeats carry nothing to read).
         let readable: Vec<&CommittedTxn> = batch.iter().filter(|t| t.has_work()).collect();
         self.queries.wait_visible(&readable).await?;
-        // One key query per trigger (and chunk of `batch_keys` rows) for the
-        // whole batch, not one per transaction: under load a batch holds
-        // hundreds of transactions, and the round trips were most of the
-        // source's time. The queries run pipelined on one connection.
-        let (by_trigger, truncated) = merge_touched(batch);
+        // Resolve keys per transaction, so each key gets the version of the
+        // newest transaction that touched *it*. Other processors compare
+        // versions across entities (a fulfilment's repair asks whether the
+        // stock write it sees already counted the shipment's transaction), so
+        // a label taken from the batch, not the key, breaks them: one query
+        // per trigger for a whole batch needs the key queries to say which
+        // row each key came from. The queries run pipelined, on the source's
+        // query connections in turn.
         let mut lookups = Vec::new();
-        for (&trigger, (rows, t)) in &by_trigger {
-            let t = *t;
-            for chunk in rows.chunks(self.batch_keys) {
+        for (t, txn) in batch.iter().enumerate() {
+            for (&trigger, rows) in &txn.touched {
+                let rows: Vec<_> = rows.iter().cloned().collect();
                 lookups.push(
                     async move {
                         models
-                            .keys_for_rows(&self.queries, trigger, chunk)
+                            .keys_for_rows(&self.queries, trigger, &rows)
                             .await
                             .map(|r| (t, trigger.0, r))
                     }
                     .boxed(),
                 );
             }
-        }
-        for (entity, t) in truncated {
-            lookups.push(
-                async move {
-                    models
-                        .all_keys(&self.queries, entity)
-                        .await
-                        .map(|keys| (t, entity, (keys, Vec::new())))
-                }
-                .boxed(),
-            );
+            for &entity in &txn.truncated {
+                lookups.push(
+                    async move {
+                        models
+                            .all_keys(&self.queries, entity)
+                            .await
+                            .map(|keys| (t, entity, (keys, Vec::new())))
+                    }
+                    .boxed(),
+                );
+            }
         }
         let resolved = try_join_all(lookups).await?;
 
