@@ -16,6 +16,19 @@ pub struct ApiMetrics {
     pub throttle_wait: CounterVec,
 }
 
+/// Counts time `processor` spent gathering a batch because the shop's budget
+/// could not yet afford its write. That wait replaces the one the write would
+/// have spent before sending, so it is a throttle wait like the calls' own:
+/// without it a shop held at its rate limit would show none.
+pub fn record_budget_wait(processor: &str, shop: &str, waited: Duration) {
+    if !waited.is_zero() {
+        metrics()
+            .throttle_wait
+            .with_label_values(&[processor, shop])
+            .inc_by(waited.as_secs_f64());
+    }
+}
+
 /// Requests of `processor` the shop answered successfully, so far: a
 /// processor that keeps getting answers is working, however slowly its batch
 /// goes under the rate limit.
@@ -49,7 +62,7 @@ pub fn metrics() -> &'static ApiMetrics {
         throttle_wait: register_counter_vec!(
             Opts::new(
                 "flywheel_shop_api_throttle_wait_seconds_total",
-                "Seconds spent waiting for rate-limit budget (before sending, THROTTLED, 429)"
+                "Seconds spent waiting for rate-limit budget (gathering a batch or before sending, THROTTLED, 429)"
             ),
             &["processor", "shop"]
         )

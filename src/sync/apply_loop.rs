@@ -380,8 +380,9 @@ async fn run<A: Applier>(
         let mut keys: HashSet<Vec<u8>> = HashSet::new();
         keys.insert(first.key().unwrap_or_default().to_vec());
         let mut batch = vec![first];
-        let deadline =
-            tokio::time::Instant::now() + wait.max(applier.ready_in().min(MAX_BUDGET_GATHER));
+        let gather_start = tokio::time::Instant::now();
+        let budget_wait = applier.ready_in().min(MAX_BUDGET_GATHER);
+        let deadline = gather_start + wait.max(budget_wait);
         while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(msg) => {
@@ -391,6 +392,13 @@ async fn run<A: Applier>(
                 }
                 Err(_) => break,
             }
+        }
+        if budget_wait > wait {
+            let waited = gather_start
+                .elapsed()
+                .saturating_sub(wait)
+                .min(budget_wait - wait);
+            crate::shop::api::record_budget_wait(A::ENTITY, shop, waited);
         }
 
         let mut letters = Vec::new();
