@@ -412,3 +412,108 @@ async fn bulk_queries_export_everything_once_and_bad_ones_are_refused() {
         "{refused:?}"
     );
 }
+
+/// Bulk mutations against the simulator: variables are staged and uploaded,
+/// every line runs, each result names its line (a refused line carries its
+/// own errors and does not stop the others); a second client's mutation
+/// waits for the running one and then runs too; a mutation Shopify cannot
+/// run in bulk is refused, final; the lines cost no points.
+#[tokio::test]
+async fn bulk_mutations_run_every_line_one_at_a_time_and_bad_ones_are_refused() {
+    use flywheel::shop::shopify::bulk::run_mutation;
+    let shop = sim(1000.0, 100.0).await;
+    shop.set_faults(
+        ApiFaults {
+            bulk_latency_ms: 500,
+            ..ApiFaults::default()
+        },
+        WebhookFaults::default(),
+    );
+    let variant = |sku: &str| {
+        let st = shop.shop().state.lock();
+        let v = st.variant_by_sku(sku).expect("a seeded SKU");
+        (
+            format!("gid://shopify/Product/{}", v.product_id),
+            format!("gid://shopify/ProductVariant/{}", v.id),
+        )
+    };
+    let update = "mutation($p: ID!, $v: [ProductVariantsBulkInput!]!) { productVariantsBulkUpdate(productId: $p, variants: $v) { userErrors { field message } } }";
+    let line = |sku: &str, price: &str| {
+        let (p, v) = variant(sku);
+        json!({"p": p, "v": [{"id": v, "price": price}]})
+    };
+    let first = vec![
+        line("SKU-000001", "11.00"),
+        json!({"p": "gid://shopify/Product/999999", "v": [{"id": "gid://shopify/ProductVariant/999999", "price": "1.00"}]}),
+        line("SKU-000002", "12.00"),
+    ];
+    let second = vec![line("SKU-000003", "13.00")];
+    let cost_before = shop.stats()["api"]["cost_used"].as_u64().unwrap();
+    let (a, b) = (client(&shop), client(&shop));
+    let patience = Duration::from_secs(30);
+    let (r1, r2) = tokio::join!(
+        run_mutation(&a, update, &first, patience),
+        run_mutation(&b, update, &second, patience)
+    );
+    let (r1, r2) = (r1.expect("a bulk mutation"), r2.expect("a bulk mutation"));
+    assert_eq!(
+        shop.shop().bulk.started(),
+        2,
+        "both ran, one after the other"
+    );
+    assert_eq!(r1.len(), 3);
+    for (n, line) in r1.iter().enumerate() {
+        assert_eq!(line["__lineNumber"], n, "{line}");
+    }
+    let errors = |l: &Value| l["data"]["productVariantsBulkUpdate"]["userErrors"].clone();
+    assert_eq!(errors(&r1[0]), json!([]));
+    assert_ne!(
+        errors(&r1[1]),
+        json!([]),
+        "the unknown product is refused: {}",
+        r1[1]
+    );
+    assert_eq!(errors(&r1[2]), json!([]));
+    assert_eq!(errors(&r2[0]), json!([]));
+    {
+        let st = shop.shop().state.lock();
+        let price = |sku: &str| st.variant_by_sku(sku).expect("SKU").price.clone();
+        assert_eq!(
+            (
+                price("SKU-000001"),
+                price("SKU-000002"),
+                price("SKU-000003")
+            ),
+            ("11.00".into(), "12.00".into(), "13.00".into())
+        );
+    }
+    let spent = shop.stats()["api"]["cost_used"].as_u64().unwrap() - cost_before;
+    assert!(
+        spent < 60,
+        "staging, starting and polling two operations cost {spent} points; the lines none"
+    );
+
+    let refused = run_mutation(
+        &a,
+        "mutation { bulkOperationRunQuery(query: \"{ shop { id } }\") { userErrors { message } } }",
+        &second,
+        patience,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(AdminApiError::GraphQl(m)) if m.contains("INVALID_MUTATION")),
+        "{refused:?}"
+    );
+    // An upload to a target that was never staged is refused by the storage.
+    let form = reqwest::multipart::Form::new()
+        .text("key", "tmp/1/bulk/never-staged.jsonl")
+        .text("file", "{}\n");
+    let status = reqwest::Client::new()
+        .post(format!("{}/_sim/staged-uploads", shop.base_url()))
+        .multipart(form)
+        .send()
+        .await
+        .expect("the upload answers")
+        .status();
+    assert_eq!(status, 403);
+}

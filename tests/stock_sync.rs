@@ -145,7 +145,7 @@ async fn a_first_full_sync_maps_the_catalogue_with_one_bulk_export() {
     let export = sim
         .shop()
         .bulk
-        .current()
+        .current(shopsim::bulk::OpKind::Query)
         .expect("the catalogue was exported in bulk");
     assert_eq!(export.status, "COMPLETED");
     assert_eq!(export.root_object_count, u64::from(SKUS));

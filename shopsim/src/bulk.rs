@@ -1,13 +1,22 @@
-//! Bulk query operations, as Shopify runs them: `bulkOperationRunQuery`
-//! accepts a query over a whole connection (no `first`/`after`: every node),
-//! runs it in the background outside the cost limit, and
-//! `currentBulkOperation` reports its status and, once `COMPLETED`, the `url`
-//! of a JSONL file: one line per node of every connection, a nested
-//! connection's nodes on their own lines after their parent, naming it in
-//! `__parentId`. One bulk query runs at a time per shop.
+//! Bulk operations, as Shopify runs them, in the background and outside the
+//! cost limit; `currentBulkOperation(type:)` reports each kind's newest
+//! operation and, once `COMPLETED`, the `url` of its JSONL result.
 //!
-//! The query runs through the shop's own schema (`graphql`), so it sees every
-//! field the simulator has; [`BULK`] lifts the page limit while it runs.
+//! - Queries (`bulkOperationRunQuery`): a query over a whole connection (no
+//!   `first`/`after`: every node). The file has one line per node of every
+//!   connection, a nested connection's nodes on their own lines after their
+//!   parent, naming it in `__parentId`.
+//! - Mutations (`bulkOperationRunMutation`): one mutation, run once per line
+//!   of a JSONL file of variables uploaded beforehand (`stagedUploadsCreate`,
+//!   then a multipart POST to the staged target, at most
+//!   [`MAX_UPLOAD_BYTES`]). The file has one line per input line:
+//!   `{"data": …, "__lineNumber": n}` (with `errors` when it had any).
+//!
+//! One operation of each kind runs at a time per shop (Shopify's limit before
+//! API version 2026-01); a query and a mutation may run together.
+//!
+//! Operations run through the shop's own schema (`graphql`), so they see every
+//! field the simulator has; [`BULK`] lifts the page limit while they run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,10 +37,32 @@ pub fn in_bulk() -> bool {
     BULK.try_with(|b| *b).unwrap_or(false)
 }
 
+/// Shopify's limit on a bulk mutation's variables file.
+pub const MAX_UPLOAD_BYTES: usize = 100 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Query,
+    Mutation,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Query => "QUERY",
+            OpKind::Mutation => "MUTATION",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BulkOp {
     pub id: u64,
+    pub kind: OpKind,
+    /// The query, or the mutation run once per line.
     pub query: String,
+    /// A mutation's variables file (`stagedUploadsCreate`'s key).
+    pub staged_path: Option<String>,
     /// CREATED, RUNNING, COMPLETED or FAILED.
     pub status: &'static str,
     pub error_code: Option<String>,
@@ -52,6 +83,8 @@ impl BulkOp {
 pub struct BulkOps {
     ops: Mutex<Vec<BulkOp>>,
     files: Mutex<HashMap<u64, Arc<String>>>,
+    /// Staged uploads by key: `None` until the file arrives.
+    uploads: Mutex<HashMap<String, Option<Arc<String>>>>,
     jobs: mpsc::UnboundedSender<u64>,
     base_url: Mutex<String>,
     latency: Mutex<std::time::Duration>,
@@ -64,6 +97,7 @@ impl BulkOps {
         let ops = BulkOps {
             ops: Mutex::default(),
             files: Mutex::default(),
+            uploads: Mutex::default(),
             jobs,
             base_url: Mutex::default(),
             latency: Mutex::default(),
@@ -90,20 +124,67 @@ impl BulkOps {
         self.ops.lock().len()
     }
 
-    /// The newest operation.
-    pub fn current(&self) -> Option<BulkOp> {
-        self.ops.lock().last().cloned()
+    /// Where staged uploads are posted.
+    pub fn upload_url(&self) -> String {
+        format!("{}/_sim/staged-uploads", self.base_url.lock())
     }
 
-    /// Starts `query` as operation `id`; `Err` is the id of the running one.
-    pub fn start(&self, id: u64, query: String, now: String) -> Result<BulkOp, u64> {
+    /// Reserves a staged upload's key (`stagedUploadsCreate`).
+    pub fn stage(&self, key: String) {
+        self.uploads.lock().insert(key, None);
+    }
+
+    /// Stores an upload's file under its staged key; `false` for a key never
+    /// staged.
+    pub fn store_upload(&self, key: &str, text: String) -> bool {
+        match self.uploads.lock().get_mut(key) {
+            Some(slot) => {
+                *slot = Some(Arc::new(text));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The file uploaded under `key`, if it arrived.
+    pub fn upload(&self, key: &str) -> Option<Arc<String>> {
+        self.uploads.lock().get(key).cloned().flatten()
+    }
+
+    /// Operation `id`.
+    pub fn get(&self, id: u64) -> Option<BulkOp> {
+        self.ops.lock().iter().find(|o| o.id == id).cloned()
+    }
+
+    /// The newest operation of `kind`.
+    pub fn current(&self, kind: OpKind) -> Option<BulkOp> {
+        self.ops
+            .lock()
+            .iter()
+            .rev()
+            .find(|o| o.kind == kind)
+            .cloned()
+    }
+
+    /// Starts operation `id` (a query, or a mutation over the file staged at
+    /// `staged_path`); `Err` is the id of the running one of its kind.
+    pub fn start(
+        &self,
+        id: u64,
+        kind: OpKind,
+        query: String,
+        staged_path: Option<String>,
+        now: String,
+    ) -> Result<BulkOp, u64> {
         let mut ops = self.ops.lock();
-        if let Some(running) = ops.iter().find(|o| o.running()) {
+        if let Some(running) = ops.iter().find(|o| o.kind == kind && o.running()) {
             return Err(running.id);
         }
         let op = BulkOp {
             id,
+            kind,
             query,
+            staged_path,
             status: "CREATED",
             error_code: None,
             object_count: 0,
@@ -137,13 +218,7 @@ pub async fn run(
     now: fn() -> String,
 ) {
     while let Some(id) = jobs.recv().await {
-        let Some(query) = bulk
-            .ops
-            .lock()
-            .iter()
-            .find(|o| o.id == id)
-            .map(|o| o.query.clone())
-        else {
+        let Some(op) = bulk.ops.lock().iter().find(|o| o.id == id).cloned() else {
             continue;
         };
         bulk.update(id, |o| o.status = "RUNNING");
@@ -151,12 +226,18 @@ pub async fn run(
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let response = BULK
-            .scope(true, schema.execute(async_graphql::Request::new(query)))
-            .await;
-        let data = serde_json::to_value(&response.data).unwrap_or(Value::Null);
-        match (response.errors.is_empty(), to_jsonl(&data)) {
-            (true, Ok(out)) => {
+        let result = match op.kind {
+            OpKind::Query => run_query(&schema, &op.query).await,
+            OpKind::Mutation => {
+                let file = op.staged_path.as_deref().and_then(|p| bulk.upload(p));
+                match file {
+                    Some(file) => Ok(run_mutation(&schema, &op.query, &file).await),
+                    None => Err("the staged file is gone".to_owned()),
+                }
+            }
+        };
+        match result {
+            Ok(out) => {
                 let size = out.text.len() as u64;
                 bulk.files.lock().insert(id, Arc::new(out.text));
                 bulk.update(id, |o| {
@@ -167,14 +248,8 @@ pub async fn run(
                     o.completed_at = Some(now());
                 });
             }
-            (errors_empty, shape) => {
-                tracing::warn!(
-                    id,
-                    errors = ?response.errors,
-                    shape = ?shape.err(),
-                    errors_empty,
-                    "bulk query failed"
-                );
+            Err(reason) => {
+                tracing::warn!(id, %reason, "bulk operation failed");
                 bulk.update(id, |o| {
                     o.status = "FAILED";
                     o.error_code = Some("INTERNAL_SERVER_ERROR".into());
@@ -183,6 +258,61 @@ pub async fn run(
             }
         }
     }
+}
+
+async fn run_query(schema: &ShopSchema, query: &str) -> Result<Jsonl, String> {
+    let response = BULK
+        .scope(true, schema.execute(async_graphql::Request::new(query)))
+        .await;
+    if !response.errors.is_empty() {
+        return Err(format!("{:?}", response.errors));
+    }
+    to_jsonl(&serde_json::to_value(&response.data).unwrap_or(Value::Null))
+}
+
+/// Runs `mutation` once per line of `variables`; a line's errors go into its
+/// result line, as Shopify reports them, and do not stop the others.
+async fn run_mutation(schema: &ShopSchema, mutation: &str, variables: &str) -> Jsonl {
+    let mut out = Jsonl {
+        text: String::new(),
+        objects: 0,
+        roots: 0,
+    };
+    for (n, line) in variables.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut result = serde_json::Map::new();
+        match serde_json::from_str::<Value>(line) {
+            Ok(vars) => {
+                let request = async_graphql::Request::new(mutation)
+                    .variables(async_graphql::Variables::from_json(vars));
+                let response = BULK.scope(true, schema.execute(request)).await;
+                result.insert(
+                    "data".into(),
+                    serde_json::to_value(&response.data).unwrap_or(Value::Null),
+                );
+                if !response.errors.is_empty() {
+                    result.insert(
+                        "errors".into(),
+                        serde_json::to_value(&response.errors).unwrap_or(Value::Null),
+                    );
+                }
+            }
+            Err(e) => {
+                result.insert(
+                    "errors".into(),
+                    serde_json::json!([{"message": format!("line is not JSON: {e}")}]),
+                );
+            }
+        }
+        result.insert("__lineNumber".into(), Value::from(n));
+        out.text.push_str(&Value::Object(result).to_string());
+        out.text.push('\n');
+        out.objects += 1;
+        out.roots += 1;
+    }
+    out
 }
 
 /// A bulk query's result as JSONL.

@@ -550,17 +550,19 @@ pub struct QueryRoot;
 
 #[Object]
 impl QueryRoot {
-    /// The app's newest bulk operation (one bulk query runs at a time).
+    /// The app's newest bulk operation of a kind (queries by default; one of
+    /// each kind runs at a time).
     async fn current_bulk_operation(
         &self,
         ctx: &Context<'_>,
         #[graphql(name = "type")] kind: Option<BulkOperationType>,
     ) -> Option<BulkOperationGql> {
-        if kind == Some(BulkOperationType::Mutation) {
-            return None;
-        }
+        let kind = match kind {
+            Some(BulkOperationType::Mutation) => crate::bulk::OpKind::Mutation,
+            _ => crate::bulk::OpKind::Query,
+        };
         let bulk = &shop(ctx).bulk;
-        bulk.current().map(|op| BulkOperationGql::of(op, bulk))
+        bulk.current(kind).map(|op| BulkOperationGql::of(op, bulk))
     }
 
     async fn shop(&self, ctx: &Context<'_>) -> ShopInfo {
@@ -635,6 +637,13 @@ impl QueryRoot {
                 .collect()
         };
         paginate(items, after, first, last).await
+    }
+
+    /// One bulk operation of the app, by id (API version 2026-01 and later).
+    async fn bulk_operation(&self, ctx: &Context<'_>, id: ID) -> Result<Option<BulkOperationGql>> {
+        let op = parse_gid("BulkOperation", &id).ok_or_else(|| bad_id("BulkOperation", &id))?;
+        let bulk = &shop(ctx).bulk;
+        Ok(bulk.get(op).map(|op| BulkOperationGql::of(op, bulk)))
     }
 
     async fn inventory_item(&self, ctx: &Context<'_>, id: ID) -> Result<Option<InventoryItemGql>> {
@@ -805,7 +814,7 @@ impl BulkOperationGql {
         BulkOperationGql {
             id: ID(gid("BulkOperation", op.id)),
             status: op.status.to_owned(),
-            kind: "QUERY".to_owned(),
+            kind: op.kind.as_str().to_owned(),
             query: op.query,
             error_code: op.error_code,
             object_count: op.object_count.to_string(),
@@ -820,6 +829,55 @@ impl BulkOperationGql {
 }
 
 #[derive(SimpleObject)]
+pub struct BulkOperationRunMutationPayload {
+    bulk_operation: Option<BulkOperationGql>,
+    user_errors: Vec<UserError>,
+}
+
+/// What `stagedUploadsCreate` can stage here: a bulk mutation's variables.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum StagedUploadTargetGenerateUploadResource {
+    BulkMutationVariables,
+    Image,
+    File,
+    Video,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum StagedUploadHttpMethodType {
+    Post,
+    Put,
+}
+
+#[derive(InputObject)]
+pub struct StagedUploadInput {
+    resource: StagedUploadTargetGenerateUploadResource,
+    filename: String,
+    mime_type: String,
+    http_method: Option<StagedUploadHttpMethodType>,
+    file_size: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct StagedUploadParameter {
+    name: String,
+    value: String,
+}
+
+#[derive(SimpleObject)]
+pub struct StagedMediaUploadTarget {
+    url: Option<String>,
+    resource_url: Option<String>,
+    parameters: Vec<StagedUploadParameter>,
+}
+
+#[derive(SimpleObject)]
+pub struct StagedUploadsCreatePayload {
+    staged_targets: Option<Vec<StagedMediaUploadTarget>>,
+    user_errors: Vec<UserError>,
+}
+
+#[derive(SimpleObject)]
 pub struct BulkOperationRunQueryPayload {
     bulk_operation: Option<BulkOperationGql>,
     user_errors: Vec<UserError>,
@@ -830,6 +888,37 @@ pub struct UserError {
     field: Option<Vec<String>>,
     message: String,
     code: Option<String>,
+}
+
+/// A bulk mutation runs exactly one mutation field, and not one that starts
+/// or stages other bulk work.
+fn bulk_mutation_shape(mutation: &str) -> Result<(), String> {
+    use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+    let doc = async_graphql::parser::parse_query(mutation)
+        .map_err(|e| format!("Invalid mutation: {e}"))?;
+    let op = match &doc.operations {
+        DocumentOperations::Single(op) => op,
+        DocumentOperations::Multiple(_) => return Err("one operation, please".into()),
+    };
+    if op.node.ty != OperationType::Mutation {
+        return Err("a bulk mutation must be a mutation".into());
+    }
+    let fields: Vec<&str> = op
+        .node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .filter_map(|s| match &s.node {
+            Selection::Field(f) => Some(f.node.name.node.as_str()),
+            _ => None,
+        })
+        .collect();
+    match fields.as_slice() {
+        [f] if !f.starts_with("bulkOperation") && *f != "stagedUploadsCreate" => Ok(()),
+        [f] => Err(format!("{f} cannot run in bulk")),
+        _ => Err("a bulk mutation runs exactly one mutation field".into()),
+    }
 }
 
 fn user_error(field: &[&str], message: impl Into<String>, code: &str) -> UserError {
@@ -948,7 +1037,10 @@ impl MutationRoot {
             return refuse(format!("Invalid bulk query: {e}"), "INVALID");
         }
         let id = s.state.lock().new_id();
-        match s.bulk.start(id, query, now_rfc3339()) {
+        match s
+            .bulk
+            .start(id, crate::bulk::OpKind::Query, query, None, now_rfc3339())
+        {
             Ok(op) => BulkOperationRunQueryPayload {
                 bulk_operation: Some(BulkOperationGql::of(op, &s.bulk)),
                 user_errors: vec![],
@@ -956,6 +1048,123 @@ impl MutationRoot {
             Err(running) => refuse(
                 format!(
                     "A bulk query operation for this app and shop is already in progress: {}.",
+                    gid("BulkOperation", running)
+                ),
+                "OPERATION_IN_PROGRESS",
+            ),
+        }
+    }
+
+    /// Stages uploads: where to POST a bulk mutation's variables file (a
+    /// multipart form: every parameter, then `file`), and the `key` parameter
+    /// that names it to `bulkOperationRunMutation`.
+    async fn staged_uploads_create(
+        &self,
+        ctx: &Context<'_>,
+        input: Vec<StagedUploadInput>,
+    ) -> StagedUploadsCreatePayload {
+        let s = shop(ctx);
+        let mut targets = Vec::new();
+        for (i, upload) in input.into_iter().enumerate() {
+            if upload.resource != StagedUploadTargetGenerateUploadResource::BulkMutationVariables {
+                return StagedUploadsCreatePayload {
+                    staged_targets: None,
+                    user_errors: vec![user_error(
+                        &["input", &i.to_string(), "resource"],
+                        "the simulator stages bulk mutation variables only",
+                        "INVALID",
+                    )],
+                };
+            }
+            let _ = (upload.http_method, upload.file_size);
+            let token = s.state.lock().new_id();
+            let key = format!("tmp/{token}/bulk/{token}/{}", upload.filename);
+            s.bulk.stage(key.clone());
+            targets.push(StagedMediaUploadTarget {
+                url: Some(s.bulk.upload_url()),
+                resource_url: None,
+                parameters: vec![
+                    StagedUploadParameter {
+                        name: "key".into(),
+                        value: key,
+                    },
+                    StagedUploadParameter {
+                        name: "Content-Type".into(),
+                        value: upload.mime_type,
+                    },
+                    StagedUploadParameter {
+                        name: "success_action_status".into(),
+                        value: "201".into(),
+                    },
+                ],
+            });
+        }
+        StagedUploadsCreatePayload {
+            staged_targets: Some(targets),
+            user_errors: vec![],
+        }
+    }
+
+    /// Starts a bulk mutation over an uploaded variables file; its result is
+    /// read through `currentBulkOperation(type: MUTATION)`.
+    async fn bulk_operation_run_mutation(
+        &self,
+        ctx: &Context<'_>,
+        mutation: String,
+        staged_upload_path: String,
+        client_identifier: Option<String>,
+        group_objects: Option<bool>,
+    ) -> BulkOperationRunMutationPayload {
+        let _ = (client_identifier, group_objects);
+        let s = shop(ctx);
+        let refuse = |field: &str, message: String, code: &str| BulkOperationRunMutationPayload {
+            bulk_operation: None,
+            user_errors: vec![user_error(&[field], message, code)],
+        };
+        if let Err(reason) = bulk_mutation_shape(&mutation) {
+            return refuse("mutation", reason, "INVALID_MUTATION");
+        }
+        let Some(file) = s.bulk.upload(&staged_upload_path) else {
+            return refuse(
+                "stagedUploadPath",
+                format!("no file was uploaded at {staged_upload_path}"),
+                "NO_SUCH_FILE",
+            );
+        };
+        if let Some((n, e)) = file
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .find_map(
+                |(n, l)| match serde_json::from_str::<serde_json::Value>(l) {
+                    Ok(v) if v.is_object() => None,
+                    Ok(_) => Some((n, "not an object of variables".to_owned())),
+                    Err(e) => Some((n, e.to_string())),
+                },
+            )
+        {
+            return refuse(
+                "stagedUploadPath",
+                format!("Unexpected file structure - expected JSONL (line {n}: {e})"),
+                "INVALID_STAGED_UPLOAD_FILE",
+            );
+        }
+        let id = s.state.lock().new_id();
+        match s.bulk.start(
+            id,
+            crate::bulk::OpKind::Mutation,
+            mutation,
+            Some(staged_upload_path),
+            now_rfc3339(),
+        ) {
+            Ok(op) => BulkOperationRunMutationPayload {
+                bulk_operation: Some(BulkOperationGql::of(op, &s.bulk)),
+                user_errors: vec![],
+            },
+            Err(running) => refuse(
+                "mutation",
+                format!(
+                    "A bulk mutation operation for this app and shop is already in progress: {}.",
                     gid("BulkOperation", running)
                 ),
                 "OPERATION_IN_PROGRESS",

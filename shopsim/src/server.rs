@@ -172,6 +172,12 @@ impl ShopSim {
             .route(&format!("{api}/orders/{{id}}"), get(rest_order))
             .route(&format!("{api}/orders.json"), get(rest_orders))
             .route("/_sim/bulk/{file}", get(bulk_file))
+            .route(
+                "/_sim/staged-uploads",
+                post(staged_upload).layer(axum::extract::DefaultBodyLimit::max(
+                    crate::bulk::MAX_UPLOAD_BYTES + 64 * 1024,
+                )),
+            )
             .route("/_sim/state", get(sim_state))
             .route("/_sim/stats", get(sim_stats))
             .route("/_sim/faults", post(sim_faults))
@@ -749,6 +755,55 @@ async fn sim_subscribe(State(app): State<Arc<App>>, body: Bytes) -> Response {
         StatusCode::OK,
         json!({"id": sub.id, "topic": topic.as_str()}),
     )
+}
+
+/// A staged upload (Shopify's is a signed storage bucket, no token needed): a
+/// multipart form with the staged parameters, `key` among them, then `file`.
+async fn staged_upload(
+    State(app): State<Arc<App>>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let bad = |message: String| json_response(StatusCode::BAD_REQUEST, json!({"error": message}));
+    let mut key = None;
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return bad(format!("malformed multipart form: {e}")),
+        };
+        match field.name() {
+            Some("key") => match field.text().await {
+                Ok(k) => key = Some(k),
+                Err(e) => return bad(format!("unreadable key: {e}")),
+            },
+            Some("file") => {
+                let Some(key) = key.take() else {
+                    return bad("`file` must come after the staged parameters".into());
+                };
+                let text = match field.text().await {
+                    Ok(t) => t,
+                    Err(e) => return bad(format!("unreadable file: {e}")),
+                };
+                if text.len() > crate::bulk::MAX_UPLOAD_BYTES {
+                    return json_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        json!({"error": "EntityTooLarge"}),
+                    );
+                }
+                return if app.shop.bulk.store_upload(&key, text) {
+                    (StatusCode::CREATED, "").into_response()
+                } else {
+                    json_response(
+                        StatusCode::FORBIDDEN,
+                        json!({"error": format!("no upload was staged at {key}")}),
+                    )
+                };
+            }
+            // Content-Type, success_action_status, …: what storage checks.
+            _ => {}
+        }
+    }
+    bad("no `file` field".into())
 }
 
 /// A bulk operation's result file (Shopify serves it from signed storage, no

@@ -267,6 +267,47 @@ impl AdminApi {
             .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))
     }
 
+    /// Uploads `body` to a staged target (`stagedUploadsCreate`): a multipart
+    /// form of the target's `parameters`, then the file. The target is signed
+    /// storage, not the Admin API: no token, no cost. 5xx and connection
+    /// errors back off as API calls do; any other refusal is final.
+    pub async fn upload_staged(
+        &self,
+        url: &str,
+        parameters: &[(String, String)],
+        filename: &str,
+        body: &str,
+    ) -> Result<(), AdminApiError> {
+        let mut failures = 0u32;
+        loop {
+            let mut form = reqwest::multipart::Form::new();
+            for (name, value) in parameters {
+                form = form.text(name.clone(), value.clone());
+            }
+            let file = reqwest::multipart::Part::text(body.to_owned())
+                .file_name(filename.to_owned())
+                .mime_str("text/jsonl")
+                .map_err(|e| AdminApiError::Protocol(format!("multipart file part: {e}")))?;
+            form = form.part("file", file);
+            let failure = match self.http.post(url).multipart(form).send().await {
+                Err(e) => match crate::tls_error::rustls_cause(&e) {
+                    Some(cause) => return Err(AdminApiError::Tls(format!("{url}: {cause}"))),
+                    None => format!("upload failed: {e}"),
+                },
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    return Err(AdminApiError::Protocol(format!(
+                        "the staged upload at {url} answered {status}: {text}"
+                    )));
+                }
+            };
+            self.back_off(&mut failures, failure).await?;
+        }
+    }
+
     /// One GET, `with_token` for the Admin API itself: a 429 waits its
     /// `Retry-After`, 5xx and connection errors back off as GraphQL calls do;
     /// any other answer that is not a success is final (403: a scope the app
