@@ -40,6 +40,13 @@ pub trait PricePlatform: PriceReader {
         std::time::Duration::ZERO
     }
 
+    /// Most prices worth gathering into one `set` (`configured`: the
+    /// processors' `batch_max`); more where a large `set` becomes one bulk
+    /// operation.
+    fn batch_max(&self, configured: usize) -> usize {
+        configured
+    }
+
     /// Writes `prices`; one outcome per write, in order.
     fn set(
         &mut self,

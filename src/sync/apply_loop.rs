@@ -142,6 +142,14 @@ pub trait Applier: Send {
         Duration::ZERO
     }
 
+    /// Most distinct keys per batch: the configured `processors.batch_max`
+    /// (at most 250, Shopify's limit per call), unless the target writes a
+    /// large batch some other way (a bulk operation), where fewer, larger
+    /// batches cost less.
+    fn batch_max(&self, configured: usize) -> usize {
+        configured
+    }
+
     /// Applies a batch (distinct keys, all newer than applied); one outcome
     /// per event, in order. An `Err` stops the processor without committing.
     fn apply(
@@ -383,7 +391,9 @@ async fn run<A: Applier>(
         let gather_start = tokio::time::Instant::now();
         let budget_wait = applier.ready_in().min(MAX_BUDGET_GATHER);
         let deadline = gather_start + wait.max(budget_wait);
-        while keys.len() < p.batch_max && batch.len() < p.batch_max * MESSAGES_PER_KEY {
+        let batch_max = applier.batch_max(p.batch_max);
+        let max_messages = (p.batch_max * MESSAGES_PER_KEY).max(batch_max);
+        while keys.len() < batch_max && batch.len() < max_messages {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(msg) => {
                     let msg = msg?.detach();

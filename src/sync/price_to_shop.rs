@@ -124,6 +124,10 @@ where
         self.platform.ready_in()
     }
 
+    fn batch_max(&self, configured: usize) -> usize {
+        self.platform.batch_max(configured)
+    }
+
     fn decode(&self, v: &apache_avro::types::Value) -> Option<Decoded<Price>> {
         decode(v)
     }

@@ -21,6 +21,10 @@ pub struct ShopifyPrices {
 /// calls would cost 500 points, five seconds of a standard shop's restore
 /// rate, more than a bulk mutation takes to run.
 const BULK_FROM_PRODUCTS: usize = 50;
+/// Most prices gathered into one batch: a backlog (a first sync, a replay)
+/// goes out as a few large bulk mutations rather than one per 250 prices,
+/// each of which Shopify takes seconds to start and finish.
+const BULK_BATCH_MAX: usize = 5_000;
 /// How long a bulk price write may take (Shopify runs one in seconds to
 /// minutes, after any other bulk mutation of the app).
 const BULK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
@@ -51,6 +55,10 @@ impl PricePlatform for ShopifyPrices {
     fn ready_in(&self) -> std::time::Duration {
         // One productVariantsBulkUpdate (a mutation) per product.
         self.catalog.api.time_until(10.0)
+    }
+
+    fn batch_max(&self, configured: usize) -> usize {
+        configured.max(BULK_BATCH_MAX)
     }
 
     async fn set(
