@@ -7,7 +7,9 @@
 //! with the Shopify shop throttled to 1 point/s (not waited for: it cannot
 //! keep up), to see that the WooCommerce shop keeps its freshness.
 //!
-//! `cargo bench --bench freshness` (env: BENCH_SKUS, BENCH_RATE, BENCH_SECONDS).
+//! `cargo bench --bench freshness` (env: BENCH_SKUS, BENCH_RATE, BENCH_SECONDS,
+//! BENCH_PHASES: a comma-separated subset of the phases, default all; the
+//! ratios print when their phases ran).
 //! Starts its own PostgreSQL, tansu and shop simulators. One source captures the
 //! ERP; each mode then runs in turn in the same process against the same offered
 //! load (BENCH_RATE single-row stock moves per second over random SKUs for
@@ -392,9 +394,18 @@ fn main() {
             batch_max: 250,
             throttled: true,
         };
+        let phases: String = env_or(
+            "BENCH_PHASES",
+            "batched,naive,waited,woo,two,throttled".to_owned(),
+        );
+        let runs = |name: &str| phases.split(',').any(|p| p.trim() == name);
         let mut rows = Vec::new();
-        rows.extend(phase("batched", &config, &pg, size, &[("shopify", shopify(250))]).await);
-        rows.extend(phase("naive", &config, &pg, size, &[("shopify", shopify(1))]).await);
+        if runs("batched") {
+            rows.extend(phase("batched", &config, &pg, size, &[("shopify", shopify(250))]).await);
+        }
+        if runs("naive") {
+            rows.extend(phase("naive", &config, &pg, size, &[("shopify", shopify(1))]).await);
+        }
         // The former default: every batch waited 200 ms for more events.
         let waited = Config {
             processors: flywheel::config::ProcessorsConfig {
@@ -403,28 +414,36 @@ fn main() {
             },
             ..config.clone()
         };
-        rows.extend(phase("waited", &waited, &pg, size, &[("shopify", shopify(250))]).await);
-        rows.extend(phase("woo", &config, &pg, size, &[("woo", Shop::Woocommerce)]).await);
-        rows.extend(
-            phase(
-                "two",
-                &config,
-                &pg,
-                size,
-                &[("shopify", shopify(250)), ("woo", Shop::Woocommerce)],
-            )
-            .await,
-        );
-        rows.extend(
-            phase(
-                "throttled",
-                &config,
-                &pg,
-                size,
-                &[("shopify", throttled), ("woo", Shop::Woocommerce)],
-            )
-            .await,
-        );
+        if runs("waited") {
+            rows.extend(phase("waited", &waited, &pg, size, &[("shopify", shopify(250))]).await);
+        }
+        if runs("woo") {
+            rows.extend(phase("woo", &config, &pg, size, &[("woo", Shop::Woocommerce)]).await);
+        }
+        if runs("two") {
+            rows.extend(
+                phase(
+                    "two",
+                    &config,
+                    &pg,
+                    size,
+                    &[("shopify", shopify(250)), ("woo", Shop::Woocommerce)],
+                )
+                .await,
+            );
+        }
+        if runs("throttled") {
+            rows.extend(
+                phase(
+                    "throttled",
+                    &config,
+                    &pg,
+                    size,
+                    &[("shopify", throttled), ("woo", Shop::Woocommerce)],
+                )
+                .await,
+            );
+        }
         println!(
             "{:<18} {:>10} {:>10} {:>8} {:>8} {:>12}",
             "phase/shop", "fresh p50", "fresh p99", "events", "writes", "converge s"
@@ -435,28 +454,37 @@ fn main() {
                 p.shop, p.p50, p.p99, p.events, p.writes, p.converge_s
             );
         }
-        let row = |name: &str| rows.iter().find(|p| p.shop == name).expect("a phase");
-        let (batched, naive) = (row("batched/shopify"), row("naive/shopify"));
-        println!(
-            "naive / batched (Shopify): freshness p50 {:.1}×, p99 {:.1}×, mutations {:.1}×",
-            naive.p50 / batched.p50,
-            naive.p99 / batched.p99,
-            naive.writes as f64 / batched.writes.max(1) as f64
-        );
-        let waited = row("waited/shopify");
-        println!(
-            "waited 200 ms / batched as it arrives (Shopify): freshness p50 {:.1}×, p99 {:.1}×, mutations {:.2}×",
-            waited.p50 / batched.p50,
-            waited.p99 / batched.p99,
-            waited.writes as f64 / batched.writes.max(1) as f64
-        );
-        let (alone, beside) = (row("woo/woo"), row("two/woo"));
-        println!(
-            "two shops at once / alone: Shopify p99 {:.1}×, WooCommerce p99 {:.1}×; WooCommerce beside a Shopify shop throttled to 1 point/s / alone: p99 {:.1}×",
-            row("two/shopify").p99 / batched.p99,
-            beside.p99 / alone.p99,
-            row("throttled/woo").p99 / alone.p99
-        );
+        let row = |name: &str| rows.iter().find(|p| p.shop == name);
+        if let (Some(batched), Some(naive)) = (row("batched/shopify"), row("naive/shopify")) {
+            println!(
+                "naive / batched (Shopify): freshness p50 {:.1}×, p99 {:.1}×, mutations {:.1}×",
+                naive.p50 / batched.p50,
+                naive.p99 / batched.p99,
+                naive.writes as f64 / batched.writes.max(1) as f64
+            );
+        }
+        if let (Some(batched), Some(waited)) = (row("batched/shopify"), row("waited/shopify")) {
+            println!(
+                "waited 200 ms / batched as it arrives (Shopify): freshness p50 {:.1}×, p99 {:.1}×, mutations {:.2}×",
+                waited.p50 / batched.p50,
+                waited.p99 / batched.p99,
+                waited.writes as f64 / batched.writes.max(1) as f64
+            );
+        }
+        if let (Some(batched), Some(alone), Some(two), Some(beside), Some(throttled)) = (
+            row("batched/shopify"),
+            row("woo/woo"),
+            row("two/shopify"),
+            row("two/woo"),
+            row("throttled/woo"),
+        ) {
+            println!(
+                "two shops at once / alone: Shopify p99 {:.1}×, WooCommerce p99 {:.1}×; WooCommerce beside a Shopify shop throttled to 1 point/s / alone: p99 {:.1}×",
+                two.p99 / batched.p99,
+                beside.p99 / alone.p99,
+                throttled.p99 / alone.p99
+            );
+        }
         shutdown.cancel();
         let _ = source.await;
     });

@@ -42,30 +42,38 @@ const ERP_STOCK: &str = "SELECT p.default_code, w.code,
 const ERP_PRICES: &str = "SELECT p.default_code, t.list_price::text
     FROM product_product p JOIN product_template t ON t.id = p.product_tmpl_id";
 
-/// What the shop must show: (item, location) → available, and SKU → price.
+/// What the shop must show: (item, location) → available, and variant →
+/// price (by id: the simulator finds a SKU by scanning).
 struct Want {
     levels: Vec<((u64, u64), i64)>,
-    prices: HashMap<String, f64>,
+    prices: Vec<(u64, f64)>,
 }
 
 async fn want(erp: &Client, sim: &ShopSim) -> Want {
     let stock = erp.query(ERP_STOCK, &[]).await.expect("ERP stock");
     let prices = erp.query(ERP_PRICES, &[]).await.expect("ERP prices");
     let shop = sim.shop().state.lock();
+    let by_sku: HashMap<&str, &shopsim::state::Variant> =
+        shop.variants.values().map(|v| (v.sku.as_str(), v)).collect();
+    let locations: HashMap<&str, u64> = shop
+        .locations
+        .values()
+        .map(|l| (l.name.as_str(), l.id))
+        .collect();
     Want {
         levels: stock
             .iter()
             .filter_map(|r| {
                 let (sku, wh, q): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
-                let item = shop.variant_by_sku(&sku)?.inventory_item_id;
-                Some(((item, shop.location_by_name(&wh)?.id), q))
+                let item = by_sku.get(sku.as_str())?.inventory_item_id;
+                Some(((item, *locations.get(wh.as_str())?), q))
             })
             .collect(),
         prices: prices
             .iter()
             .filter_map(|r| {
                 let (sku, price): (String, String) = (r.get(0), r.get(1));
-                Some((sku, price.parse().ok()?))
+                Some((by_sku.get(sku.as_str())?.id, price.parse().ok()?))
             })
             .collect(),
     }
@@ -82,10 +90,11 @@ fn differences(want: &Want, sim: &ShopSim) -> (usize, usize) {
     let prices = want
         .prices
         .iter()
-        .filter(|(sku, p)| {
-            shop.variant_by_sku(sku)
+        .filter(|(variant, p)| {
+            shop.variants
+                .get(variant)
                 .and_then(|v| v.price.parse::<f64>().ok())
-                .is_none_or(|have| (have - **p).abs() > 0.0005)
+                .is_none_or(|have| (have - *p).abs() > 0.0005)
         })
         .count();
     (levels, prices)

@@ -2,7 +2,7 @@
 //! location, orders with fulfillments. Plain data behind one lock; every change
 //! goes through a method that also returns the webhooks it triggers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -200,6 +200,13 @@ pub struct ShopState {
     /// not sell what it does not have).
     pub refused_orders: u64,
     next_id: u64,
+    /// SKU → variant and inventory item → variant, kept by `add_product` (the
+    /// only place variants are created): a catalogue of 100,000 SKUs is
+    /// searched by every lookup and every inventory write.
+    #[serde(skip)]
+    by_sku: HashMap<String, u64>,
+    #[serde(skip)]
+    by_item: HashMap<u64, u64>,
 }
 
 /// What to create a shop with.
@@ -262,6 +269,9 @@ impl ShopState {
                 updated_at: now,
             },
         );
+        // The first variant of a SKU is the one found, as a scan would.
+        self.by_sku.entry(sku.to_owned()).or_insert(variant_id);
+        self.by_item.insert(item_id, variant_id);
         let locations: Vec<u64> = self.locations.keys().copied().collect();
         for loc in locations {
             self.levels.insert(
@@ -281,13 +291,11 @@ impl ShopState {
     }
 
     pub fn variant_by_sku(&self, sku: &str) -> Option<&Variant> {
-        self.variants.values().find(|v| v.sku == sku)
+        self.variants.get(self.by_sku.get(sku)?)
     }
 
     pub fn variant_by_item(&self, item_id: u64) -> Option<&Variant> {
-        self.variants
-            .values()
-            .find(|v| v.inventory_item_id == item_id)
+        self.variants.get(self.by_item.get(&item_id)?)
     }
 
     pub fn location_by_name(&self, name: &str) -> Option<&Location> {
