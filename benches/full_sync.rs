@@ -53,8 +53,11 @@ async fn want(erp: &Client, sim: &ShopSim) -> Want {
     let stock = erp.query(ERP_STOCK, &[]).await.expect("ERP stock");
     let prices = erp.query(ERP_PRICES, &[]).await.expect("ERP prices");
     let shop = sim.shop().state.lock();
-    let by_sku: HashMap<&str, &shopsim::state::Variant> =
-        shop.variants.values().map(|v| (v.sku.as_str(), v)).collect();
+    let by_sku: HashMap<&str, &shopsim::state::Variant> = shop
+        .variants
+        .values()
+        .map(|v| (v.sku.as_str(), v))
+        .collect();
     let locations: HashMap<&str, u64> = shop
         .locations
         .values()

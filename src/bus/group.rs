@@ -35,8 +35,20 @@ pub fn processor_consumer(kafka: &KafkaConfig, p: &ProcessorsConfig, lane: &str)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", p.new_group_start.as_str())
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
+    // librdkafka prefetches up to 64 MB per consumer by default, and a worker
+    // runs a consumer per (entity, shop): on a backlog (a first sync, a
+    // replay) each held its topic's records, and the worker's memory grew
+    // with the number of shops. A batch is at most a few MB; the operator
+    // may still choose otherwise in `[kafka.librdkafka]`.
+    if !kafka.librdkafka.contains_key(PREFETCH_KBYTES) {
+        c.set(PREFETCH_KBYTES, PROCESSOR_PREFETCH_KBYTES.to_string());
+    }
     c
 }
+
+const PREFETCH_KBYTES: &str = "queued.max.messages.kbytes";
+/// What a processor consumer prefetches (librdkafka's default: 65,536).
+const PROCESSOR_PREFETCH_KBYTES: u32 = 4096;
 
 /// How many partitions `physical_topic` has (0 when it does not exist).
 /// Blocking: call it from a blocking task.
