@@ -26,6 +26,8 @@ use super::admin_api::{AdminApi, AdminApiError};
 /// First and longest pause between two looks at a running operation.
 const POLL_FIRST: Duration = Duration::from_millis(200);
 const POLL_MAX: Duration = Duration::from_secs(5);
+/// What is read of an operation while waiting for it.
+const STATUS_FIELDS: &str = "id status errorCode objectCount url query";
 /// Shopify's limit on a bulk mutation's variables file.
 pub const MAX_VARIABLES_BYTES: usize = 100 * 1024 * 1024;
 
@@ -243,35 +245,45 @@ async fn wait_while_running(
     ours: Option<&str>,
     deadline: Instant,
 ) -> Result<Value, AdminApiError> {
-    const FIELDS: &str = "id status errorCode objectCount url query";
     let mut pause = POLL_FIRST;
     loop {
         let op = match ours {
             // By id: once ours is done another client may start the next
             // one, and then the current operation is no longer ours.
             Some(id) => {
-                let r = api
+                let by_id = api
                     .execute(
-                        &format!("query($id: ID!) {{ bulkOperation(id: $id) {{ {FIELDS} }} }}"),
+                        &format!(
+                            "query($id: ID!) {{ bulkOperation(id: $id) {{ {STATUS_FIELDS} }} }}"
+                        ),
                         json!({"id": id}),
                         1.0,
                     )
-                    .await?;
-                r.data["bulkOperation"].clone()
+                    .await;
+                match by_id {
+                    Ok(r) => r.data["bulkOperation"].clone(),
+                    // API versions before 2026-01 have no `bulkOperation(id:)`:
+                    // the current operation is ours until another client
+                    // starts the next one, which it can only once ours ended;
+                    // its result is then out of reach, and the caller's retry
+                    // runs it again.
+                    Err(AdminApiError::GraphQl(_)) => {
+                        let op = current(api, kind).await?;
+                        if op["id"].as_str() != Some(id) {
+                            return Err(AdminApiError::Unavailable {
+                                attempts: 1,
+                                last: format!(
+                                    "bulk operation {id} ended and another client started {}; run it again",
+                                    op["id"]
+                                ),
+                            });
+                        }
+                        op
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            None => {
-                let r = api
-                    .execute(
-                        &format!(
-                            "query {{ currentBulkOperation(type: {}) {{ {FIELDS} }} }}",
-                            kind.as_str()
-                        ),
-                        Value::Null,
-                        1.0,
-                    )
-                    .await?;
-                r.data["currentBulkOperation"].clone()
-            }
+            None => current(api, kind).await?,
         };
         if let (Some(id), true) = (ours, op.is_null()) {
             return Err(AdminApiError::GraphQl(format!(
@@ -297,6 +309,21 @@ async fn wait_while_running(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(POLL_MAX);
     }
+}
+
+/// The app's newest bulk operation of `kind`.
+async fn current(api: &AdminApi, kind: Kind) -> Result<Value, AdminApiError> {
+    let r = api
+        .execute(
+            &format!(
+                "query {{ currentBulkOperation(type: {}) {{ {STATUS_FIELDS} }} }}",
+                kind.as_str()
+            ),
+            Value::Null,
+            1.0,
+        )
+        .await?;
+    Ok(r.data["currentBulkOperation"].clone())
 }
 
 /// One JSON value per non-empty line; a line that is not JSON is the file
