@@ -517,3 +517,66 @@ async fn bulk_mutations_run_every_line_one_at_a_time_and_bad_ones_are_refused() 
         .status();
     assert_eq!(status, 403);
 }
+
+/// On API versions before 2026-01 there is no `bulkOperation(id:)`: bulk
+/// queries and mutations are awaited through `currentBulkOperation` instead.
+#[tokio::test]
+async fn bulk_operations_work_without_bulk_operation_by_id() {
+    use flywheel::shop::shopify::bulk::{run_mutation, run_query};
+    let shop = sim(1000.0, 100.0).await;
+    shop.set_faults(
+        ApiFaults {
+            bulk_latency_ms: 300,
+            no_bulk_operation_by_id: true,
+            ..ApiFaults::default()
+        },
+        WebhookFaults::default(),
+    );
+    let api = client(&shop);
+    let patience = Duration::from_secs(30);
+    let by_id = api
+        .execute(
+            "{ bulkOperation(id: \"gid://shopify/BulkOperation/1\") { id } }",
+            Value::Null,
+            1.0,
+        )
+        .await;
+    assert!(
+        matches!(&by_id, Err(AdminApiError::GraphQl(_))),
+        "the simulator plays an older version: {by_id:?}"
+    );
+    let lines = run_query(&api, flywheel::shop::shopify::export::QUERY, patience)
+        .await
+        .expect("an export");
+    assert!(!lines.is_empty());
+    let variant = {
+        let st = shop.shop().state.lock();
+        let v = st.variant_by_sku("SKU-000004").expect("a seeded SKU");
+        (
+            format!("gid://shopify/Product/{}", v.product_id),
+            format!("gid://shopify/ProductVariant/{}", v.id),
+        )
+    };
+    let update = "mutation($p: ID!, $v: [ProductVariantsBulkInput!]!) { productVariantsBulkUpdate(productId: $p, variants: $v) { userErrors { field message } } }";
+    let results = run_mutation(
+        &api,
+        update,
+        &[json!({"p": variant.0, "v": [{"id": variant.1, "price": "14.00"}]})],
+        patience,
+    )
+    .await
+    .expect("a bulk mutation");
+    assert_eq!(
+        results[0]["data"]["productVariantsBulkUpdate"]["userErrors"],
+        json!([])
+    );
+    let price = shop
+        .shop()
+        .state
+        .lock()
+        .variant_by_sku("SKU-000004")
+        .expect("SKU")
+        .price
+        .clone();
+    assert_eq!(price, "14.00");
+}

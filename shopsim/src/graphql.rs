@@ -31,6 +31,8 @@ pub struct Shop {
     /// Added processing time of inventory mutations (fault injection), so that
     /// concurrent requests with one idempotency key can overlap.
     pub mutation_latency: Mutex<Duration>,
+    /// Answer as API versions before 2026-01 (fault injection).
+    pub no_bulk_operation_by_id: std::sync::atomic::AtomicBool,
     pub bulk: Arc<crate::bulk::BulkOps>,
 }
 
@@ -641,6 +643,14 @@ impl QueryRoot {
 
     /// One bulk operation of the app, by id (API version 2026-01 and later).
     async fn bulk_operation(&self, ctx: &Context<'_>, id: ID) -> Result<Option<BulkOperationGql>> {
+        if shop(ctx)
+            .no_bulk_operation_by_id
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::new(
+                "Field 'bulkOperation' doesn't exist on type 'QueryRoot'",
+            ));
+        }
         let op = parse_gid("BulkOperation", &id).ok_or_else(|| bad_id("BulkOperation", &id))?;
         let bulk = &shop(ctx).bulk;
         Ok(bulk.get(op).map(|op| BulkOperationGql::of(op, bulk)))

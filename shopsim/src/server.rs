@@ -75,6 +75,8 @@ pub struct ApiFaults {
     /// How long a bulk operation runs before its result is ready (Shopify
     /// takes seconds to minutes).
     pub bulk_latency_ms: u64,
+    /// Answer as API versions before 2026-01 do: no `bulkOperation(id:)`.
+    pub no_bulk_operation_by_id: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -138,6 +140,7 @@ impl ShopSim {
             idempotency: Mutex::default(),
             shop_domain: config.shop_domain.clone(),
             mutation_latency: Mutex::new(Duration::ZERO),
+            no_bulk_operation_by_id: Default::default(),
             bulk: bulk.clone(),
         });
         for (topic, url) in &config.subscriptions {
@@ -223,6 +226,10 @@ impl ShopSim {
 
     pub fn set_faults(&self, api: ApiFaults, webhooks: WebhookFaults) {
         *self.app.shop.mutation_latency.lock() = Duration::from_millis(api.mutation_latency_ms);
+        self.app.shop.no_bulk_operation_by_id.store(
+            api.no_bulk_operation_by_id,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.app
             .shop
             .bulk
@@ -695,6 +702,10 @@ async fn sim_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     match serde_json::from_slice::<FaultsBody>(&body) {
         Ok(f) => {
             *app.shop.mutation_latency.lock() = Duration::from_millis(f.api.mutation_latency_ms);
+            app.shop.no_bulk_operation_by_id.store(
+                f.api.no_bulk_operation_by_id,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             app.shop
                 .bulk
                 .set_latency(Duration::from_millis(f.api.bulk_latency_ms));
