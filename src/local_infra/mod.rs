@@ -34,6 +34,23 @@ pub enum LocalInfraError {
 
 /// A port that was free a moment ago. The server binds it right after, so the
 /// race window is small; a lost race shows up as a loud start failure.
+///
+/// Chosen below the kernel's ephemeral range where there is room: a port the
+/// kernel hands out for port 0 is also what it gives outgoing connections,
+/// and one of those took a gateway's port between this check and its bind
+/// (`Address already in use` in CI).
 pub fn free_port() -> std::io::Result<u16> {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok());
+    if let Some(high) = ephemeral_low.filter(|low| *low > LOWEST + 1_000) {
+        for _ in 0..50 {
+            let port = fastrand::u16(LOWEST..high);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
