@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{connect, env_or};
+use common::{ERP_STOCK, connect, env_or};
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
@@ -37,15 +37,6 @@ use shopsim::woo::{WooConfig, WooSim};
 use shopsim::{ShopSim, SimConfig};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-
-/// (sku, warehouse, what the shop should show) for every pair.
-const ERP_STOCK: &str = "SELECT p.default_code, w.code,
-        greatest(floor(coalesce(sum(q.quantity - q.reserved_quantity), 0)), 0)::bigint
-    FROM product_product p CROSS JOIN stock_warehouse w
-    JOIN stock_location vl ON vl.id = w.view_location_id
-    LEFT JOIN stock_location l ON l.usage = 'internal' AND l.parent_path LIKE vl.parent_path || '%'
-    LEFT JOIN stock_quant q ON q.location_id = l.id AND q.product_id = p.id
-    GROUP BY 1, 2";
 
 /// (inventory item, location) of each (sku, warehouse) the ERP has, with the
 /// quantity the shop should show.

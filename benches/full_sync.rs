@@ -21,22 +21,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{connect, env_or};
+use common::{ERP_STOCK, connect, env_or};
 use flywheel::config::{Config, Secret};
 use flywheel::erp::demo_erp::{self, DemoSize};
 use flywheel::local_infra::{LocalBroker, LocalPostgres};
 use shopsim::{ShopSim, SimConfig};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-
-/// (sku, warehouse, what the shop should show) for every pair.
-const ERP_STOCK: &str = "SELECT p.default_code, w.code,
-        greatest(floor(coalesce(sum(q.quantity - q.reserved_quantity), 0)), 0)::bigint
-    FROM product_product p CROSS JOIN stock_warehouse w
-    JOIN stock_location vl ON vl.id = w.view_location_id
-    LEFT JOIN stock_location l ON l.usage = 'internal' AND l.parent_path LIKE vl.parent_path || '%'
-    LEFT JOIN stock_quant q ON q.location_id = l.id AND q.product_id = p.id
-    GROUP BY 1, 2";
 
 /// SKU → list price (the shop's price list is the list price).
 const ERP_PRICES: &str = "SELECT p.default_code, t.list_price::text

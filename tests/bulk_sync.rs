@@ -77,14 +77,7 @@ async fn a_first_sync_maps_the_catalogue_and_writes_prices_in_bulk() {
         )
         .await
         .expect("a price change");
-    wait_for("the single price change", T, || async {
-        shop_prices(&sim)
-            .await
-            .get("SKU-000006")
-            .map(|p| p.0.as_str())
-            == Some("77.70")
-    })
-    .await;
+    common::wait_for_shop_price("the single price change", T, &sim, "SKU-000006", "77.70").await;
     assert_eq!(
         operations(&sim, "bulkOperationRunMutation"),
         bulk_writes,

@@ -47,14 +47,7 @@ async fn erp_list_prices_converge_in_the_shop_and_other_price_lists_do_not_touch
         )
         .await
         .unwrap();
-    wait_for("the list price change", T, || async {
-        shop_prices(&sim)
-            .await
-            .get("SKU-000006")
-            .map(|p| p.0.as_str())
-            == Some("77.70")
-    })
-    .await;
+    common::wait_for_shop_price("the list price change", T, &sim, "SKU-000006", "77.70").await;
     wait_for("the Wholesale change to be handled", T, || async {
         not_applicable() > seen_before
     })

@@ -20,3 +20,12 @@ pub async fn connect(dsn: &str) -> Client {
     tokio::spawn(conn);
     c
 }
+
+/// (sku, warehouse, what the shop should show) for every pair of the demo ERP.
+pub const ERP_STOCK: &str = "SELECT p.default_code, w.code,
+        greatest(floor(coalesce(sum(q.quantity - q.reserved_quantity), 0)), 0)::bigint
+    FROM product_product p CROSS JOIN stock_warehouse w
+    JOIN stock_location vl ON vl.id = w.view_location_id
+    LEFT JOIN stock_location l ON l.usage = 'internal' AND l.parent_path LIKE vl.parent_path || '%'
+    LEFT JOIN stock_quant q ON q.location_id = l.id AND q.product_id = p.id
+    GROUP BY 1, 2";

@@ -851,6 +851,20 @@ pub async fn shop_prices(sim: &shopsim::ShopSim) -> HashMap<String, (String, Opt
         .collect()
 }
 
+/// Awaits the shop showing `price` for `sku`.
+pub async fn wait_for_shop_price(
+    what: &str,
+    timeout: Duration,
+    sim: &shopsim::ShopSim,
+    sku: &str,
+    price: &str,
+) {
+    wait_for(what, timeout, || async {
+        shop_prices(sim).await.get(sku).map(|p| p.0.as_str()) == Some(price)
+    })
+    .await;
+}
+
 /// SKU → (list price, no compare-at), as the ERP has it now.
 pub async fn erp_list_prices(env: &TestEnv) -> HashMap<String, (String, Option<String>)> {
     env.erp

@@ -269,8 +269,7 @@ impl AdminApi {
 
     /// Uploads `body` to a staged target (`stagedUploadsCreate`): a multipart
     /// form of the target's `parameters`, then the file. The target is signed
-    /// storage, not the Admin API: no token, no cost. 5xx and connection
-    /// errors back off as API calls do; any other refusal is final.
+    /// storage, not the Admin API: no token, no cost. Retried as [`Self::send`].
     pub async fn upload_staged(
         &self,
         url: &str,
@@ -278,8 +277,9 @@ impl AdminApi {
         filename: &str,
         body: &str,
     ) -> Result<(), AdminApiError> {
-        let mut failures = 0u32;
-        loop {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))?;
+        self.send(parsed, false, |http, url| {
             let mut form = reqwest::multipart::Form::new();
             for (name, value) in parameters {
                 form = form.text(name.clone(), value.clone());
@@ -288,38 +288,36 @@ impl AdminApi {
                 .file_name(filename.to_owned())
                 .mime_str("text/jsonl")
                 .map_err(|e| AdminApiError::Protocol(format!("multipart file part: {e}")))?;
-            form = form.part("file", file);
-            let failure = match self.http.post(url).multipart(form).send().await {
-                Err(e) => match crate::tls_error::rustls_cause(&e) {
-                    Some(cause) => return Err(AdminApiError::Tls(format!("{url}: {cause}"))),
-                    None => format!("upload failed: {e}"),
-                },
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    return Err(AdminApiError::Protocol(format!(
-                        "the staged upload at {url} answered {status}: {text}"
-                    )));
-                }
-            };
-            self.back_off(&mut failures, failure).await?;
-        }
+            Ok(http.post(url).multipart(form.part("file", file)))
+        })
+        .await
+        .map(drop)
     }
 
-    /// One GET, `with_token` for the Admin API itself: a 429 waits its
-    /// `Retry-After`, 5xx and connection errors back off as GraphQL calls do;
-    /// any other answer that is not a success is final (403: a scope the app
-    /// lacks; 404: nothing there, or a result file past its seven days).
+    /// One GET; see [`Self::send`].
     async fn get(
         &self,
         url: reqwest::Url,
         with_token: bool,
     ) -> Result<reqwest::Response, AdminApiError> {
+        self.send(url, with_token, |http, url| Ok(http.get(url)))
+            .await
+    }
+
+    /// One request built afresh by `build` for each attempt, `with_token` for
+    /// the Admin API itself: a 429 waits its `Retry-After`, 5xx and connection
+    /// errors back off as GraphQL calls do; any other answer that is not a
+    /// success is final (403: a scope the app lacks; 404: nothing there, or a
+    /// result file past its seven days).
+    async fn send(
+        &self,
+        url: reqwest::Url,
+        with_token: bool,
+        build: impl Fn(&reqwest::Client, reqwest::Url) -> Result<reqwest::RequestBuilder, AdminApiError>,
+    ) -> Result<reqwest::Response, AdminApiError> {
         let mut failures = 0u32;
         loop {
-            let mut request = self.http.get(url.clone());
+            let mut request = build(&self.http, url.clone())?;
             if with_token {
                 request = request.header("X-Shopify-Access-Token", &self.token);
             }
@@ -338,9 +336,10 @@ impl AdminApi {
                 Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) if r.status().is_server_error() => format!("{url} answered {}", r.status()),
                 Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
                     return Err(AdminApiError::Protocol(format!(
-                        "{url} answered {}",
-                        r.status()
+                        "{url} answered {status}: {text}"
                     )));
                 }
             };

@@ -56,29 +56,19 @@ pub async fn run_query(
     patience: Duration,
 ) -> Result<Vec<Value>, AdminApiError> {
     let deadline = Instant::now() + patience;
-    let done = loop {
-        let started = start(
-            api,
-            "mutation($q: String!) { bulkOperationRunQuery(query: $q) { bulkOperation { id status } userErrors { field message code } } }",
-            json!({"q": query}),
-            "bulkOperationRunQuery",
-        )
-        .await?;
-        match started {
-            Started::Id(id) => {
-                break wait_while_running(api, Kind::Query, Some(&id), deadline).await?;
-            }
-            Started::Busy(message) => {
-                tracing::info!(%message, "another bulk query of this app is running; waiting for it");
-                let other = wait_while_running(api, Kind::Query, None, deadline).await?;
-                // The same export (another processor of this shop): its file
-                // is ours too.
-                if other["query"].as_str() == Some(query) && other["status"] == "COMPLETED" {
-                    break other;
-                }
-            }
-        }
-    };
+    let request = "mutation($q: String!) { bulkOperationRunQuery(query: $q) { bulkOperation { id status } userErrors { field message code } } }";
+    // The same export run by another processor of this shop: its file is
+    // ours too.
+    let same = |other: &Value| other["query"].as_str() == Some(query);
+    let done = run_to_end(
+        api,
+        Kind::Query,
+        request,
+        json!({"q": query}),
+        deadline,
+        same,
+    )
+    .await?;
     result_lines(api, &done).await
 }
 
@@ -105,24 +95,9 @@ pub async fn run_mutation(
         )));
     }
     let path = stage(api, &file).await?;
-    let done = loop {
-        let started = start(
-            api,
-            "mutation($m: String!, $p: String!) { bulkOperationRunMutation(mutation: $m, stagedUploadPath: $p) { bulkOperation { id status } userErrors { field message code } } }",
-            json!({"m": mutation, "p": path}),
-            "bulkOperationRunMutation",
-        )
-        .await?;
-        match started {
-            Started::Id(id) => {
-                break wait_while_running(api, Kind::Mutation, Some(&id), deadline).await?;
-            }
-            Started::Busy(message) => {
-                tracing::info!(%message, "another bulk mutation of this app is running; waiting for it");
-                wait_while_running(api, Kind::Mutation, None, deadline).await?;
-            }
-        }
-    };
+    let request = "mutation($m: String!, $p: String!) { bulkOperationRunMutation(mutation: $m, stagedUploadPath: $p) { bulkOperation { id status } userErrors { field message code } } }";
+    let vars = json!({"m": mutation, "p": path});
+    let done = run_to_end(api, Kind::Mutation, request, vars, deadline, |_| false).await?;
     let mut out = vec![Value::Null; variables.len()];
     for line in result_lines(api, &done).await? {
         if let Some(slot) = line["__lineNumber"]
@@ -207,13 +182,42 @@ enum Started {
     Busy(String),
 }
 
-/// Sends a `bulkOperationRun*` mutation (`field`) and reads its answer.
-async fn start(
+/// Starts an operation of `kind` (`request`, with `variables`) and waits for
+/// it to end. While another of the app's of that kind runs, waits for that one
+/// first — and takes it as ours when `shares_result` says it did our work.
+async fn run_to_end(
     api: &AdminApi,
+    kind: Kind,
     request: &str,
     variables: Value,
-    field: &str,
+    deadline: Instant,
+    shares_result: impl Fn(&Value) -> bool,
+) -> Result<Value, AdminApiError> {
+    loop {
+        match start(api, kind, request, variables.clone()).await? {
+            Started::Id(id) => return wait_while_running(api, kind, Some(&id), deadline).await,
+            Started::Busy(message) => {
+                tracing::info!(%message, kind = kind.as_str(), "another bulk operation of this app is running; waiting for it");
+                let other = wait_while_running(api, kind, None, deadline).await?;
+                if other["status"] == "COMPLETED" && shares_result(&other) {
+                    return Ok(other);
+                }
+            }
+        }
+    }
+}
+
+/// Sends a `bulkOperationRun*` mutation and reads its answer.
+async fn start(
+    api: &AdminApi,
+    kind: Kind,
+    request: &str,
+    variables: Value,
 ) -> Result<Started, AdminApiError> {
+    let field = match kind {
+        Kind::Query => "bulkOperationRunQuery",
+        Kind::Mutation => "bulkOperationRunMutation",
+    };
     let r = api.execute(request, variables, 10.0).await?;
     let payload = &r.data[field];
     let errors = payload["userErrors"]
@@ -286,9 +290,10 @@ async fn wait_while_running(
             None => current(api, kind).await?,
         };
         if let (Some(id), true) = (ours, op.is_null()) {
-            return Err(AdminApiError::GraphQl(format!(
-                "bulk operation {id} is unknown to the shop; run it again"
-            )));
+            return Err(AdminApiError::Unavailable {
+                attempts: 1,
+                last: format!("bulk operation {id} is unknown to the shop; run it again"),
+            });
         }
         let running = matches!(
             op["status"].as_str(),
