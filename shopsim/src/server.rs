@@ -273,6 +273,33 @@ impl ShopSim {
         Some(id)
     }
 
+    /// The merchant deletes the product of `sku` and creates a new one with
+    /// the same SKU and price (new variant, new inventory item, `available`
+    /// at every location), as `products/delete` and `products/create` tell.
+    /// Returns (old inventory item, new inventory item).
+    pub fn replace_product(&self, sku: &str, available: i64) -> Option<(u64, u64)> {
+        let (old_product, old_item, new_item, created) = {
+            let mut st = self.app.shop.state.lock();
+            let old = st.variant_by_sku(sku)?.clone();
+            st.delete_product(old.product_id);
+            let new_item = st.add_product(sku, &old.price, available);
+            let product = st.variant_by_item(new_item)?.product_id;
+            (
+                old.product_id,
+                old.inventory_item_id,
+                new_item,
+                st.product_payload(product),
+            )
+        };
+        let webhooks = &self.app.shop.webhooks;
+        webhooks.emit(
+            Topic::ProductsDelete,
+            &serde_json::json!({"id": old_product}),
+        );
+        webhooks.emit(Topic::ProductsCreate, &created);
+        Some((old_item, new_item))
+    }
+
     /// Places orders at `per_second` until stopped (replaces a running generator).
     pub fn start_order_generator(&self, per_second: f64) {
         let shop = self.app.shop.clone();

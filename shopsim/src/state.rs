@@ -285,6 +285,28 @@ impl ShopState {
         item_id
     }
 
+    /// Deletes a product with its variants, inventory items and levels.
+    pub fn delete_product(&mut self, product_id: u64) {
+        let Some(p) = self.products.remove(&product_id) else {
+            return;
+        };
+        for vid in p.variant_ids {
+            let Some(v) = self.variants.remove(&vid) else {
+                continue;
+            };
+            self.by_item.remove(&v.inventory_item_id);
+            self.levels
+                .retain(|(item, _), _| *item != v.inventory_item_id);
+            if self.by_sku.get(&v.sku) == Some(&vid) {
+                self.by_sku.remove(&v.sku);
+                // Another variant with the SKU is the one found now.
+                if let Some(other) = self.variants.values().find(|o| o.sku == v.sku) {
+                    self.by_sku.insert(v.sku.clone(), other.id);
+                }
+            }
+        }
+    }
+
     pub fn new_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id

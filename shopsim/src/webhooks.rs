@@ -29,19 +29,25 @@ pub enum Topic {
     OrdersFulfilled,
     #[serde(rename = "inventory_levels/update")]
     InventoryLevelsUpdate,
+    #[serde(rename = "products/create")]
+    ProductsCreate,
     #[serde(rename = "products/update")]
     ProductsUpdate,
+    #[serde(rename = "products/delete")]
+    ProductsDelete,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 9] = [
         Topic::OrdersCreate,
         Topic::OrdersUpdated,
         Topic::OrdersPaid,
         Topic::OrdersCancelled,
         Topic::OrdersFulfilled,
         Topic::InventoryLevelsUpdate,
+        Topic::ProductsCreate,
         Topic::ProductsUpdate,
+        Topic::ProductsDelete,
     ];
 
     /// The header / REST form, e.g. `orders/create`.
@@ -53,7 +59,9 @@ impl Topic {
             Topic::OrdersCancelled => "orders/cancelled",
             Topic::OrdersFulfilled => "orders/fulfilled",
             Topic::InventoryLevelsUpdate => "inventory_levels/update",
+            Topic::ProductsCreate => "products/create",
             Topic::ProductsUpdate => "products/update",
+            Topic::ProductsDelete => "products/delete",
         }
     }
 
