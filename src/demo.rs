@@ -161,6 +161,9 @@ pub async fn run(
                 Topic::OrdersCancelled,
                 Topic::OrdersFulfilled,
                 Topic::InventoryLevelsUpdate,
+                Topic::ProductsCreate,
+                Topic::ProductsUpdate,
+                Topic::ProductsDelete,
             ]
             .iter()
             .map(|t| {

@@ -122,8 +122,8 @@ pub async fn start(
             }
             Role::Processors => {
                 use flywheel::sync::{
-                    lanes, orders_to_erp, price_to_shop, shop_inventory, status_to_shop,
-                    stock_to_shop,
+                    lanes, orders_to_erp, price_to_shop, shop_catalog, shop_inventory,
+                    status_to_shop, stock_to_shop,
                 };
                 let all = lanes(&config);
                 readiness.require(move || {
@@ -156,6 +156,7 @@ pub async fn start(
                                         price_to_shop::run(&config, &shop, token.clone()),
                                         status_to_shop::run(&config, &shop, token.clone()),
                                         shop_inventory::run(&config, &shop, token.clone()),
+                                        shop_catalog::run(&config, &shop, token.clone()),
                                     )
                                     .map_err(anyhow::Error::from)
                                 };

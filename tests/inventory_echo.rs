@@ -1,13 +1,19 @@
+//! What the shop tells Flywheel through its webhooks besides orders.
+//!
 //! The stock Flywheel sets in the shop comes back as `inventory_levels/update`
 //! webhooks (Shopify sends them for every change, ours included). Through the
 //! gateway and `shop.inventory.v1`, those are recognised as our own echo and
 //! pushed nowhere; a change made in the shop itself is told apart.
+//!
+//! The shop's `products/*` webhooks keep the catalogue mapping (SKU →
+//! variant) current through `shop.catalog.v1`; the mapping is shared by the
+//! shop's processors and kept across their restarts.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, processor_outcomes, shop_stock, small, wait_for};
+use common::{TestEnv, processor_outcomes, shop_stock, small, wait_for, wait_for_shop_stock};
 use serde_json::json;
 use shopsim::Topic;
 
@@ -91,6 +97,136 @@ async fn our_own_stock_writes_come_back_as_echoes_and_shop_changes_are_told_apar
 
     stock.stop().await;
     inventory.stop().await;
+    source.stop().await;
+    wired.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalogue_mapping_in_postgresql_keeps_its_contract() {
+    let env = TestEnv::new("catalog_in_postgres", small()).await;
+    let mut state = flywheel::sync::state::StateDb::connect(&env.config)
+        .await
+        .expect("the state database");
+    common::check_catalogue_mapping(&mut state).await;
+}
+
+fn operations(sim: &shopsim::ShopSim, name: &str) -> u64 {
+    sim.stats()["api"]["operations"][name].as_u64().unwrap_or(0)
+}
+
+/// (variant, inventory item, version) the state database maps `sku` to.
+async fn mapped(env: &TestEnv, sku: &str) -> Option<(Option<String>, Option<String>, i64)> {
+    env.erp
+        .query_opt(
+            "SELECT variant, inventory_item, version FROM flywheel.catalog_variants
+             WHERE shop = 'demo' AND sku = $1",
+            &[&sku],
+        )
+        .await
+        .expect("the catalogue mapping")
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_product_webhooks() {
+    let env = TestEnv::new("catalog_mapping", small()).await;
+    let source = env.start_streaming().await;
+    let wired = common::WiredShop::start(
+        &env,
+        "catalog_mapping-processors",
+        20,
+        &[
+            Topic::ProductsCreate,
+            Topic::ProductsUpdate,
+            Topic::ProductsDelete,
+        ],
+    )
+    .await;
+    let (sim, config) = (&wired.sim, &wired.config);
+    let catalog = common::RunningProcessor::spawn(config, |c, t| async move {
+        flywheel::sync::shop_catalog::run(&c, &c.shops[0].clone(), t).await
+    });
+    let stock_processor = || {
+        common::RunningProcessor::spawn(config, |c, t| async move {
+            flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await
+        })
+    };
+    let stock = stock_processor();
+    let want = env.shop_should_show_all(20, 0).await;
+    wait_for_shop_stock("the first sync", T, sim, &want).await;
+    let lookups = operations(sim, "productVariants");
+    assert!(lookups >= 1, "20 SKUs are looked up, not exported");
+    let stored: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM flywheel.catalog_variants WHERE shop = 'demo' AND variant IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("the catalogue mapping")
+        .get(0);
+    assert_eq!(
+        stored, 20,
+        "every SKU the stock processor looked up is stored"
+    );
+    let (_, _, version_before) = mapped(&env, "SKU-000004").await.expect("SKU-000004 mapped");
+
+    // A restarted stock processor and a new price processor of the shop find
+    // the mapping stored: neither asks the shop for it again.
+    stock.stop().await;
+    let stock = stock_processor();
+    env.set_stock(3, "WH1", 61).await;
+    let want = env.shop_should_show_all(20, 0).await;
+    wait_for_shop_stock("a change after the restart", T, sim, &want).await;
+    assert_eq!(
+        operations(sim, "productVariants"),
+        lookups,
+        "the restarted stock processor looked its SKUs up again"
+    );
+    let prices = common::RunningProcessor::spawn(config, |c, t| async move {
+        flywheel::sync::price_to_shop::run(&c, &c.shops[0].clone(), t).await
+    });
+    env.erp
+        .execute(
+            "UPDATE product_template SET list_price = 55.50 WHERE id = 4",
+            &[],
+        )
+        .await
+        .expect("a price change");
+    common::wait_for_shop_price("the price change", T, sim, "SKU-000004", "55.50").await;
+    assert_eq!(
+        mapped(&env, "SKU-000004").await.map(|m| m.2),
+        Some(version_before),
+        "the price processor looked the SKU up again instead of reading the shared mapping"
+    );
+    assert_eq!(operations(sim, "bulkOperationRunQuery"), 0);
+
+    // The merchant replaces a product: the old variant and inventory item
+    // are gone, a new one has the SKU. The webhooks map the SKU anew, and
+    // the next stock change goes to the new item without a lookup.
+    let (old_item, new_item) = sim.replace_product("SKU-000003", 0).expect("SKU-000003");
+    wait_for("the new variant to be mapped", T, || async {
+        mapped(&env, "SKU-000003").await.and_then(|m| m.1) == Some(new_item.to_string())
+    })
+    .await;
+    let lookups = operations(sim, "productVariants");
+    env.set_stock(3, "WH1", 62).await;
+    let want = env.shop_should_show("SKU-000003", "WH1", 0).await;
+    let level = ("SKU-000003".to_owned(), "WH1".to_owned());
+    wait_for("the change on the new product", T, || async {
+        shop_stock(sim).await.get(&level) == Some(&want)
+    })
+    .await;
+    assert_ne!(old_item, new_item);
+    assert_eq!(
+        operations(sim, "productVariants") - lookups,
+        0,
+        "the new variant came from the webhooks, not a lookup"
+    );
+
+    prices.stop().await;
+    stock.stop().await;
+    catalog.stop().await;
     source.stop().await;
     wired.stop();
 }

@@ -1060,6 +1060,15 @@ async fn the_state_on_mariadb_never_lowers_a_version_and_tells_keys_apart_by_cas
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalogue_mapping_in_mariadb_keeps_its_contract() {
+    let env = Env::new("catalog_in_mariadb", small()).await;
+    let mut state = flywheel::sync::state::StateDb::connect(&env.config)
+        .await
+        .expect("the state database");
+    common::check_catalogue_mapping(&mut state).await;
+}
+
 /// The stock counts of a shop keeping one count per SKU (WooCommerce), kept
 /// in MariaDB: a part older than the stored one does not replace it, parts
 /// are per shop, and a count write is confirmed only at

@@ -267,7 +267,7 @@ async fn a_level_short_by_two_shipments_is_put_back_once() {
             .expect("a Shopify client")
     };
     let mut inventory = ShopifyInventory {
-        catalog: ShopCatalog::new(api()),
+        catalog: ShopCatalog::in_memory(api()),
     };
     let item = inventory.items(&["SKU-000004"]).await.expect("items")["SKU-000004"].clone();
     let location = inventory
@@ -299,7 +299,7 @@ async fn a_level_short_by_two_shipments_is_put_back_once() {
     set_level(72);
     let mut repair = DoubleCountRepair::new(
         ShopifyInventory {
-            catalog: ShopCatalog::new(api()),
+            catalog: ShopCatalog::in_memory(api()),
         },
         StateDb::connect(&config).await.expect("the state database"),
     );

@@ -284,7 +284,7 @@ async fn a_write_whose_client_died_still_lands_once_and_its_repeat_waits() {
 
     let shop = sim(1000.0, 100.0).await;
     let mut inventory = ShopifyInventory {
-        catalog: ShopCatalog::new(client(&shop)),
+        catalog: ShopCatalog::in_memory(client(&shop)),
     };
     let items = inventory.items(&["SKU-000001"]).await.expect("items");
     let item = items["SKU-000001"].clone();
@@ -323,7 +323,7 @@ async fn a_write_whose_client_died_still_lands_once_and_its_repeat_waits() {
     );
     // The restarted worker sends the same request while it is processed.
     let mut restarted = ShopifyInventory {
-        catalog: ShopCatalog::new(client(&shop)),
+        catalog: ShopCatalog::in_memory(client(&shop)),
     };
     assert_eq!(
         restarted

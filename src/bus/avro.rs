@@ -38,6 +38,10 @@ const SCHEMAS: &[(&str, &str)] = &[
         "shop.inventory.v1",
         include_str!("../../schemas/shop.inventory.v1.avsc"),
     ),
+    (
+        "shop.catalog.v1",
+        include_str!("../../schemas/shop.catalog.v1.avsc"),
+    ),
 ];
 
 /// Earlier revisions of a topic's schema (`schemas/previous/`): records

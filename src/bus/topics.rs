@@ -21,6 +21,8 @@ pub const ERP_PRICE: &str = "erp.price.v1";
 pub const ERP_ORDER_STATUS: &str = "erp.order_status.v1";
 pub const SHOP_ORDERS: &str = "shop.orders.v1";
 pub const SHOP_INVENTORY: &str = "shop.inventory.v1";
+/// The shop's products as they are now: what keeps the SKU → variant mapping current.
+pub const SHOP_CATALOG: &str = "shop.catalog.v1";
 /// Every verified webhook, byte for byte, with its headers.
 pub const SHOP_WEBHOOKS_RAW: &str = "shop.webhooks.raw.v1";
 pub const DEAD_LETTERS: &str = "flywheel.dlq.v1";

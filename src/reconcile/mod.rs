@@ -248,7 +248,7 @@ async fn compare_orders(
 /// A Shopify catalog held to `budget_share` of the shop's budget.
 fn shopify_catalog(shop: &ShopConfig, budget_share: f64) -> Result<ShopCatalog, ReconcileError> {
     let api = AdminApi::for_shop(shop, CLIENT).map_err(|e| ReconcileError::shop(shop, e.into()))?;
-    Ok(ShopCatalog::new(api.with_budget_share(budget_share)))
+    Ok(ShopCatalog::in_memory(api.with_budget_share(budget_share)))
 }
 
 /// A WooCommerce client held to `budget_share` of the shop's configured rate

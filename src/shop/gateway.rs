@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::dedupe::DedupeStore;
 use super::gateway_metrics::GatewayMetrics;
 use super::mapping::{
-    self, Delivery, Kind, MappingError, SHOP_INVENTORY, SHOP_ORDERS, SHOP_WEBHOOKS_RAW,
+    self, Delivery, Kind, MappingError, SHOP_CATALOG, SHOP_INVENTORY, SHOP_ORDERS,
+    SHOP_WEBHOOKS_RAW,
 };
 use super::signature;
 use crate::bus::BusError;
@@ -35,7 +36,7 @@ use crate::bus::producer::{EventProducer, OutRecord};
 use crate::bus::topics::ensure_topics;
 use crate::config::{Config, KafkaConfig, Platform};
 
-pub const TOPICS: [&str; 3] = [SHOP_WEBHOOKS_RAW, SHOP_ORDERS, SHOP_INVENTORY];
+pub const TOPICS: [&str; 4] = [SHOP_WEBHOOKS_RAW, SHOP_ORDERS, SHOP_INVENTORY, SHOP_CATALOG];
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -387,6 +388,7 @@ fn kind_label(kind: Kind) -> &'static str {
     match kind {
         Kind::Order => "order",
         Kind::Inventory => "inventory",
+        Kind::Catalog => "catalog",
         Kind::RawOnly => "raw_only",
     }
 }
@@ -435,6 +437,11 @@ fn canonical_record(
                 event.key.clone(),
                 codec.encode_serde(&event),
             )
+        }
+        Kind::Catalog => {
+            let event = mapping::shopify_product(json, d).map_err(CanonicalError::Mapping)?;
+            let codec = AvroCodec::for_topic(SHOP_CATALOG).map_err(|_| CanonicalError::Encode)?;
+            encode(SHOP_CATALOG, event.key.clone(), codec.encode_serde(&event))
         }
         Kind::RawOnly => Ok(None),
     }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::config::Platform;
 
-pub use crate::bus::topics::{SHOP_INVENTORY, SHOP_ORDERS, SHOP_WEBHOOKS_RAW};
+pub use crate::bus::topics::{SHOP_CATALOG, SHOP_INVENTORY, SHOP_ORDERS, SHOP_WEBHOOKS_RAW};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MappingError {
@@ -31,6 +31,8 @@ pub struct Delivery {
 pub enum Kind {
     Order,
     Inventory,
+    /// A product created, changed or deleted (`shop.catalog.v1`).
+    Catalog,
     /// Kept in the raw topic only (no canonical event yet).
     RawOnly,
 }
@@ -43,7 +45,9 @@ pub fn kind_of(platform: Platform, topic: &str) -> Option<Kind> {
             | "orders/fulfilled",
         ) => Some(Kind::Order),
         (Platform::Shopify, "inventory_levels/update") => Some(Kind::Inventory),
-        (Platform::Shopify, "products/update") => Some(Kind::RawOnly),
+        (Platform::Shopify, "products/create" | "products/update" | "products/delete") => {
+            Some(Kind::Catalog)
+        }
         (Platform::Woocommerce, "order.created" | "order.updated") => Some(Kind::Order),
         (Platform::Woocommerce, "product.updated") => Some(Kind::RawOnly),
         _ => None,
@@ -129,6 +133,29 @@ pub struct ShopInventoryEvent {
     pub location_id: String,
     pub available: Option<i64>,
     pub updated_at: String,
+}
+
+/// One variant of a [`ShopCatalogEvent`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogVariant {
+    pub variant_id: String,
+    pub sku: Option<String>,
+    pub inventory_item_id: Option<String>,
+}
+
+/// `shop.catalog.v1`: a product as it is now, or gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShopCatalogEvent {
+    pub key: String,
+    pub version: i64,
+    pub version_tiebreak: String,
+    pub source_ts: i64,
+    pub event_id: String,
+    pub platform: String,
+    pub channel: String,
+    pub product_id: String,
+    pub deleted: bool,
+    pub variants: Vec<CatalogVariant>,
 }
 
 /// A string, or a number rendered as one (Shopify ids are JSON numbers).
@@ -331,6 +358,48 @@ pub fn shopify_inventory(body: &Value, d: &Delivery) -> Result<ShopInventoryEven
     })
 }
 
+/// A Shopify `products/create`, `products/update` or `products/delete`
+/// payload. A deletion carries only the product's id; its version is the
+/// event time, which is after the product's last update.
+pub fn shopify_product(body: &Value, d: &Delivery) -> Result<ShopCatalogEvent, MappingError> {
+    let product = required(body, "id")?;
+    let deleted = d.topic == "products/delete";
+    let (version, version_tiebreak, source_ts) = if deleted {
+        versioned(&d.event_time, d)?
+    } else {
+        versioned(&required(body, "updated_at")?, d)?
+    };
+    let variants = if deleted {
+        Vec::new()
+    } else {
+        body.get("variants")
+            .and_then(Value::as_array)
+            .ok_or(MappingError::Field("variants"))?
+            .iter()
+            .map(|v| {
+                Ok(CatalogVariant {
+                    variant_id: required(v, "id")
+                        .map_err(|_| MappingError::Field("variants[].id"))?,
+                    sku: text(v, "sku"),
+                    inventory_item_id: text(v, "inventory_item_id"),
+                })
+            })
+            .collect::<Result<_, MappingError>>()?
+    };
+    Ok(ShopCatalogEvent {
+        key: format!("{}/product/{product}", d.channel),
+        version,
+        version_tiebreak,
+        source_ts,
+        event_id: d.webhook_id.clone(),
+        platform: d.platform.as_str().into(),
+        channel: d.channel.clone(),
+        product_id: product,
+        deleted,
+        variants,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +456,40 @@ mod tests {
     }
 
     #[test]
+    fn shopify_products_map_their_variants_and_deletions() {
+        let body = json!({"id": 788032119674292922u64, "updated_at": "2026-11-23T10:00:00Z",
+            "variants": [
+                {"id": 642667041472713922u64, "sku": "SKU-1", "inventory_item_id": 457924702},
+                {"id": 757650484644203962u64, "sku": "", "inventory_item_id": 39072856}]});
+        let e = shopify_product(&body, &delivery(Platform::Shopify, "products/update")).unwrap();
+        assert_eq!(e.key, "demo/product/788032119674292922");
+        assert!(!e.deleted);
+        assert_eq!(e.version, micros("2026-11-23T10:00:00Z").unwrap());
+        assert_eq!(e.variants[0].variant_id, "642667041472713922");
+        assert_eq!(e.variants[0].sku.as_deref(), Some("SKU-1"));
+        assert_eq!(
+            e.variants[0].inventory_item_id.as_deref(),
+            Some("457924702")
+        );
+        assert_eq!(e.variants[1].sku, None, "an empty SKU is none");
+        let gone = shopify_product(
+            &json!({"id": 788032119674292922u64}),
+            &delivery(Platform::Shopify, "products/delete"),
+        )
+        .unwrap();
+        assert!(gone.deleted && gone.variants.is_empty());
+        assert_eq!(gone.version, micros("2026-11-23T10:00:01Z").unwrap());
+        assert_eq!(
+            shopify_product(
+                &json!({"id": 1, "updated_at": "2026-11-23T10:00:00Z"}),
+                &delivery(Platform::Shopify, "products/update")
+            )
+            .unwrap_err(),
+            MappingError::Field("variants")
+        );
+    }
+
+    #[test]
     fn woocommerce_status_splits_into_financial_and_fulfillment() {
         let body = json!({"id": 727, "number": "727", "status": "completed", "currency": "EUR", "total": "29.35",
             "date_modified_gmt": "2026-11-23T10:00:00",
@@ -411,6 +514,10 @@ mod tests {
         assert_eq!(
             kind_of(Platform::Shopify, "inventory_levels/update"),
             Some(Kind::Inventory)
+        );
+        assert_eq!(
+            kind_of(Platform::Shopify, "products/delete"),
+            Some(Kind::Catalog)
         );
         assert_eq!(kind_of(Platform::Shopify, "carts/create"), None);
         assert_eq!(
@@ -455,5 +562,16 @@ mod avro_tests {
             .decode_serde(&codec.encode_serde(&inv).unwrap())
             .unwrap();
         assert_eq!(back, inv);
+        let product = shopify_product(
+            &json!({"id": 1, "updated_at": "2026-11-23T10:00:00Z",
+                    "variants": [{"id": 2, "sku": "S", "inventory_item_id": 3}, {"id": 4}]}),
+            &d,
+        )
+        .unwrap();
+        let codec = AvroCodec::for_topic(SHOP_CATALOG).unwrap();
+        let back: ShopCatalogEvent = codec
+            .decode_serde(&codec.encode_serde(&product).unwrap())
+            .unwrap();
+        assert_eq!(back, product);
     }
 }

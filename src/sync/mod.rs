@@ -6,6 +6,7 @@ pub mod apply_loop;
 pub mod orders_to_erp;
 pub mod partition_leases;
 pub mod price_to_shop;
+pub mod shop_catalog;
 pub mod shop_inventory;
 pub mod state;
 pub mod status_to_shop;
@@ -25,11 +26,12 @@ pub struct Lane {
 }
 
 /// (entity, logical topic) of the processors every Shopify shop gets.
-pub const PER_SHOP: [(&str, &str); 4] = [
+pub const PER_SHOP: [(&str, &str); 5] = [
     ("stock", crate::bus::topics::ERP_STOCK),
     ("price", crate::bus::topics::ERP_PRICE),
     ("order_status", crate::bus::topics::ERP_ORDER_STATUS),
     ("shop_inventory", crate::shop::mapping::SHOP_INVENTORY),
+    ("catalog", crate::shop::mapping::SHOP_CATALOG),
 ];
 
 /// The processor writing every shop's orders into the ERP.
@@ -74,7 +76,8 @@ impl Lane {
 
 /// The processors a shop gets: all of `PER_SHOP` on Shopify; on WooCommerce
 /// (with an `admin_url`) stock, prices and order status (its stock changes
-/// reach Flywheel as orders, not inventory webhooks); none for a shop whose
+/// reach Flywheel as orders, not inventory webhooks, and its products are
+/// looked up by SKU, not mapped to variants); none for a shop whose
 /// webhooks are all Flywheel takes.
 pub fn shop_processors(
     shop: &crate::config::ShopConfig,
@@ -127,6 +130,10 @@ mod tests {
                 shop_inventory::ShopInventory::ENTITY,
                 shop_inventory::ShopInventory::TOPIC,
             ),
+            (
+                shop_catalog::CatalogFromShop::ENTITY,
+                shop_catalog::CatalogFromShop::TOPIC,
+            ),
         ];
         assert_eq!(PER_SHOP, per_shop);
         assert_eq!(
@@ -157,10 +164,12 @@ mod tests {
                 "price.demo",
                 "order_status.demo",
                 "shop_inventory.demo",
+                "catalog.demo",
                 "stock.eu",
                 "price.eu",
                 "order_status.eu",
                 "shop_inventory.eu",
+                "catalog.eu",
                 "stock.woo",
                 "price.woo",
                 "order_status.woo",

@@ -11,12 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Lane;
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
+use super::shop_catalog::StoredCatalog;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_PRICE;
 use crate::config::{Config, Platform, ShopConfig};
-use crate::shop::admin_api::AdminApi;
 use crate::shop::platform::{PricePlatform, PriceWrite};
-use crate::shop::shopify::catalog::ShopCatalog;
 use crate::shop::shopify::prices::ShopifyPrices;
 use crate::shop::woocommerce::WooClient;
 
@@ -50,7 +49,7 @@ pub async fn run(
     match shop.platform {
         Platform::Shopify => {
             apply_loop::supervised(config, lane, shutdown, || async {
-                let catalog = ShopCatalog::new(AdminApi::for_shop(shop, ENTITY)?);
+                let catalog = StoredCatalog::for_shop(config, shop, ENTITY).await?;
                 Ok(PriceToShop {
                     platform: ShopifyPrices { catalog },
                     shop: shop.name.clone(),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Lane;
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
+use super::shop_catalog::StoredCatalog;
 use super::state::StateDb;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_ORDER_STATUS;
@@ -56,13 +57,14 @@ pub async fn run(
     match shop.platform {
         Platform::Shopify => {
             apply_loop::supervised(config, lane, shutdown, || async {
-                let api = || AdminApi::for_shop(shop, ENTITY);
                 Ok(StatusToShop {
-                    platform: ShopifyOrders::new(ShopCatalog::new(api()?)),
+                    platform: ShopifyOrders::new(ShopCatalog::in_memory(AdminApi::for_shop(
+                        shop, ENTITY,
+                    )?)),
                     channel: shop.name.clone(),
                     repair: DoubleCountRepair::new(
                         ShopifyInventory {
-                            catalog: ShopCatalog::new(api()?),
+                            catalog: StoredCatalog::for_shop(config, shop, ENTITY).await?,
                         },
                         StateDb::connect(config).await?,
                     ),

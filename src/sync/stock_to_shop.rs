@@ -33,13 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Lane;
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
+use super::shop_catalog::StoredCatalog;
 use super::state::StateDb;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_STOCK;
 use crate::config::{Config, ShopConfig};
-use crate::shop::admin_api::AdminApi;
 use crate::shop::platform::{OnHandWrite, SetOnHand, StockLevelPlatform};
-use crate::shop::shopify::catalog::ShopCatalog;
 use crate::shop::shopify::inventory::ShopifyInventory;
 
 #[derive(Clone, Debug)]
@@ -146,7 +145,7 @@ pub async fn run(
     let lane = Lane::for_shop(ENTITY, ERP_STOCK, &shop.name);
     apply_loop::supervised(config, lane, shutdown, || async {
         let state = StateDb::connect(config).await?;
-        let catalog = ShopCatalog::new(AdminApi::for_shop(shop, ENTITY)?);
+        let catalog = StoredCatalog::for_shop(config, shop, ENTITY).await?;
         Ok(StockToShop {
             state,
             platform: ShopifyInventory { catalog },

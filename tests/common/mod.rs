@@ -1051,3 +1051,101 @@ pub async fn wholesale_view(
     }
     want
 }
+
+/// The catalogue mapping's contract, on whatever backend `state` is: entries
+/// are per shop, an older entry never replaces a newer one, a product's
+/// webhook takes its SKUs no longer on it away (unless a newer entry moved
+/// them), a deleted product's SKUs read as unknown, and the export mark is
+/// kept.
+pub async fn check_catalogue_mapping(state: &mut flywheel::sync::state::StateDb) {
+    use flywheel::sync::state::CatalogEntry;
+    let entry = |sku: &str, variant: &str, product: &str| CatalogEntry {
+        sku: sku.into(),
+        variant: variant.into(),
+        product: product.into(),
+        inventory_item: format!("item-{variant}"),
+    };
+    let skus: Vec<String> = ["SKU-a", "SKU-b", "SKU-c", "sku-a"]
+        .map(String::from)
+        .to_vec();
+    let mapped = |entries: Vec<CatalogEntry>| {
+        let mut m: Vec<(String, String)> =
+            entries.into_iter().map(|e| (e.sku, e.variant)).collect();
+        m.sort();
+        m
+    };
+    let pair = |s: &str, v: &str| (s.to_owned(), v.to_owned());
+    assert!(!state.catalog_exported("shop").await.expect("exported"));
+    state
+        .store_catalog(
+            "shop",
+            100,
+            &[
+                entry("SKU-a", "1", "10"),
+                entry("SKU-b", "2", "10"),
+                entry("SKU-c", "3", "30"),
+                // Shopify does not make SKUs unique: the first one stays.
+                entry("SKU-c", "4", "40"),
+            ],
+        )
+        .await
+        .expect("storing");
+    state.mark_catalog_exported("shop").await.expect("marking");
+    assert!(state.catalog_exported("shop").await.expect("exported"));
+    assert!(!state.catalog_exported("other").await.expect("exported"));
+    // An older lookup does not replace what a newer read said.
+    state
+        .store_catalog("shop", 50, &[entry("SKU-a", "9", "90")])
+        .await
+        .expect("storing an older entry");
+    assert_eq!(
+        mapped(state.load_catalog("shop", &skus).await.expect("loading")),
+        [pair("SKU-a", "1"), pair("SKU-b", "2"), pair("SKU-c", "3")],
+        "keys differing only in case are different SKUs"
+    );
+    assert!(
+        state
+            .load_catalog("other", &skus)
+            .await
+            .expect("loading")
+            .is_empty()
+    );
+    // Product 10 now has SKU-a only: SKU-b is gone. An older webhook of it
+    // (a replay) brings nothing back.
+    state
+        .store_product("shop", "10", 200, &[entry("SKU-a", "1", "10")])
+        .await
+        .expect("a product update");
+    state
+        .store_product(
+            "shop",
+            "10",
+            150,
+            &[entry("SKU-a", "1", "10"), entry("SKU-b", "2", "10")],
+        )
+        .await
+        .expect("a replayed older product update");
+    // SKU-c moved to product 50 (newer); product 30's deletion, older than
+    // that, leaves it where it is.
+    state
+        .store_product("shop", "50", 300, &[entry("SKU-c", "5", "50")])
+        .await
+        .expect("a product update");
+    state
+        .store_product("shop", "30", 250, &[])
+        .await
+        .expect("a product deletion");
+    assert_eq!(
+        mapped(state.load_catalog("shop", &skus).await.expect("loading")),
+        [pair("SKU-a", "1"), pair("SKU-c", "5")]
+    );
+    // Deleting product 50 after that takes SKU-c away.
+    state
+        .store_product("shop", "50", 400, &[])
+        .await
+        .expect("a product deletion");
+    assert_eq!(
+        mapped(state.load_catalog("shop", &skus).await.expect("loading")),
+        [pair("SKU-a", "1")]
+    );
+}

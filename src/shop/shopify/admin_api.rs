@@ -35,12 +35,21 @@ pub enum AdminApiError {
         "TLS to the shop failed: {0}; check the shop's admin_url in [[shops]], and set its ca_file to a PEM file of the CA that signed the shop's certificate if it is not publicly trusted"
     )]
     Tls(String),
+    #[error(transparent)]
+    CatalogStore(#[from] super::catalog::CatalogStoreError),
 }
 
 impl AdminApiError {
     /// Worth trying again later (as opposed to a request that can never work).
     pub fn is_transient(&self) -> bool {
-        matches!(self, AdminApiError::Unavailable { .. })
+        match self {
+            AdminApiError::Unavailable { .. } => true,
+            AdminApiError::CatalogStore(e) => e.retryable,
+            AdminApiError::Unauthorized
+            | AdminApiError::GraphQl(_)
+            | AdminApiError::Protocol(_)
+            | AdminApiError::Tls(_) => false,
+        }
     }
 }
 

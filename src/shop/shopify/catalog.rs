@@ -1,21 +1,122 @@
 //! What the processors need to know about the shop's catalogue: SKU → variant,
-//! product and inventory item; location names → ids. Looked up on a miss and
-//! cached for the life of the processor. A miss of many SKUs at once (a first
-//! full sync, a processor starting on a backlog) exports the whole catalogue
-//! with one bulk query instead: a few points, where looking up 10,000 SKUs
-//! costs 30,000 and five minutes of the shop's budget.
+//! product and inventory item; location names → ids.
+//!
+//! The SKU → variant mapping is kept in a [`CatalogStore`]: in the state
+//! database, it is one mapping shared by every processor of the shop and kept
+//! across restarts, which `products/*` webhooks keep current
+//! (`sync::shop_catalog`). A SKU the store lacks is looked up in the shop and
+//! stored. A miss of many SKUs at once (a first full sync) exports the whole
+//! catalogue with one bulk query instead: a few points, where looking up
+//! 10,000 SKUs costs 30,000 and five minutes of the shop's budget; the store
+//! remembers the export, so no other processor and no restart repeats it.
 
 use std::collections::HashMap;
 
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::admin_api::{AdminApi, AdminApiError};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VariantRef {
     pub variant: String,
     pub product: String,
     pub inventory_item: String,
+}
+
+/// A [`CatalogStore`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the catalogue mapping's store: {reason}")]
+pub struct CatalogStoreError {
+    pub reason: String,
+    /// A server away, as opposed to a refused credential or a bad setting.
+    pub retryable: bool,
+}
+
+/// Where a shop's SKU → variant mapping lives between lookups.
+///
+/// Contract:
+/// - `load` returns the variant of each of `skus` the store knows. A SKU it
+///   never saw, or knows as gone, is absent, and the caller looks it up in
+///   the shop.
+/// - `store` records what the shop said at `version` (Unix µs, taken before
+///   the shop was read). It never overwrites an entry stored with a newer
+///   version, so a slow lookup cannot undo a `products/update` that came
+///   after it.
+/// - `exported` says whether `mark_exported` was ever called: the whole
+///   catalogue is in the store, and a mass miss is not worth another export.
+///   A store that forgets it only costs another export.
+/// - An error says whether trying again may help; nothing is half-stored
+///   that a retry would not store again.
+pub trait CatalogStore: Send + Sync {
+    fn load<'a>(
+        &'a mut self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, VariantRef>, CatalogStoreError>>;
+    fn store<'a>(
+        &'a mut self,
+        version: i64,
+        variants: &'a [(String, VariantRef)],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>>;
+    fn exported(&mut self) -> BoxFuture<'_, Result<bool, CatalogStoreError>>;
+    fn mark_exported(&mut self) -> BoxFuture<'_, Result<(), CatalogStoreError>>;
+}
+
+/// A mapping for one client's life only (the reconciler's).
+#[derive(Default)]
+pub struct MemoryCatalog {
+    variants: HashMap<String, (i64, VariantRef)>,
+    exported: bool,
+}
+
+impl CatalogStore for MemoryCatalog {
+    fn load<'a>(
+        &'a mut self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, VariantRef>, CatalogStoreError>> {
+        let found = skus
+            .iter()
+            .filter_map(|s| Some((s.clone(), self.variants.get(s)?.1.clone())))
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn store<'a>(
+        &'a mut self,
+        version: i64,
+        variants: &'a [(String, VariantRef)],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        for (sku, v) in variants {
+            let entry = self
+                .variants
+                .entry(sku.clone())
+                .or_insert_with(|| (version, v.clone()));
+            if entry.0 <= version {
+                *entry = (version, v.clone());
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn exported(&mut self) -> BoxFuture<'_, Result<bool, CatalogStoreError>> {
+        let exported = self.exported;
+        Box::pin(async move { Ok(exported) })
+    }
+
+    fn mark_exported(&mut self) -> BoxFuture<'_, Result<(), CatalogStoreError>> {
+        self.exported = true;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A Shopify GraphQL id: `gid("ProductVariant", "42")`.
+pub fn gid(kind: &str, numeric: &str) -> String {
+    format!("gid://shopify/{kind}/{numeric}")
+}
+
+/// Now, as a catalogue version (Unix µs).
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// Misses of at least this many SKUs in one lookup export the catalogue.
@@ -31,51 +132,49 @@ const PRICES_QUERY: &str = "{ productVariants { edges { node { sku price compare
 
 pub struct ShopCatalog {
     pub api: AdminApi,
-    variants: HashMap<String, VariantRef>,
+    store: Box<dyn CatalogStore>,
     locations: HashMap<String, String>,
-    exported: bool,
+}
+
+/// (SKU, variant) of a variant node with every field the mapping keeps.
+fn variant_of(v: &Value) -> Option<(String, VariantRef)> {
+    Some((
+        v["sku"].as_str().filter(|s| !s.is_empty())?.to_owned(),
+        VariantRef {
+            variant: v["id"].as_str()?.to_owned(),
+            product: v["product"]["id"].as_str()?.to_owned(),
+            inventory_item: v["inventoryItem"]["id"].as_str()?.to_owned(),
+        },
+    ))
 }
 
 impl ShopCatalog {
-    pub fn new(api: AdminApi) -> Self {
+    /// A catalogue whose SKU → variant mapping lives in `store`.
+    pub fn new(api: AdminApi, store: Box<dyn CatalogStore>) -> Self {
         ShopCatalog {
             api,
-            variants: HashMap::new(),
+            store,
             locations: HashMap::new(),
-            exported: false,
         }
     }
 
-    /// Every variant of the shop, from one bulk export (once per catalogue).
-    async fn export(&mut self) -> Result<(), AdminApiError> {
-        self.exported = true;
+    /// A catalogue that keeps its mapping for its own life only.
+    pub fn in_memory(api: AdminApi) -> Self {
+        ShopCatalog::new(api, Box::<MemoryCatalog>::default())
+    }
+
+    /// Every variant of the shop, from one bulk export, into the store.
+    async fn export(&mut self) -> Result<HashMap<String, VariantRef>, AdminApiError> {
+        let version = now_micros();
         let lines = super::bulk::run_query(&self.api, EXPORT_QUERY, EXPORT_PATIENCE).await?;
-        for v in &lines {
-            self.remember(v);
-        }
+        let variants: Vec<(String, VariantRef)> = lines.iter().filter_map(variant_of).collect();
+        self.store.store(version, &variants).await?;
+        self.store.mark_exported().await?;
         tracing::info!(
-            variants = self.variants.len(),
+            variants = variants.len(),
             "exported the shop's catalogue in one bulk query"
         );
-        Ok(())
-    }
-
-    fn remember(&mut self, v: &Value) {
-        if let (Some(sku), Some(variant), Some(product), Some(item)) = (
-            v["sku"].as_str().filter(|s| !s.is_empty()),
-            v["id"].as_str(),
-            v["product"]["id"].as_str(),
-            v["inventoryItem"]["id"].as_str(),
-        ) {
-            self.variants.insert(
-                sku.to_owned(),
-                VariantRef {
-                    variant: variant.to_owned(),
-                    product: product.to_owned(),
-                    inventory_item: item.to_owned(),
-                },
-            );
-        }
+        Ok(variants.into_iter().collect())
     }
 
     /// The variant of each SKU the shop has; SKUs it lacks are absent.
@@ -83,34 +182,39 @@ impl ShopCatalog {
         &mut self,
         skus: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, VariantRef>, AdminApiError> {
-        let mut wanted: Vec<&str> = skus.into_iter().collect();
+        let mut wanted: Vec<String> = skus.into_iter().map(str::to_owned).collect();
         wanted.sort();
         wanted.dedup();
+        let mut known = self.store.load(&wanted).await?;
         let missing = |known: &HashMap<String, VariantRef>| -> Vec<&str> {
             wanted
                 .iter()
-                .copied()
+                .map(String::as_str)
                 .filter(|s| !known.contains_key(*s))
                 .collect()
         };
-        if !self.exported && missing(&self.variants).len() >= EXPORT_FROM_MISSES {
-            self.export().await?;
+        if missing(&known).len() >= EXPORT_FROM_MISSES && !self.store.exported().await? {
+            let all = self.export().await?;
+            for s in &wanted {
+                if let Some(v) = all.get(s) {
+                    known.entry(s.clone()).or_insert_with(|| v.clone());
+                }
+            }
         }
         // Still missing: created since the export, or not in the shop.
-        let nodes = self
-            .by_sku(
-                &missing(&self.variants),
-                "id sku product { id } inventoryItem { id }",
-                3.0,
-            )
-            .await?;
-        for v in &nodes {
-            self.remember(v);
+        let still = missing(&known);
+        if !still.is_empty() {
+            let version = now_micros();
+            let nodes = self
+                .by_sku(&still, "id sku product { id } inventoryItem { id }", 3.0)
+                .await?;
+            let found: Vec<(String, VariantRef)> = nodes.iter().filter_map(variant_of).collect();
+            self.store.store(version, &found).await?;
+            for (sku, v) in found {
+                known.entry(sku).or_insert(v);
+            }
         }
-        Ok(wanted
-            .into_iter()
-            .filter_map(|s| self.variants.get(s).map(|v| (s.to_owned(), v.clone())))
-            .collect())
+        Ok(known)
     }
 
     /// The shop's current (price, compare-at price) of each SKU, read now (not

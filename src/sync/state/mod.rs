@@ -17,6 +17,14 @@
 //!   version is newer than what is stored, so a replay cannot lower it — and
 //!   what each count was last set to, with the bookkeeping of shop sales the
 //!   ERP has not reserved yet (see `sync::stock_count_to_shop`).
+//! - **The shop's catalogue mapping** per (shop, SKU): its variant, product
+//!   and inventory item, as the shop last said (an export, a lookup, a
+//!   `products/*` webhook), each entry with the version it was said at
+//!   (Unix µs): storing never overwrites a newer entry, so a replayed old
+//!   webhook cannot bring back a mapping a later one changed. A SKU whose
+//!   variant is gone is kept without one and reads as unknown. Whether the
+//!   whole catalogue was exported once is kept too. Shared by every processor
+//!   of the shop, kept across restarts.
 //! - **Partition leases** (see `sync::partition_leases`): named locks held by
 //!   a session, which the server drops the moment the session ends, also when
 //!   the worker was killed with `kill -9`. A backend supplies the primitives
@@ -81,6 +89,16 @@ pub struct CountWritten {
     pub held: i64,
     pub held_since: i64,
     pub confirmed: bool,
+}
+
+/// One SKU's entry in a shop's catalogue mapping, by numeric ids (as
+/// webhooks name them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub sku: String,
+    pub variant: String,
+    pub product: String,
+    pub inventory_item: String,
 }
 
 /// A live session holding leases of a group, for operators.
@@ -307,6 +325,80 @@ impl StateDb {
         match self {
             StateDb::Postgres(c) => Ok(postgres::confirm_counts(c, shop, counts).await?),
             StateDb::Mysql(m) => Ok(m.confirm_counts(shop, counts).await?),
+        }
+    }
+
+    /// The catalogue mapping of `skus` in `shop` (SKUs without a known
+    /// variant are absent).
+    pub async fn load_catalog(
+        &mut self,
+        shop: &str,
+        skus: &[String],
+    ) -> Result<Vec<CatalogEntry>, StateError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            StateDb::Postgres(c) => Ok(postgres::load_catalog(c, shop, skus).await?),
+            StateDb::Mysql(m) => Ok(m.load_catalog(shop, skus).await?),
+        }
+    }
+
+    /// Records what the shop said of these SKUs at `version`, over entries
+    /// not newer. A SKU twice keeps its first entry (Shopify does not make
+    /// SKUs unique; the first variant found wins, as a lookup's would).
+    pub async fn store_catalog(
+        &mut self,
+        shop: &str,
+        version: i64,
+        entries: &[CatalogEntry],
+    ) -> Result<(), StateError> {
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&CatalogEntry> = entries
+            .iter()
+            .filter(|e| seen.insert(e.sku.as_str()))
+            .collect();
+        if unique.is_empty() {
+            return Ok(());
+        }
+        match self {
+            StateDb::Postgres(c) => Ok(postgres::store_catalog(c, shop, version, &unique).await?),
+            StateDb::Mysql(m) => Ok(m.store_catalog(shop, version, &unique).await?),
+        }
+    }
+
+    /// Records `product` as the shop has it at `version`: `entries` are all
+    /// its variants now (none: deleted), and its SKUs not among them lose
+    /// their variant, unless a newer entry says otherwise.
+    pub async fn store_product(
+        &mut self,
+        shop: &str,
+        product: &str,
+        version: i64,
+        entries: &[CatalogEntry],
+    ) -> Result<(), StateError> {
+        self.store_catalog(shop, version, entries).await?;
+        let keep: Vec<&str> = entries.iter().map(|e| e.sku.as_str()).collect();
+        match self {
+            StateDb::Postgres(c) => {
+                Ok(postgres::forget_variants(c, shop, product, version, &keep).await?)
+            }
+            StateDb::Mysql(m) => Ok(m.forget_variants(shop, product, version, &keep).await?),
+        }
+    }
+
+    /// Whether `shop`'s whole catalogue was exported into the mapping once.
+    pub async fn catalog_exported(&mut self, shop: &str) -> Result<bool, StateError> {
+        match self {
+            StateDb::Postgres(c) => Ok(postgres::catalog_exported(c, shop).await?),
+            StateDb::Mysql(m) => Ok(m.catalog_exported(shop).await?),
+        }
+    }
+
+    pub async fn mark_catalog_exported(&mut self, shop: &str) -> Result<(), StateError> {
+        match self {
+            StateDb::Postgres(c) => Ok(postgres::mark_catalog_exported(c, shop).await?),
+            StateDb::Mysql(m) => Ok(m.mark_catalog_exported(shop).await?),
         }
     }
 

@@ -16,7 +16,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use sha2::{Digest, Sha256};
 
-use super::{CountWritten, Holder, LevelWrite, StockPart, Version, Written, numeric_id};
+use super::{
+    CatalogEntry, CountWritten, Holder, LevelWrite, StockPart, Version, Written, numeric_id,
+};
 use crate::mysql::quote_ident;
 
 /// The most workers of one group counted as live; more still work, but are
@@ -88,6 +90,22 @@ impl MysqlState {
                    confirmed    BOOLEAN NOT NULL,
                    written_at   TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
                    PRIMARY KEY (shop, sku)) {TABLE_OPTIONS}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.catalog_variants (
+                   shop           VARCHAR(64) NOT NULL,
+                   sku            VARCHAR(255) NOT NULL,
+                   variant        VARCHAR(64) NULL,
+                   product        VARCHAR(64) NOT NULL,
+                   inventory_item VARCHAR(64) NULL,
+                   version        BIGINT NOT NULL,
+                   PRIMARY KEY (shop, sku),
+                   KEY catalog_variants_product (shop, product)) {TABLE_OPTIONS}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.catalog_exports (
+                   shop        VARCHAR(64) NOT NULL PRIMARY KEY,
+                   exported_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) {TABLE_OPTIONS}"
             ),
         ] {
             conn.query_drop(ddl).await?;
@@ -360,6 +378,123 @@ impl MysqlState {
                 },
             )
             .collect())
+    }
+
+    pub async fn load_catalog(
+        &mut self,
+        shop: &str,
+        skus: &[String],
+    ) -> Result<Vec<CatalogEntry>, mysql_async::Error> {
+        let rows: Vec<(String, String, String, String)> = self
+            .conn
+            .exec(
+                format!(
+                    "SELECT c.sku, c.variant, c.product, c.inventory_item
+                     FROM {}.catalog_variants c
+                     JOIN JSON_TABLE(?, '$[*]' COLUMNS (
+                            s VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) j
+                       ON c.sku = j.s
+                     WHERE c.shop = ? AND c.variant IS NOT NULL AND c.inventory_item IS NOT NULL",
+                    self.db
+                ),
+                (json(skus), shop),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sku, variant, product, inventory_item)| CatalogEntry {
+                sku,
+                variant,
+                product,
+                inventory_item,
+            })
+            .collect())
+    }
+
+    /// Entries unique by SKU.
+    pub async fn store_catalog(
+        &mut self,
+        shop: &str,
+        version: i64,
+        entries: &[&CatalogEntry],
+    ) -> Result<(), mysql_async::Error> {
+        let rows: Vec<(&str, &str, &str, &str)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.sku.as_str(),
+                    e.variant.as_str(),
+                    e.product.as_str(),
+                    e.inventory_item.as_str(),
+                )
+            })
+            .collect();
+        // Assignments see the columns already set, so the version, which
+        // the guard reads, is set last.
+        let newer = "VALUES(version) >= version";
+        self.conn
+            .exec_drop(
+                format!(
+                    "INSERT INTO {}.catalog_variants (shop, sku, variant, product, inventory_item, version)
+                     SELECT ?, j.s, j.v, j.p, j.i, ? FROM JSON_TABLE(?, '$[*]' COLUMNS (
+                       s VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]',
+                       v VARCHAR(64) PATH '$[1]', p VARCHAR(64) PATH '$[2]',
+                       i VARCHAR(64) PATH '$[3]')) j
+                     ON DUPLICATE KEY UPDATE
+                       variant = IF({newer}, VALUES(variant), variant),
+                       product = IF({newer}, VALUES(product), product),
+                       inventory_item = IF({newer}, VALUES(inventory_item), inventory_item),
+                       version = IF({newer}, VALUES(version), version)",
+                    self.db
+                ),
+                (shop, version, json(rows)),
+            )
+            .await
+    }
+
+    pub async fn forget_variants(
+        &mut self,
+        shop: &str,
+        product: &str,
+        version: i64,
+        keep: &[&str],
+    ) -> Result<(), mysql_async::Error> {
+        self.conn
+            .exec_drop(
+                format!(
+                    "UPDATE {}.catalog_variants
+                     SET variant = NULL, inventory_item = NULL, version = ?
+                     WHERE shop = ? AND product = ? AND version <= ?
+                       AND NOT JSON_CONTAINS(?, JSON_QUOTE(sku))",
+                    self.db
+                ),
+                (version, shop, product, version, json(keep)),
+            )
+            .await
+    }
+
+    pub async fn catalog_exported(&mut self, shop: &str) -> Result<bool, mysql_async::Error> {
+        let found: Option<i64> = self
+            .conn
+            .exec_first(
+                format!("SELECT 1 FROM {}.catalog_exports WHERE shop = ?", self.db),
+                (shop,),
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+
+    pub async fn mark_catalog_exported(&mut self, shop: &str) -> Result<(), mysql_async::Error> {
+        self.conn
+            .exec_drop(
+                format!(
+                    "INSERT INTO {}.catalog_exports (shop) VALUES (?)
+                     ON DUPLICATE KEY UPDATE exported_at = CURRENT_TIMESTAMP(6)",
+                    self.db
+                ),
+                (shop,),
+            )
+            .await
     }
 
     pub async fn record_counts(

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
-use super::{CountWritten, Holder, LevelWrite, StockPart, Version, Written, numeric_id};
+use super::{
+    CatalogEntry, CountWritten, Holder, LevelWrite, StockPart, Version, Written, numeric_id,
+};
 
 const DDL: &str = "CREATE SCHEMA IF NOT EXISTS flywheel;
 CREATE TABLE IF NOT EXISTS flywheel.applied_versions (
@@ -43,7 +45,19 @@ CREATE TABLE IF NOT EXISTS flywheel.stock_counts (
     held_since   bigint NOT NULL,
     confirmed    boolean NOT NULL,
     written_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (shop, sku))";
+    PRIMARY KEY (shop, sku));
+CREATE TABLE IF NOT EXISTS flywheel.catalog_variants (
+    shop           text NOT NULL,
+    sku            text NOT NULL,
+    variant        text,
+    product        text NOT NULL,
+    inventory_item text,
+    version        bigint NOT NULL,
+    PRIMARY KEY (shop, sku));
+CREATE INDEX IF NOT EXISTS catalog_variants_product ON flywheel.catalog_variants (shop, product);
+CREATE TABLE IF NOT EXISTS flywheel.catalog_exports (
+    shop        text PRIMARY KEY,
+    exported_at timestamptz NOT NULL DEFAULT now())";
 
 pub async fn create_tables(client: &Client) -> Result<(), tokio_postgres::Error> {
     crate::pg::own_schema::create_tables(client, DDL).await
@@ -184,6 +198,101 @@ pub async fn load_levels(
             (r.get::<_, i64>(0), written)
         })
         .collect())
+}
+
+pub async fn load_catalog(
+    client: &Client,
+    shop: &str,
+    skus: &[String],
+) -> Result<Vec<CatalogEntry>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT sku, variant, product, inventory_item FROM flywheel.catalog_variants
+             WHERE shop = $1 AND sku = ANY($2) AND variant IS NOT NULL AND inventory_item IS NOT NULL",
+            &[&shop, &skus],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| CatalogEntry {
+            sku: r.get(0),
+            variant: r.get(1),
+            product: r.get(2),
+            inventory_item: r.get(3),
+        })
+        .collect())
+}
+
+/// Entries unique by SKU.
+pub async fn store_catalog(
+    client: &Client,
+    shop: &str,
+    version: i64,
+    entries: &[&CatalogEntry],
+) -> Result<(), tokio_postgres::Error> {
+    let column = |f: fn(&CatalogEntry) -> &str| entries.iter().map(|e| f(e)).collect::<Vec<_>>();
+    client
+        .execute(
+            "INSERT INTO flywheel.catalog_variants (shop, sku, variant, product, inventory_item, version)
+             SELECT $1, s, v, p, i, $2
+             FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS x(s, v, p, i)
+             ON CONFLICT (shop, sku) DO UPDATE
+               SET variant = excluded.variant, product = excluded.product,
+                   inventory_item = excluded.inventory_item, version = excluded.version
+               WHERE excluded.version >= flywheel.catalog_variants.version",
+            &[
+                &shop,
+                &version,
+                &column(|e| &e.sku),
+                &column(|e| &e.variant),
+                &column(|e| &e.product),
+                &column(|e| &e.inventory_item),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn forget_variants(
+    client: &Client,
+    shop: &str,
+    product: &str,
+    version: i64,
+    keep: &[&str],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE flywheel.catalog_variants
+             SET variant = NULL, inventory_item = NULL, version = $3
+             WHERE shop = $1 AND product = $2 AND version <= $3 AND NOT (sku = ANY($4))",
+            &[&shop, &product, &version, &keep],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn catalog_exported(client: &Client, shop: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM flywheel.catalog_exports WHERE shop = $1",
+            &[&shop],
+        )
+        .await?
+        .is_some())
+}
+
+pub async fn mark_catalog_exported(
+    client: &Client,
+    shop: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO flywheel.catalog_exports (shop) VALUES ($1)
+             ON CONFLICT (shop) DO UPDATE SET exported_at = now()",
+            &[&shop],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The advisory locks of this database under key `hashtext($1)`: their
