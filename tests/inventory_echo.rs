@@ -224,9 +224,36 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
         "the new variant came from the webhooks, not a lookup"
     );
 
+    // Replaced again while the catalogue processor is behind (stopped): the
+    // stock write finds the mapped item gone, forgets it, looks the SKU up
+    // and writes to the new item; nothing is dead-lettered.
+    catalog.stop().await;
+    let (_, newest_item) = sim.replace_product("SKU-000005", 0).expect("SKU-000005");
+    let lookups = operations(sim, "productVariants");
+    let dead_letters = processor_outcomes().get("dead_lettered").copied();
+    env.set_stock(5, "WH2", 64).await;
+    let want = env.shop_should_show("SKU-000005", "WH2", 0).await;
+    let level = ("SKU-000005".to_owned(), "WH2".to_owned());
+    wait_for("the change on the replaced product", T, || async {
+        shop_stock(sim).await.get(&level) == Some(&want)
+    })
+    .await;
+    assert!(
+        operations(sim, "productVariants") > lookups,
+        "the stale item was looked up again"
+    );
+    assert_eq!(
+        mapped(&env, "SKU-000005").await.and_then(|m| m.1),
+        Some(newest_item.to_string())
+    );
+    assert_eq!(
+        processor_outcomes().get("dead_lettered").copied(),
+        dead_letters,
+        "a write to a replaced item was dead-lettered instead of looked up again"
+    );
+
     prices.stop().await;
     stock.stop().await;
-    catalog.stop().await;
     source.stop().await;
     wired.stop();
 }

@@ -191,6 +191,10 @@ pub enum SetOnHand {
     /// before its answer came). It may yet land: read and retry, as for
     /// `Stale`; never a reason to give up on the level.
     InProgress,
+    /// Nothing was set: an inventory item is not in the shop (any more).
+    /// The SKU → item mapping it came from is stale: `forget` those SKUs and
+    /// try again, which looks them up anew.
+    UnknownItem,
     /// Nothing was set: the shop refused the input (its words).
     Refused(String),
 }
@@ -222,6 +226,10 @@ pub trait StockLevelPlatform: StockLevelReader {
         writes: &[OnHandWrite],
         key: &str,
     ) -> impl Future<Output = Result<SetOnHand, Self::Error>> + Send;
+
+    /// The items `items` gave for these SKUs are gone from the shop: the next
+    /// `items` looks them up again.
+    fn forget(&mut self, skus: &[&str]) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// The reading half of [`StockLevelPlatform`] (its contract for `items`,

@@ -103,6 +103,19 @@ impl CatalogStore for StoredCatalog {
         })
     }
 
+    fn forget<'a>(
+        &'a mut self,
+        version: i64,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        Box::pin(async move {
+            self.state
+                .forget_catalog(&self.shop, version, skus)
+                .await
+                .map_err(store_error)
+        })
+    }
+
     fn exported(&mut self) -> BoxFuture<'_, Result<bool, CatalogStoreError>> {
         Box::pin(async move {
             self.state

@@ -204,7 +204,8 @@ where
                 // The level is not the double-counted one: nothing to undo.
                 // Or this very repair, sent before a crash, is still being
                 // processed: it lands without us.
-                SetOnHand::Stale | SetOnHand::InProgress => {}
+                // Or the item is gone: nothing left to put back.
+                SetOnHand::Stale | SetOnHand::InProgress | SetOnHand::UnknownItem => {}
                 SetOnHand::Refused(reason) => {
                     tracing::warn!(item = %pair.0, location = %pair.1, %reason, "the shop refused to put back a double-counted shipment");
                 }

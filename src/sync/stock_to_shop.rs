@@ -222,6 +222,14 @@ where
                 match self.set_quantities(std::slice::from_ref(w)).await? {
                     SetOutcome::Done => {}
                     SetOutcome::Contended => outcomes[*i] = Outcome::Contended,
+                    // Mapped before the variant was replaced in the shop:
+                    // looked up again when the event goes again.
+                    SetOutcome::UnknownItem => {
+                        self.platform
+                            .forget(&[events[*i].event.sku.as_str()])
+                            .await?;
+                        outcomes[*i] = Outcome::Contended;
+                    }
                     SetOutcome::Refused(reason) => {
                         outcomes[*i] = Outcome::DeadLetter {
                             class: "shop_refused",
@@ -244,6 +252,8 @@ enum SetOutcome {
     Done,
     /// The levels kept moving under us through every attempt.
     Contended,
+    /// An inventory item is not in the shop (any more).
+    UnknownItem,
     /// The shop refused the input (e.g. an item not stocked at the location).
     Refused(String),
 }
@@ -353,6 +363,7 @@ where
                     return Ok(SetOutcome::Done);
                 }
                 SetOnHand::Refused(reason) => return Ok(SetOutcome::Refused(reason)),
+                SetOnHand::UnknownItem => return Ok(SetOutcome::UnknownItem),
                 // Normal concurrency: something (a fulfilment, a person in the
                 // shop admin, our own request sent before a crash) moved on_hand
                 // since we last looked.

@@ -1139,6 +1139,27 @@ pub async fn check_catalogue_mapping(state: &mut flywheel::sync::state::StateDb)
         mapped(state.load_catalog("shop", &skus).await.expect("loading")),
         [pair("SKU-a", "1"), pair("SKU-c", "5")]
     );
+    // A write found SKU-a's item gone; an entry stored after that stays.
+    state
+        .forget_catalog("shop", 500, &["SKU-a".to_owned()])
+        .await
+        .expect("forgetting");
+    assert!(
+        state
+            .load_catalog("shop", &skus)
+            .await
+            .expect("loading")
+            .iter()
+            .all(|e| e.sku != "SKU-a")
+    );
+    state
+        .store_catalog("shop", 600, &[entry("SKU-a", "6", "60")])
+        .await
+        .expect("storing the variant looked up anew");
+    state
+        .forget_catalog("shop", 550, &["SKU-a".to_owned()])
+        .await
+        .expect("forgetting with an older version");
     // Deleting product 50 after that takes SKU-c away.
     state
         .store_product("shop", "50", 400, &[])
@@ -1146,6 +1167,6 @@ pub async fn check_catalogue_mapping(state: &mut flywheel::sync::state::StateDb)
         .expect("a product deletion");
     assert_eq!(
         mapped(state.load_catalog("shop", &skus).await.expect("loading")),
-        [pair("SKU-a", "1")]
+        [pair("SKU-a", "6")]
     );
 }

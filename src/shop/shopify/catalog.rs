@@ -43,6 +43,9 @@ pub struct CatalogStoreError {
 ///   the shop was read). It never overwrites an entry stored with a newer
 ///   version, so a slow lookup cannot undo a `products/update` that came
 ///   after it.
+/// - `forget` takes these SKUs' variants away (a write found them gone from
+///   the shop), unless an entry newer than `version` says otherwise; they
+///   read as unknown until stored again.
 /// - `exported` says whether `mark_exported` was ever called: the whole
 ///   catalogue is in the store, and a mass miss is not worth another export.
 ///   A store that forgets it only costs another export.
@@ -57,6 +60,11 @@ pub trait CatalogStore: Send + Sync {
         &'a mut self,
         version: i64,
         variants: &'a [(String, VariantRef)],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>>;
+    fn forget<'a>(
+        &'a mut self,
+        version: i64,
+        skus: &'a [String],
     ) -> BoxFuture<'a, Result<(), CatalogStoreError>>;
     fn exported(&mut self) -> BoxFuture<'_, Result<bool, CatalogStoreError>>;
     fn mark_exported(&mut self) -> BoxFuture<'_, Result<(), CatalogStoreError>>;
@@ -93,6 +101,19 @@ impl CatalogStore for MemoryCatalog {
                 .or_insert_with(|| (version, v.clone()));
             if entry.0 <= version {
                 *entry = (version, v.clone());
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn forget<'a>(
+        &'a mut self,
+        version: i64,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        for sku in skus {
+            if self.variants.get(sku).is_some_and(|e| e.0 <= version) {
+                self.variants.remove(sku);
             }
         }
         Box::pin(async { Ok(()) })
@@ -215,6 +236,17 @@ impl ShopCatalog {
             }
         }
         Ok(known)
+    }
+
+    /// These SKUs' variants are gone from the shop (a write was refused for
+    /// an unknown item): they are looked up again when next wanted.
+    pub async fn forget(&mut self, skus: &[&str]) -> Result<(), AdminApiError> {
+        let skus: Vec<String> = skus.iter().map(|s| s.to_string()).collect();
+        tracing::info!(
+            ?skus,
+            "the shop no longer has the mapped variants; looking them up again"
+        );
+        Ok(self.store.forget(now_micros(), &skus).await?)
     }
 
     /// The shop's current (price, compare-at price) of each SKU, read now (not

@@ -66,6 +66,10 @@ impl StockLevelReader for ShopifyInventory {
 }
 
 impl StockLevelPlatform for ShopifyInventory {
+    async fn forget(&mut self, skus: &[&str]) -> Result<(), AdminApiError> {
+        self.catalog.forget(skus).await
+    }
+
     fn ready_in(&self) -> std::time::Duration {
         self.catalog.api.time_until(MUTATION_COST)
     }
@@ -101,6 +105,8 @@ impl StockLevelPlatform for ShopifyInventory {
             SetOnHand::Done
         } else if all("IDEMPOTENCY_CONCURRENT_REQUEST") {
             SetOnHand::InProgress
+        } else if errors.iter().any(|e| e["code"] == "INVALID_INVENTORY_ITEM") {
+            SetOnHand::UnknownItem
         } else if errors
             .iter()
             .all(|e| e["code"] == "CHANGE_FROM_QUANTITY_STALE")

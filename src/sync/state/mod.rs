@@ -387,6 +387,23 @@ impl StateDb {
         }
     }
 
+    /// Takes the variants of `skus` away, unless an entry newer than
+    /// `version` says otherwise.
+    pub async fn forget_catalog(
+        &mut self,
+        shop: &str,
+        version: i64,
+        skus: &[String],
+    ) -> Result<(), StateError> {
+        if skus.is_empty() {
+            return Ok(());
+        }
+        match self {
+            StateDb::Postgres(c) => Ok(postgres::forget_catalog(c, shop, version, skus).await?),
+            StateDb::Mysql(m) => Ok(m.forget_catalog(shop, version, skus).await?),
+        }
+    }
+
     /// Whether `shop`'s whole catalogue was exported into the mapping once.
     pub async fn catalog_exported(&mut self, shop: &str) -> Result<bool, StateError> {
         match self {

@@ -473,6 +473,25 @@ impl MysqlState {
             .await
     }
 
+    pub async fn forget_catalog(
+        &mut self,
+        shop: &str,
+        version: i64,
+        skus: &[String],
+    ) -> Result<(), mysql_async::Error> {
+        self.conn
+            .exec_drop(
+                format!(
+                    "UPDATE {}.catalog_variants
+                     SET variant = NULL, inventory_item = NULL, version = ?
+                     WHERE shop = ? AND version <= ? AND JSON_CONTAINS(?, JSON_QUOTE(sku))",
+                    self.db
+                ),
+                (version, shop, version, json(skus)),
+            )
+            .await
+    }
+
     pub async fn catalog_exported(&mut self, shop: &str) -> Result<bool, mysql_async::Error> {
         let found: Option<i64> = self
             .conn

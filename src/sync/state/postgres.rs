@@ -271,6 +271,23 @@ pub async fn forget_variants(
     Ok(())
 }
 
+pub async fn forget_catalog(
+    client: &Client,
+    shop: &str,
+    version: i64,
+    skus: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE flywheel.catalog_variants
+             SET variant = NULL, inventory_item = NULL, version = $2
+             WHERE shop = $1 AND sku = ANY($3) AND version <= $2",
+            &[&shop, &version, &skus],
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn catalog_exported(client: &Client, shop: &str) -> Result<bool, tokio_postgres::Error> {
     Ok(client
         .query_opt(
