@@ -252,6 +252,29 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
         "a write to a replaced item was dead-lettered instead of looked up again"
     );
 
+    // The same for a price: the product is gone, the write looks it up anew.
+    sim.replace_product("SKU-000006", 0).expect("SKU-000006");
+    env.erp
+        .execute(
+            "UPDATE product_template SET list_price = 66.60 WHERE id = 6",
+            &[],
+        )
+        .await
+        .expect("a price change");
+    common::wait_for_shop_price(
+        "the price of the replaced product",
+        T,
+        sim,
+        "SKU-000006",
+        "66.60",
+    )
+    .await;
+    assert_eq!(
+        processor_outcomes().get("dead_lettered").copied(),
+        dead_letters,
+        "a price write to a replaced product was dead-lettered instead of looked up again"
+    );
+
     prices.stop().await;
     stock.stop().await;
     source.stop().await;

@@ -29,7 +29,7 @@ const BULK_BATCH_MAX: usize = 5_000;
 /// minutes, after any other bulk mutation of the app).
 const BULK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 const UPDATE: &str = "mutation($p: ID!, $v: [ProductVariantsBulkInput!]!) {
-    productVariantsBulkUpdate(productId: $p, variants: $v) { userErrors { field message } } }";
+    productVariantsBulkUpdate(productId: $p, variants: $v) { userErrors { field message code } } }";
 
 impl PriceReader for ShopifyPrices {
     type Error = AdminApiError;
@@ -61,28 +61,78 @@ impl PricePlatform for ShopifyPrices {
         configured.max(BULK_BATCH_MAX)
     }
 
+    /// A write whose mapped variant or product is gone from the shop (the
+    /// product was replaced before its webhook was applied) forgets the SKU
+    /// and goes once more, which looks it up anew.
     async fn set(
         &mut self,
         prices: &[PriceWrite],
     ) -> Result<Vec<Result<(), String>>, AdminApiError> {
+        let all: Vec<usize> = (0..prices.len()).collect();
+        let mut outcomes = self.write(prices, &all).await?;
+        let gone: Vec<usize> = (0..prices.len())
+            .filter(|i| matches!(outcomes[*i], Written::Gone(_)))
+            .collect();
+        if !gone.is_empty() {
+            let skus: Vec<&str> = gone.iter().map(|i| prices[*i].sku.as_str()).collect();
+            self.catalog.forget(&skus).await?;
+            for (i, again) in gone.iter().zip(self.write(prices, &gone).await?) {
+                outcomes[*i] = again;
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|w| match w {
+                Written::Done => Ok(()),
+                Written::Gone(reason) | Written::Refused(reason) => Err(reason),
+            })
+            .collect())
+    }
+}
+
+/// What became of one price write.
+enum Written {
+    Done,
+    /// The shop has no such product or variant (any more).
+    Gone(String),
+    Refused(String),
+}
+
+/// `productVariantsBulkUpdate`'s codes for a product or variant the shop
+/// does not have.
+const GONE_CODES: [&str; 2] = ["PRODUCT_DOES_NOT_EXIST", "PRODUCT_VARIANT_DOES_NOT_EXIST"];
+
+impl ShopifyPrices {
+    /// Writes `prices[i]` for each `i` of `which`; one outcome per `which`.
+    async fn write(
+        &mut self,
+        prices: &[PriceWrite],
+        which: &[usize],
+    ) -> Result<Vec<Written>, AdminApiError> {
         let variants = self
             .catalog
-            .variants(prices.iter().map(|p| p.sku.as_str()))
+            .variants(which.iter().map(|i| prices[*i].sku.as_str()))
             .await?;
-        let mut outcomes: Vec<Result<(), String>> = prices
+        let mut outcomes: Vec<Written> = which
             .iter()
-            .map(|p| Err(format!("the shop has no variant with SKU `{}`", p.sku)))
+            .map(|i| {
+                Written::Refused(format!(
+                    "the shop has no variant with SKU `{}`",
+                    prices[*i].sku
+                ))
+            })
             .collect();
-        // product → [(write index, variant input)]
+        // product → [(outcome index, variant input)]
         let mut per_product: BTreeMap<String, Vec<(usize, Value)>> = BTreeMap::new();
-        for (i, p) in prices.iter().enumerate() {
+        for (n, i) in which.iter().enumerate() {
+            let p = &prices[*i];
             if let Some(v) = variants.get(&p.sku) {
                 let input =
                     json!({"id": v.variant, "price": p.amount, "compareAtPrice": p.compare_at});
                 per_product
                     .entry(v.product.clone())
                     .or_default()
-                    .push((i, input));
+                    .push((n, input));
             }
         }
         let per_product: Vec<(String, Vec<(usize, Value)>)> = per_product.into_iter().collect();
@@ -102,16 +152,25 @@ impl PricePlatform for ShopifyPrices {
             answers
         };
         for ((_, updates), answer) in per_product.iter().zip(answers) {
-            let outcome = match answer {
-                Ok(Value::Array(errors)) if !errors.is_empty() => Err(format!(
-                    "productVariantsBulkUpdate refused: {}",
-                    Value::Array(errors)
-                )),
-                Ok(_) => Ok(()),
-                Err(reason) => Err(reason),
-            };
-            for (i, _) in updates {
-                outcomes[*i] = outcome.clone();
+            for (n, _) in updates {
+                outcomes[*n] = match &answer {
+                    Ok(Value::Array(errors)) if !errors.is_empty() => {
+                        let reason = format!(
+                            "productVariantsBulkUpdate refused: {}",
+                            Value::Array(errors.clone())
+                        );
+                        let gone = errors
+                            .iter()
+                            .all(|e| GONE_CODES.iter().any(|c| e["code"] == *c));
+                        if gone {
+                            Written::Gone(reason)
+                        } else {
+                            Written::Refused(reason)
+                        }
+                    }
+                    Ok(_) => Written::Done,
+                    Err(reason) => Written::Refused(reason.clone()),
+                };
             }
         }
         Ok(outcomes)
