@@ -195,6 +195,7 @@ impl WebhookSender {
                 shop_domain,
                 policy,
                 stats: sender.stats.clone(),
+                in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             }),
             sender.faults.clone(),
             sender.stats.clone(),
@@ -288,12 +289,18 @@ async fn dispatch(
     }
 }
 
+/// Deliveries in flight at once, to all endpoints. Shopify delivers a burst
+/// (a bulk price update fires a `products/update` per product) over a bounded
+/// number of connections, not one per webhook at the same instant.
+const MAX_IN_FLIGHT: usize = 64;
+
 struct Deliverer {
     client: reqwest::Client,
     secret: String,
     shop_domain: String,
     policy: DeliveryPolicy,
     stats: Arc<Mutex<WebhookStats>>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Deliverer {
@@ -311,6 +318,9 @@ impl Deliverer {
     async fn deliver(&self, d: Delivery) {
         let hmac = sign(&self.secret, &d.body);
         for attempt in 1..=self.policy.max_attempts {
+            let Ok(permit) = self.in_flight.acquire().await else {
+                return;
+            };
             self.stats.lock().attempts += 1;
             let result = self
                 .client
@@ -326,6 +336,7 @@ impl Deliverer {
                 .body(d.body.as_ref().clone())
                 .send()
                 .await;
+            drop(permit);
             match result {
                 Ok(r) if r.status().is_success() => {
                     self.stats.lock().delivered += 1;
