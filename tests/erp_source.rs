@@ -318,6 +318,84 @@ async fn a_graceful_restart_resumes_where_it_stopped() {
     source.stop().await;
 }
 
+/// Three transactions waiting while the source is down are read in one batch;
+/// each key must still get the commit LSN of the newest transaction that
+/// touched *it* (other processors compare versions across entities), whether
+/// the connector's keys queries name their input rows (one query for the
+/// batch) or not (one query per transaction).
+async fn keys_in_one_batch_get_their_own_transactions_version(name: &str, connector: &str) {
+    let mut env = TestEnv::new(name, small()).await;
+    let path = std::env::temp_dir().join(format!("flywheel-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, connector).expect("connector file");
+    env.config.erp.connector = Some(path);
+    env.start_streaming().await.stop().await;
+
+    let set = |product: i32, quantity: i32| {
+        format!(
+            "UPDATE stock_quant SET quantity = {quantity} WHERE product_id = {product}
+               AND location_id = (SELECT lot_stock_id FROM stock_warehouse WHERE code = 'WH1');"
+        )
+    };
+    let first = commit_bracketed(&mut env, &set(1, 301)).await;
+    let second = commit_bracketed(&mut env, &set(2, 302)).await;
+    let third = commit_bracketed(&mut env, &(set(1, 311) + &set(3, 303))).await;
+
+    let source = env.start_source();
+    let mut stock = env.reader("erp.stock.v1");
+    let wanted = ["SKU-000001/WH1", "SKU-000002/WH1", "SKU-000003/WH1"];
+    let records = stock
+        .read_until(T, |r| {
+            wanted
+                .iter()
+                .all(|k| r.iter().any(|e| e.key == *k && e.version() >= first.0))
+        })
+        .await;
+    let version = |key: &str| {
+        records
+            .iter()
+            .filter(|e| e.key == key && e.version() >= first.0)
+            .map(Rec::version)
+            .max()
+            .expect("read above")
+    };
+    let within = |v: u64, (lo, hi): (u64, u64)| lo <= v && v < hi;
+    assert!(
+        within(version("SKU-000002/WH1"), second),
+        "SKU-000002 was touched by the second transaction only: {} not in {second:?}",
+        version("SKU-000002/WH1")
+    );
+    for key in ["SKU-000001/WH1", "SKU-000003/WH1"] {
+        assert!(
+            within(version(key), third),
+            "{key}'s newest transaction is the third: {} not in {third:?}",
+            version(key)
+        );
+    }
+    assert!(first.1 <= second.0, "the transactions committed in order");
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_resolved_for_a_whole_batch_keep_their_own_transactions_version() {
+    let odoo = include_str!("../connectors/odoo.toml");
+    assert!(
+        odoo.contains("input_row"),
+        "the built-in connector names input rows"
+    );
+    keys_in_one_batch_get_their_own_transactions_version("batch_keys", odoo).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_without_input_row_still_labels_keys_per_transaction() {
+    let odoo = include_str!("../connectors/odoo.toml");
+    let legacy = odoo
+        .replace(", c.input_row", "")
+        .replace(" WITH ORDINALITY AS c(", " AS c(")
+        .replace(", input_row)", ")");
+    assert!(!legacy.contains("input_row"));
+    keys_in_one_batch_get_their_own_transactions_version("legacy_keys", &legacy).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prices_follow_list_price_and_pricelist_changes() {
     let env = TestEnv::new("prices", small()).await;

@@ -73,6 +73,48 @@ pub struct Unmappable {
     pub context: serde_json::Value,
 }
 
+/// The column a trigger's `keys` query may return to say which input row
+/// (1-based, as `WITH ORDINALITY` / `FOR ORDINALITY` number them) each key came
+/// from. With it the pipeline resolves a whole batch of transactions' rows in
+/// one query and still gives each key the version of the newest transaction
+/// that touched it; without it, one query per transaction.
+pub const INPUT_ROW: &str = "input_row";
+
+/// What one trigger's `keys` query returned: keys and rows without a key,
+/// each with the index of the input row it came from (`None` when the query
+/// does not return [`INPUT_ROW`]).
+#[derive(Debug, Default)]
+pub struct TriggerKeys {
+    pub keys: Vec<(Option<usize>, EntityKey)>,
+    pub unmappable: Vec<(Option<usize>, Unmappable)>,
+}
+
+impl TriggerKeys {
+    /// Whether every key and unmappable row names its input row.
+    pub fn names_input_rows(&self) -> bool {
+        self.keys.iter().all(|(r, _)| r.is_some())
+            && self.unmappable.iter().all(|(r, _)| r.is_some())
+    }
+}
+
+/// The 0-based input row a result row names, if it has [`INPUT_ROW`].
+fn input_row(row: &TextRow, asked: usize) -> Result<Option<usize>, String> {
+    let Some((_, value)) = row.iter().find(|(n, _)| n == INPUT_ROW) else {
+        return Ok(None);
+    };
+    let n = value
+        .as_deref()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=asked).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "`{INPUT_ROW}` is {value:?}, not a 1-based position among the {asked} input rows \
+                 (number them WITH ORDINALITY and return that column)"
+            )
+        })?;
+    Ok(Some(n - 1))
+}
+
 /// The current value of one key: `None` when the model returned no row.
 #[derive(Clone, Debug)]
 pub struct EntityValue {
@@ -182,18 +224,23 @@ impl EntityModels {
 
     /// Keys affected by changed rows of one trigger. `rows` hold the trigger's
     /// columns in order. Keys with a NULL part come back as [`Unmappable`].
+    /// Each key and unmappable row carries the index (into `rows`) of the row
+    /// it came from when the `keys` query names it in [`INPUT_ROW`].
     pub async fn keys_for_rows(
         &self,
         queries: &impl ModelQueries,
         (entity, trigger): (usize, usize),
         rows: &[TriggerRow],
-    ) -> Result<(Vec<EntityKey>, Vec<Unmappable>), ModelError> {
+    ) -> Result<TriggerKeys, ModelError> {
         let e = &self.entities[entity];
         let t = &e.def.triggers[trigger];
         let result = queries.trigger_keys(entity, trigger, rows).await?;
-        let mut keys = Vec::new();
-        let mut unmappable = Vec::new();
+        let mut out = TriggerKeys::default();
         for row in result {
+            let input_row = input_row(&row, rows.len()).map_err(|reason| ModelError::Invalid {
+                entity: e.name.clone(),
+                reason: format!("trigger `{}` keys SQL: {reason}", t.table),
+            })?;
             let mut parts = Vec::with_capacity(e.def.key.len());
             let mut missing = None;
             for part in &e.def.key {
@@ -206,25 +253,28 @@ impl EntityModels {
                 }
             }
             match missing {
-                None => keys.push(EntityKey(parts)),
+                None => out.keys.push((input_row, EntityKey(parts))),
                 Some(part) => {
                     let context = row_context(&row);
                     let table = t.qualified_table_in(&self.default_schema);
-                    unmappable.push(Unmappable {
-                        entity: e.name.clone(),
-                        reason: format!(
-                            "a changed {table} row maps to a {} key without `{part}` ({context}); \
-                             the ERP row cannot be published until it has one \
-                             (e.g. give the product a SKU / internal reference)",
-                            e.name
-                        ),
-                        table,
-                        context,
-                    });
+                    out.unmappable.push((
+                        input_row,
+                        Unmappable {
+                            entity: e.name.clone(),
+                            reason: format!(
+                                "a changed {table} row maps to a {} key without `{part}` ({context}); \
+                                 the ERP row cannot be published until it has one \
+                                 (e.g. give the product a SKU / internal reference)",
+                                e.name
+                            ),
+                            table,
+                            context,
+                        },
+                    ));
                 }
             }
         }
-        Ok((keys, unmappable))
+        Ok(out)
     }
 
     /// Every key of an entity (snapshot, truncate, reconciliation).
@@ -351,6 +401,7 @@ fn column<'r>(row: &'r TextRow, name: &str) -> Option<&'r str> {
 fn row_context(row: &TextRow) -> serde_json::Value {
     serde_json::Value::Object(
         row.iter()
+            .filter(|(n, _)| n != INPUT_ROW)
             .map(|(n, v)| {
                 let v = v
                     .clone()
@@ -411,14 +462,19 @@ mod tests {
                 ("product_id", Some("7")),
             ]),
         ]);
-        let (keys, unmappable) = models.keys_for_rows(&rows, (stock, 0), &[]).await.unwrap();
-        assert_eq!(keys, vec![EntityKey(vec!["SKU-1".into(), "WH1".into()])]);
+        let found = models.keys_for_rows(&rows, (stock, 0), &[]).await.unwrap();
+        assert_eq!(
+            found.keys,
+            vec![(None, EntityKey(vec!["SKU-1".into(), "WH1".into()]))]
+        );
+        assert!(!found.names_input_rows());
+        let unmappable = &found.unmappable;
         assert_eq!(unmappable.len(), 1);
-        assert_eq!(unmappable[0].context["product_id"], "7");
+        assert_eq!(unmappable[0].1.context["product_id"], "7");
         assert!(
-            unmappable[0].reason.contains("without `sku`"),
+            unmappable[0].1.reason.contains("without `sku`"),
             "{}",
-            unmappable[0].reason
+            unmappable[0].1.reason
         );
 
         let asked = [
@@ -432,6 +488,55 @@ mod tests {
             "a key with a row has its fields"
         );
         assert!(values[1].fields.is_none(), "a key without a row is deleted");
+    }
+
+    #[tokio::test]
+    async fn keys_name_their_input_row_and_a_wrong_one_is_refused() {
+        let models = EntityModels::new(&Connector::load(None, "odoo").unwrap()).unwrap();
+        let stock = models
+            .entities
+            .iter()
+            .position(|e| e.name == "stock")
+            .unwrap();
+        let asked: Vec<TriggerRow> = vec![vec![Some("1".into())], vec![Some("2".into())]];
+        let rows = Canned(vec![
+            row(&[
+                ("sku", Some("A")),
+                ("warehouse", Some("WH1")),
+                (INPUT_ROW, Some("2")),
+            ]),
+            row(&[
+                ("sku", None),
+                ("warehouse", Some("WH1")),
+                (INPUT_ROW, Some("1")),
+            ]),
+        ]);
+        let found = models
+            .keys_for_rows(&rows, (stock, 0), &asked)
+            .await
+            .unwrap();
+        assert!(found.names_input_rows());
+        assert_eq!(found.keys[0].0, Some(1), "1-based 2 is the second row");
+        assert_eq!(found.unmappable[0].0, Some(0));
+        assert!(
+            found.unmappable[0].1.context.get(INPUT_ROW).is_none(),
+            "the ordinal is ours, not the ERP row's"
+        );
+        for bad in ["0", "3", "x"] {
+            let rows = Canned(vec![row(&[
+                ("sku", Some("A")),
+                ("warehouse", Some("WH1")),
+                (INPUT_ROW, Some(bad)),
+            ])]);
+            let err = models
+                .keys_for_rows(&rows, (stock, 0), &asked)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, ModelError::Invalid { reason, .. } if reason.contains("input_row")),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -54,4 +54,10 @@ pub trait ModelQueries: Send + Sync {
         &self,
         txns: &[&CommittedTxn],
     ) -> impl Future<Output = Result<(), ModelError>> + Send;
+
+    /// How many queries run at once (one per connection): a large read is
+    /// split into a multiple of this many even parts so none waits alone.
+    fn parallelism(&self) -> usize {
+        1
+    }
 }

@@ -10,9 +10,9 @@
 //! database. A crash therefore replays from the last stored position: events
 //! may repeat (with the same versions), none are skipped.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::StreamExt;
@@ -20,7 +20,7 @@ use futures::future::try_join_all;
 use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
 
-use super::committed::CommittedTxn;
+use super::committed::{CommittedTxn, TriggerRow};
 use super::entity_model::{Entity, EntityKey, EntityModels, EntityValue, Unmappable};
 use super::model_queries::ModelQueries;
 use super::position::Position;
@@ -162,6 +162,35 @@ pub struct Processor<Q> {
     pub max_batch: usize,
 }
 
+/// Keys per model query when `n` keys are read at most `max` at a time on
+/// `parallel` connections: a read that needs several queries is split into a
+/// multiple of `parallel` even parts (2,500 keys, 1,000 at most, 2
+/// connections: 4 × 625, not 1,000 + 1,000 + 500 with the last alone).
+fn chunk_size(n: usize, max: usize, parallel: usize) -> usize {
+    let max = max.max(1);
+    let mut parts = n.div_ceil(max);
+    if parts > 1 {
+        parts = parts.div_ceil(parallel.max(1)) * parallel.max(1);
+    }
+    n.div_ceil(parts.max(1)).max(1)
+}
+
+/// One trigger's distinct changed rows in a batch, each owned by the newest
+/// transaction (index into the batch) that touched it.
+#[derive(Default)]
+struct TriggerRows {
+    rows: Vec<TriggerRow>,
+    owners: Vec<usize>,
+}
+
+/// Keys (and rows without one) of one entity, each with the transaction
+/// (index into the batch) whose version it gets.
+struct Resolved {
+    entity: usize,
+    keys: Vec<(usize, EntityKey)>,
+    unmappable: Vec<(usize, Unmappable)>,
+}
+
 /// The newest transaction that touched a key.
 #[derive(Clone, Copy)]
 struct Touch {
@@ -181,6 +210,7 @@ impl<Q: ModelQueries> Processor<Q> {
         // how far behind the source is (flywheel_source_replication_lag_seconds).
         let mut oldest: VecDeque<i64> = Default::default();
         let mut open = true;
+        let per_txn_triggers = Mutex::new(HashSet::new());
         while open || !in_flight.is_empty() {
             tokio::select! {
                 biased;
@@ -210,7 +240,7 @@ impl<Q: ModelQueries> Processor<Q> {
                     metrics
                         .oldest_unconfirmed_commit_micros
                         .set(oldest.front().copied().unwrap_or(0));
-                    let acks = self.process(&batch).await?;
+                    let acks = self.process(&batch, &per_txn_triggers).await?;
                     in_flight.push_back(async move { acks.await.map(|()| end) });
                 }
             }
@@ -218,50 +248,144 @@ impl<Q: ModelQueries> Processor<Q> {
         Ok(())
     }
 
+    /// Keys of one trigger's changed rows in a batch, each labelled with the
+    /// transaction (index into the batch) that owns the row it came from.
+    ///
+    /// One query for all rows when they belong to one transaction or the
+    /// connector's `keys` query returns `input_row`. A query without it is
+    /// learned (in `per_txn_triggers`) and from then on asked once per
+    /// transaction, which labels keys as correctly, just with more queries.
+    async fn resolve_trigger(
+        &self,
+        trigger: (usize, usize),
+        rows: TriggerRows,
+        per_txn_triggers: &Mutex<HashSet<(usize, usize)>>,
+    ) -> Result<Resolved, SourceError> {
+        let models = &*self.models;
+        let entity = trigger.0;
+        let one_owner = rows.owners.iter().all(|&o| Some(&o) == rows.owners.first());
+        let per_txn = per_txn_triggers
+            .lock()
+            .map(|s| s.contains(&trigger))
+            .unwrap_or(true);
+        if one_owner || !per_txn {
+            let found = models
+                .keys_for_rows(&self.queries, trigger, &rows.rows)
+                .await?;
+            let owner = |r: Option<usize>| match r {
+                Some(r) => rows.owners.get(r).copied(),
+                None if one_owner => rows.owners.first().copied(),
+                None => None,
+            };
+            if one_owner || found.names_input_rows() {
+                return Ok(Resolved {
+                    entity,
+                    keys: found
+                        .keys
+                        .into_iter()
+                        .filter_map(|(r, k)| Some((owner(r)?, k)))
+                        .collect(),
+                    unmappable: found
+                        .unmappable
+                        .into_iter()
+                        .filter_map(|(r, u)| Some((owner(r)?, u)))
+                        .collect(),
+                });
+            }
+            let e = &models.entities[entity];
+            tracing::info!(
+                entity = %e.name,
+                table = %e.def.triggers[trigger.1].table,
+                "the connector's keys query does not return `input_row`; \
+                 resolving its keys once per transaction"
+            );
+            if let Ok(mut s) = per_txn_triggers.lock() {
+                s.insert(trigger);
+            }
+        }
+        let mut by_owner: BTreeMap<usize, Vec<TriggerRow>> = BTreeMap::new();
+        for (row, &t) in rows.rows.into_iter().zip(&rows.owners) {
+            by_owner.entry(t).or_default().push(row);
+        }
+        let found = try_join_all(by_owner.into_iter().map(|(t, rows)| async move {
+            models
+                .keys_for_rows(&self.queries, trigger, &rows)
+                .await
+                .map(|f| (t, f))
+        }))
+        .await?;
+        let mut resolved = Resolved {
+            entity,
+            keys: Vec::new(),
+            unmappable: Vec::new(),
+        };
+        for (t, f) in found {
+            resolved
+                .keys
+                .extend(f.keys.into_iter().map(|(_, k)| (t, k)));
+            resolved
+                .unmappable
+                .extend(f.unmappable.into_iter().map(|(_, u)| (t, u)));
+        }
+        Ok(resolved)
+    }
+
     /// Re-reads the batch's entities and enqueues their events (in order).
     /// Returns the wait for all of the batch's acknowledgements.
     async fn process(
         &self,
         batch: &[CommittedTxn],
+        per_txn_triggers: &Mutex<HashSet<(usize, usize)>>,
     ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
         let models = &*self.models;
         // Only transactions whose entities are read need to be visible
         // (Flywheel's own writes and heartbeats carry nothing to read).
         let readable: Vec<&CommittedTxn> = batch.iter().filter(|t| t.has_work()).collect();
         self.queries.wait_visible(&readable).await?;
-        // Resolve keys per transaction, so each key gets the version of the
-        // newest transaction that touched *it*. Other processors compare
-        // versions across entities (a fulfilment's repair asks whether the
-        // stock write it sees already counted the shipment's transaction), so
-        // a label taken from the batch, not the key, breaks them: one query
-        // per trigger for a whole batch needs the key queries to say which
-        // row each key came from. The queries run pipelined, on the source's
-        // query connections in turn.
+        // Each key gets the version of the newest transaction that touched
+        // *it*, not the batch's: other processors compare versions across
+        // entities (a fulfilment's repair asks whether the stock write it
+        // sees already counted the shipment's transaction). Each distinct
+        // changed row is owned by the newest transaction that touched it, and
+        // each trigger's rows go in one query whose `input_row` says which
+        // row each key came from (see `resolve_trigger`). The queries run
+        // pipelined, on the source's query connections in turn.
+        let mut per_trigger: BTreeMap<(usize, usize), TriggerRows> = BTreeMap::new();
+        let mut row_index: HashMap<((usize, usize), &TriggerRow), usize> = HashMap::new();
         let mut lookups = Vec::new();
         for (t, txn) in batch.iter().enumerate() {
             for (&trigger, rows) in &txn.touched {
-                let rows: Vec<_> = rows.iter().cloned().collect();
-                lookups.push(
-                    async move {
-                        models
-                            .keys_for_rows(&self.queries, trigger, &rows)
-                            .await
-                            .map(|r| (t, trigger.0, r))
+                let tr = per_trigger.entry(trigger).or_default();
+                for row in rows {
+                    match row_index.get(&(trigger, row)) {
+                        Some(&i) => tr.owners[i] = t,
+                        None => {
+                            row_index.insert((trigger, row), tr.rows.len());
+                            tr.rows.push(row.clone());
+                            tr.owners.push(t);
+                        }
                     }
-                    .boxed(),
-                );
+                }
             }
             for &entity in &txn.truncated {
                 lookups.push(
                     async move {
-                        models
-                            .all_keys(&self.queries, entity)
-                            .await
-                            .map(|keys| (t, entity, (keys, Vec::new())))
+                        let keys = models.all_keys(&self.queries, entity).await?;
+                        Ok::<_, SourceError>(Resolved {
+                            entity,
+                            keys: keys.into_iter().map(|k| (t, k)).collect(),
+                            unmappable: Vec::new(),
+                        })
                     }
                     .boxed(),
                 );
             }
+        }
+        for (trigger, rows) in per_trigger {
+            lookups.push(
+                self.resolve_trigger(trigger, rows, per_txn_triggers)
+                    .boxed(),
+            );
         }
         let resolved = try_join_all(lookups).await?;
 
@@ -269,19 +393,20 @@ impl<Q: ModelQueries> Processor<Q> {
             vec![BTreeMap::new(); models.entities.len()];
         let mut dead: Vec<(Unmappable, &CommittedTxn)> = Vec::new();
         let mut seen_dead = HashSet::new();
-        for (t, entity, (keys, unmappable)) in resolved {
-            let txn = &batch[t];
-            let touch = Touch {
-                version: txn.version,
-                commit_ts_micros: txn.commit_ts_micros,
-            };
-            for key in keys {
-                let e = touched[entity].entry(key).or_insert(touch);
+        for r in resolved {
+            for (t, key) in r.keys {
+                let txn = &batch[t];
+                let touch = Touch {
+                    version: txn.version,
+                    commit_ts_micros: txn.commit_ts_micros,
+                };
+                let e = touched[r.entity].entry(key).or_insert(touch);
                 if touch.version > e.version {
                     *e = touch;
                 }
             }
-            for u in unmappable {
+            for (t, u) in r.unmappable {
+                let txn = &batch[t];
                 if seen_dead.insert((u.entity.clone(), u.context.to_string(), txn.version)) {
                     dead.push((u, txn));
                 }
@@ -308,7 +433,8 @@ impl<Q: ModelQueries> Processor<Q> {
         let mut reads = Vec::new();
         for (entity, keys) in touched.iter().enumerate() {
             let keys: Vec<EntityKey> = keys.keys().cloned().collect();
-            for chunk in keys.chunks(self.batch_keys) {
+            let size = chunk_size(keys.len(), self.batch_keys, self.queries.parallelism());
+            for chunk in keys.chunks(size) {
                 let chunk = chunk.to_vec();
                 reads.push(async move {
                     models
@@ -376,5 +502,21 @@ impl<Q: ModelQueries> Processor<Q> {
             try_join_all(acks).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn large_reads_split_evenly_over_the_connections() {
+        assert_eq!(chunk_size(2_500, 1_000, 2), 625);
+        assert_eq!(chunk_size(2_000, 1_000, 2), 1_000);
+        assert_eq!(chunk_size(2_001, 1_000, 2), 501);
+        assert_eq!(chunk_size(5, 1_000, 2), 5, "a small read stays one query");
+        assert_eq!(chunk_size(0, 1_000, 2), 1);
+        assert_eq!(chunk_size(2_500, 1_000, 1), 834);
+        assert_eq!(chunk_size(10, 0, 0), 1);
     }
 }

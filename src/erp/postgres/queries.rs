@@ -162,6 +162,10 @@ impl ModelQueries for PgQueries {
         c.query(s, &arrays).await
     }
 
+    fn parallelism(&self) -> usize {
+        self.conns.len()
+    }
+
     async fn wait_visible(&self, txns: &[&CommittedTxn]) -> Result<(), ModelError> {
         // A Begin's xid is 32 bits; `txid` only widens it.
         let xids: Vec<u32> = txns.iter().map(|t| t.txid as u32).collect();
