@@ -446,14 +446,20 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn text_rows_become_keys_dead_letters_and_values() {
+    /// The built-in Odoo connector's models and the index of its stock entity.
+    fn odoo_stock() -> (EntityModels, usize) {
         let models = EntityModels::new(&Connector::load(None, "odoo").unwrap()).unwrap();
         let stock = models
             .entities
             .iter()
             .position(|e| e.name == "stock")
             .unwrap();
+        (models, stock)
+    }
+
+    #[tokio::test]
+    async fn text_rows_become_keys_dead_letters_and_values() {
+        let (models, stock) = odoo_stock();
         let rows = Canned(vec![
             row(&[("sku", Some("SKU-1")), ("warehouse", Some("WH1"))]),
             row(&[
@@ -492,12 +498,7 @@ mod tests {
 
     #[tokio::test]
     async fn keys_name_their_input_row_and_a_wrong_one_is_refused() {
-        let models = EntityModels::new(&Connector::load(None, "odoo").unwrap()).unwrap();
-        let stock = models
-            .entities
-            .iter()
-            .position(|e| e.name == "stock")
-            .unwrap();
+        let (models, stock) = odoo_stock();
         let asked: Vec<TriggerRow> = vec![vec![Some("1".into())], vec![Some("2".into())]];
         let rows = Canned(vec![
             row(&[
