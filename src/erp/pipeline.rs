@@ -191,6 +191,12 @@ struct Resolved {
     unmappable: Vec<(usize, Unmappable)>,
 }
 
+/// A batch's events, read and not yet enqueued: (entity, touch, record).
+struct BatchEvents {
+    records: Vec<(usize, Touch, OutRecord)>,
+    dead_letters: Vec<DeadLetter>,
+}
+
 /// The newest transaction that touched a key.
 #[derive(Clone, Copy)]
 struct Touch {
@@ -199,19 +205,28 @@ struct Touch {
 }
 
 impl<Q: ModelQueries> Processor<Q> {
-    /// Batches waiting for acks at once: the next batch is re-read while the
-    /// previous one is in flight, and positions are confirmed strictly in order.
+    /// Batches between intake and confirmation at once: read, or enqueued and
+    /// waiting for acks. Positions are confirmed strictly in order.
     const MAX_BATCHES_IN_FLIGHT: usize = 4;
+    /// Batches being read at once. The next batch's keys are resolved while
+    /// the previous batch's values are read, so the query connections do not
+    /// idle through each batch's round trips; events are still enqueued in
+    /// batch order.
+    const MAX_BATCHES_READING: usize = 2;
 
     pub async fn run(self, mut txns: mpsc::Receiver<CommittedTxn>) -> Result<(), SourceError> {
         let metrics = SourceMetrics::get();
+        let per_txn_triggers = Mutex::new(HashSet::new());
+        let (this, per_txn_triggers) = (&self, &per_txn_triggers);
+        let mut reading = FuturesOrdered::new();
         let mut in_flight = FuturesOrdered::new();
-        // First commit time of each batch in flight, in order: the oldest is
+        // First commit time of each batch taken in, in order: the oldest is
         // how far behind the source is (flywheel_source_replication_lag_seconds).
         let mut oldest: VecDeque<i64> = Default::default();
         let mut open = true;
-        let per_txn_triggers = Mutex::new(HashSet::new());
-        while open || !in_flight.is_empty() {
+        while open || !reading.is_empty() || !in_flight.is_empty() {
+            let room = reading.len() < Self::MAX_BATCHES_READING
+                && reading.len() + in_flight.len() < Self::MAX_BATCHES_IN_FLIGHT;
             tokio::select! {
                 biased;
                 Some(acked) = in_flight.next(), if !in_flight.is_empty() => {
@@ -222,7 +237,12 @@ impl<Q: ModelQueries> Processor<Q> {
                         .oldest_unconfirmed_commit_micros
                         .set(oldest.front().copied().unwrap_or(0));
                 }
-                first = txns.recv(), if open && in_flight.len() < Self::MAX_BATCHES_IN_FLIGHT => {
+                Some(read) = reading.next(), if !reading.is_empty() => {
+                    let (read, end): (BatchEvents, Position) = read?;
+                    let acks = self.enqueue(read).await?;
+                    in_flight.push_back(async move { acks.await.map(|()| end) });
+                }
+                first = txns.recv(), if open && room => {
                     let Some(first) = first else {
                         open = false;
                         continue;
@@ -240,8 +260,9 @@ impl<Q: ModelQueries> Processor<Q> {
                     metrics
                         .oldest_unconfirmed_commit_micros
                         .set(oldest.front().copied().unwrap_or(0));
-                    let acks = self.process(&batch, &per_txn_triggers).await?;
-                    in_flight.push_back(async move { acks.await.map(|()| end) });
+                    reading.push_back(async move {
+                        this.read(&batch, per_txn_triggers).await.map(|r| (r, end))
+                    });
                 }
             }
         }
@@ -330,13 +351,12 @@ impl<Q: ModelQueries> Processor<Q> {
         Ok(resolved)
     }
 
-    /// Re-reads the batch's entities and enqueues their events (in order).
-    /// Returns the wait for all of the batch's acknowledgements.
-    async fn process(
+    /// Re-reads the batch's entities: its events and dead letters, in order.
+    async fn read(
         &self,
         batch: &[CommittedTxn],
         per_txn_triggers: &Mutex<HashSet<(usize, usize)>>,
-    ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
+    ) -> Result<BatchEvents, SourceError> {
         let models = &*self.models;
         // Only transactions whose entities are read need to be visible
         // (Flywheel's own writes and heartbeats carry nothing to read).
@@ -457,6 +477,22 @@ impl<Q: ModelQueries> Processor<Q> {
             }
         }
 
+        Ok(BatchEvents {
+            records,
+            dead_letters,
+        })
+    }
+
+    /// Enqueues a batch's events (in order). Returns the wait for all of
+    /// their acknowledgements.
+    async fn enqueue(
+        &self,
+        BatchEvents {
+            records,
+            dead_letters,
+        }: BatchEvents,
+    ) -> Result<impl Future<Output = Result<(), SourceError>> + Send + 'static, SourceError> {
+        let models = &*self.models;
         let metrics = SourceMetrics::get();
         let mut acks = Vec::with_capacity(records.len() + dead_letters.len());
         for (entity, touch, record) in records {
