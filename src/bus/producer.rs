@@ -2,8 +2,11 @@
 //! `acks=all`, so a record acknowledged is durable and never duplicated by
 //! producer retries.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -30,9 +33,29 @@ pub struct Acked {
 
 #[derive(Clone)]
 pub struct EventProducer {
-    inner: FutureProducer,
+    inner: Arc<FutureProducer>,
     bootstrap: String,
     topic_prefix: String,
+}
+
+fn producer_config(kafka: &KafkaConfig, role: &str) -> ClientConfig {
+    let mut config = super::client::client_config(kafka, role);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
+    // `[kafka.librdkafka] linger.ms` is the operator's to tune; without it, each role's own.
+    if !kafka.librdkafka.contains_key("linger.ms") {
+        config.set("linger.ms", linger_ms(role));
+    }
+    config
+}
+
+fn create(kafka: &KafkaConfig, config: &ClientConfig) -> Result<FutureProducer, BusError> {
+    config.create().map_err(|source| BusError::Client {
+        bootstrap: kafka.bootstrap.clone(),
+        source: Box::new(source),
+    })
 }
 
 /// How long a role's producer lets records gather before sending a batch.
@@ -50,26 +73,84 @@ fn linger_ms(role: &str) -> String {
     .to_owned()
 }
 
+/// The producers [`EventProducer::shared`] handed out and someone still
+/// holds, by their whole client configuration.
+type SharedProducers = HashMap<Vec<(String, String)>, Weak<FutureProducer>>;
+
 impl EventProducer {
+    /// A producer of its own, for a role whose delivery is its hot path
+    /// (the source, the gateway).
     pub fn new(kafka: &KafkaConfig, role: &str) -> Result<Self, BusError> {
-        let mut config = super::client::client_config(kafka, role);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
-        // `[kafka.librdkafka] linger.ms` is the operator's to tune; without it, each role's own.
-        if !kafka.librdkafka.contains_key("linger.ms") {
-            config.set("linger.ms", linger_ms(role));
+        let config = producer_config(kafka, role);
+        let inner = Arc::new(create(kafka, &config)?);
+        Self::warm_up(&inner);
+        Ok(Self::with(kafka, inner))
+    }
+
+    /// A producer shared by everyone in the process asking for the same
+    /// configuration while any of them holds it: each librdkafka client
+    /// brings its own threads and buffers, and a worker's processor lanes
+    /// (one per entity and shop) only produce the odd dead letter. A
+    /// producer left unusable by a fatal error is not handed out again.
+    pub fn shared(kafka: &KafkaConfig, role: &str) -> Result<Self, BusError> {
+        static SHARED: OnceLock<Mutex<SharedProducers>> = OnceLock::new();
+        let config = producer_config(kafka, role);
+        let key: Vec<(String, String)> = config
+            .config_map()
+            .keys()
+            .map(|&k| (k.to_owned(), config.get(k).unwrap_or_default().to_owned()))
+            .collect();
+        let mut shared = SHARED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shared.retain(|_, p| p.strong_count() > 0);
+        if let Some(inner) = shared.get(&key).and_then(Weak::upgrade)
+            && inner.client().fatal_error().is_none()
+        {
+            return Ok(Self::with(kafka, inner));
         }
-        let inner: FutureProducer = config.create().map_err(|source| BusError::Client {
-            bootstrap: kafka.bootstrap.clone(),
-            source: Box::new(source),
-        })?;
-        Ok(EventProducer {
+        let inner = Arc::new(create(kafka, &config)?);
+        Self::warm_up(&inner);
+        shared.insert(key, Arc::downgrade(&inner));
+        Ok(Self::with(kafka, inner))
+    }
+
+    /// librdkafka's idempotent producer asks for its producer id when a
+    /// metadata response arrives or on a 500 ms timer, and only from a
+    /// broker it is connected to; a new client's first answer comes from the
+    /// bootstrap connection, which it then drops for the broker that answer
+    /// names. A new producer's first record therefore waited 0.5–1 s (seen
+    /// with `debug=eos`: "No brokers available for Idempotent producer",
+    /// twice). Two metadata requests, the second answered by the named
+    /// broker, get the id within milliseconds; errors are left to the first
+    /// send to report.
+    fn warm_up(inner: &Arc<FutureProducer>) {
+        let inner = Arc::downgrade(inner);
+        let spawned = std::thread::Builder::new()
+            .name("producer-warm-up".into())
+            .spawn(move || {
+                for _ in 0..2 {
+                    let Some(p) = inner.upgrade() else { return };
+                    if p.client()
+                        .fetch_metadata(None, Duration::from_secs(5))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no thread to warm the producer up; its first send waits for its id");
+        }
+    }
+
+    fn with(kafka: &KafkaConfig, inner: Arc<FutureProducer>) -> Self {
+        EventProducer {
             inner,
             bootstrap: kafka.bootstrap.clone(),
             topic_prefix: kafka.topic_prefix.clone(),
-        })
+        }
     }
 
     /// Produces one record and resolves once Kafka acknowledged it (or gave up
@@ -137,7 +218,7 @@ impl EventProducer {
 
     /// The cluster's topic names, proving the broker answers.
     pub async fn topic_names(&self, timeout: Duration) -> Result<Vec<String>, BusError> {
-        let producer = self.inner.clone();
+        let producer = Arc::clone(&self.inner);
         let bootstrap = self.bootstrap.clone();
         tokio::task::spawn_blocking(move || {
             producer

@@ -353,7 +353,7 @@ async fn run<A: Applier>(
     let held_gauge = HeldGauge(metrics().assigned.with_label_values(&[A::ENTITY, shop]));
     let mut lease_check = tokio::time::interval(LEASE_CHECK);
     lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let dlq = EventProducer::new(&config.kafka, "processor")?;
+    let dlq = EventProducer::shared(&config.kafka, "processor")?;
     let codec = AvroCodec::for_topic(A::TOPIC).map_err(BusError::from)?;
     let wait = Duration::from_millis(p.batch_wait_ms);
     let m = metrics();
