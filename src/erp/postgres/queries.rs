@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures::future::try_join_all;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
@@ -47,10 +48,10 @@ impl PgQueries {
         clients: Vec<Client>,
         models: &EntityModels,
     ) -> Result<PgQueries, ModelError> {
-        let mut conns = Vec::with_capacity(clients.len());
-        for client in clients {
-            conns.push(Prepared::new(client, models).await?);
-        }
+        // Each connection's statements are prepared pipelined, and the
+        // connections at once: one round trip each, not one per statement
+        // (a restart's catch-up waited for them).
+        let conns = try_join_all(clients.into_iter().map(|c| Prepared::new(c, models))).await?;
         assert!(!conns.is_empty(), "PgQueries needs a connection");
         Ok(PgQueries {
             conns,
@@ -71,32 +72,30 @@ impl PgQueries {
 
 impl Prepared {
     async fn new(client: Client, models: &EntityModels) -> Result<Prepared, ModelError> {
+        let c = &client;
+        let entities = try_join_all(models.entities.iter().map(|e| async move {
+            let (key_columns, value_columns) = (e.key_columns(), e.value_columns());
+            let triggers = try_join_all(e.def.triggers.iter().map(|t| {
+                let key_columns = &key_columns;
+                async move {
+                    let what = format!("trigger `{}` keys", t.table);
+                    prepare(c, e, &what, &t.keys, t.columns.len(), key_columns).await
+                }
+            }));
+            futures::try_join!(
+                prepare(c, e, "model", &e.def.model, e.def.key.len(), &value_columns),
+                prepare(c, e, "all_keys", &e.def.all_keys, 0, &key_columns),
+                triggers,
+            )
+        }))
+        .await?;
         let mut q = Prepared {
             client,
             model: Vec::new(),
             all_keys: Vec::new(),
             triggers: Vec::new(),
         };
-        for e in &models.entities {
-            let key_columns = e.key_columns();
-            let model = prepare(
-                &q.client,
-                e,
-                "model",
-                &e.def.model,
-                e.def.key.len(),
-                &e.value_columns(),
-            )
-            .await?;
-            let all_keys =
-                prepare(&q.client, e, "all_keys", &e.def.all_keys, 0, &key_columns).await?;
-            let mut triggers = Vec::new();
-            for t in &e.def.triggers {
-                let what = format!("trigger `{}` keys", t.table);
-                triggers.push(
-                    prepare(&q.client, e, &what, &t.keys, t.columns.len(), &key_columns).await?,
-                );
-            }
+        for (model, all_keys, triggers) in entities {
             q.model.push(model);
             q.all_keys.push(all_keys);
             q.triggers.push(triggers);

@@ -16,6 +16,7 @@ mod snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::try_join_all;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -138,9 +139,9 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     };
 
     let mut query_clients = vec![client];
-    while query_clients.len() < config.erp.query_connections {
-        query_clients.push(connect_client(&pg, &tls).await?);
-    }
+    query_clients.extend(
+        try_join_all((1..config.erp.query_connections).map(|_| connect_client(&pg, &tls))).await?,
+    );
     let _streaming = Streaming::start();
     let (txn_tx, txn_rx) = mpsc::channel::<CommittedTxn>(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(Position::from(start));
