@@ -123,10 +123,18 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         rows,
     } = knobs;
     println!("===== PostgreSQL (logical replication) =====");
-    let pg = LocalPostgres::start().await.expect("PostgreSQL");
+    // pg_stat_statements says which of the connector's queries phase B's
+    // time goes to.
+    let pg = LocalPostgres::start_with(&[("shared_preload_libraries", "pg_stat_statements")])
+        .await
+        .expect("PostgreSQL");
     pg.create_database("erp").await.expect("database");
     let dsn = pg.dsn("erp");
     let mut admin = connect(&dsn).await;
+    admin
+        .batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .expect("pg_stat_statements");
     demo_erp::create_and_seed(&mut admin, size)
         .await
         .expect("seed");
@@ -251,15 +259,35 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
     );
 
     let (rows0, ev0) = (m.row_changes.get(), events_total());
+    admin
+        .batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .expect("pg_stat_statements_reset");
     let start = Instant::now();
     let (token, handle) = run_source(config.clone());
+    // Starting (connections, prepared statements, the slot) is part of
+    // catching up, but reported apart: it does not grow with the WAL.
+    let txns0 = m.transactions.get();
+    let mut first_txn = None;
     while confirmed(&admin, &slot).await < end_lsn {
+        if first_txn.is_none() && m.transactions.get() > txns0 {
+            first_txn = Some(start.elapsed().as_secs_f64());
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ours = start.elapsed().as_secs_f64();
+    let started = first_txn.unwrap_or(ours);
     let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
     token.cancel();
     handle.await.expect("source task").expect("source");
+    let top = admin
+        .query(
+            "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+             FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 6",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements");
 
     let end_text = format!("{:X}/{:X}", end_lsn >> 32, end_lsn & 0xFFFF_FFFF);
     let start = Instant::now();
@@ -281,7 +309,8 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
     assert!(st.success(), "pg_recvlogical failed");
 
     println!(
-        "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + confirm)",
+        "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + confirm)\n    \
+         of which {started:.2} s until the first transaction arrived (connect, prepare, start replication)",
         our_rows as f64 / ours,
         our_events as f64 / ours
     );
@@ -293,5 +322,11 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         "  ratio flywheel/pg_recvlogical time: {:.2}x",
         ours / baseline
     );
+    println!("  flywheel's queries by server time (pg_stat_statements):");
+    for r in top {
+        let (calls, total, rows, query): (i64, f64, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        println!("    {total:7.0} ms {calls:6} calls {rows:8} rows  {query}");
+    }
     drop(pg);
 }
