@@ -93,6 +93,7 @@ pub async fn start(
         ),
         None => None,
     };
+    ops::memory::spawn_trim(shutdown.clone());
     let mut tasks = JoinSet::new();
     let mut gateway = None;
     for role in roles {
