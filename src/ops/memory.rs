@@ -27,8 +27,16 @@ pub fn spawn_trim(shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            // SAFETY: malloc_trim only walks glibc's own arenas under their locks.
-            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            let took = tokio::task::spawn_blocking(|| {
+                let start = std::time::Instant::now();
+                // SAFETY: malloc_trim only walks glibc's own arenas under their locks.
+                unsafe { libc::malloc_trim(0) };
+                start.elapsed()
+            })
+            .await;
+            if let Ok(took) = took {
+                tracing::debug!(micros = took.as_micros() as u64, "heap trimmed");
+            }
         }
     });
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
