@@ -246,3 +246,36 @@ impl EventProducer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(bootstrap: &str) -> KafkaConfig {
+        KafkaConfig {
+            // Nothing listens there: creating a client does not connect.
+            bootstrap: bootstrap.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shared_producers_are_one_client_per_configuration() {
+        let a = EventProducer::shared(&kafka("127.0.0.1:1"), "processor").expect("client");
+        let b = EventProducer::shared(&kafka("127.0.0.1:1"), "processor").expect("client");
+        assert!(
+            Arc::ptr_eq(&a.inner, &b.inner),
+            "same configuration, one client"
+        );
+        let other_role = EventProducer::shared(&kafka("127.0.0.1:1"), "gateway").expect("client");
+        assert!(
+            !Arc::ptr_eq(&a.inner, &other_role.inner),
+            "linger.ms differs"
+        );
+        let other_broker =
+            EventProducer::shared(&kafka("127.0.0.1:2"), "processor").expect("client");
+        assert!(!Arc::ptr_eq(&a.inner, &other_broker.inner));
+        let own = EventProducer::new(&kafka("127.0.0.1:1"), "processor").expect("client");
+        assert!(!Arc::ptr_eq(&a.inner, &own.inner), "`new` is never shared");
+    }
+}
