@@ -285,7 +285,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     .map(|t| t.to_string()),
             );
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            flywheel::bus::topics::ensure_topics(&config.kafka, &names).await?;
+            flywheel::bus::topics::ensure_topics_and_check(&config.kafka, &names).await?;
             let physical: Vec<String> = names.iter().map(|n| config.kafka.topic(n)).collect();
             println!("topics ready: {}", physical.join(", "));
         }

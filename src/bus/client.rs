@@ -5,6 +5,7 @@
 //! cannot, says why in terms of those settings: librdkafka itself only retries
 //! and logs, so a wrong password would otherwise look like a slow broker.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -65,17 +66,23 @@ pub fn client_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
     c
 }
 
-/// Connects to the cluster and reads its metadata, within `timeout`; on
-/// failure, says which settings to look at. Blocking: call it from a blocking
-/// task.
-pub fn probe(kafka: &KafkaConfig, timeout: Duration) -> Result<(), ConnectError> {
+/// Connects to the cluster and reads its metadata, within `timeout`; returns
+/// the names of the topics the cluster has. On failure, says which settings to
+/// look at. Blocking: call it from a blocking task.
+pub fn probe(kafka: &KafkaConfig, timeout: Duration) -> Result<HashSet<String>, ConnectError> {
     let consumer: BaseConsumer<LastError> =
         client_config(kafka, "probe").create_with_context(LastError::default())?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut detail = match consumer.fetch_metadata(None, left.min(Duration::from_secs(1))) {
-            Ok(_) => return Ok(()),
+            Ok(metadata) => {
+                return Ok(metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .collect());
+            }
             Err(e) => e.to_string(),
         };
         // librdkafka hands its error events to the context only when polled.

@@ -70,23 +70,57 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Creates each topic that does not exist yet, with the configured partitions,
 /// replication factor and cleanup ([`topic_config`]). Existing topics are left
 /// as they are, but a state topic that is not compacted is reported (see
-/// [`warn_if_not_compacted`]). First checks the connection, so a wrong
-/// password or certificate is named as such.
+/// [`warn_if_not_compacted`]) by a task of its own: that warning needs an admin
+/// client and two round trips, which every restart would otherwise wait for.
+/// First checks the connection, so a wrong password or certificate is named as
+/// such; when every topic exists, that check is all a restart waits for.
 pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), BusError> {
+    let existing = create_missing(kafka, names).await?;
+    if kafka.compact_state_topics && !existing.is_empty() {
+        let kafka = kafka.clone();
+        tokio::spawn(async move { warn_if_not_compacted(&kafka, &existing).await });
+    }
+    Ok(())
+}
+
+/// [`ensure_topics`], waiting for the compaction check too: for a command that
+/// exits right after, whose operator should still see the warning.
+pub async fn ensure_topics_and_check(kafka: &KafkaConfig, names: &[&str]) -> Result<(), BusError> {
+    let existing = create_missing(kafka, names).await?;
+    if kafka.compact_state_topics {
+        warn_if_not_compacted(kafka, &existing).await;
+    }
+    Ok(())
+}
+
+/// Creates the topics of `names` the cluster lacks; returns the physical names
+/// of the state topics that existed already (whose cleanup was not ours to set).
+async fn create_missing(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<String>, BusError> {
     let probed = kafka.clone();
-    tokio::task::spawn_blocking(move || super::client::probe(&probed, PROBE_TIMEOUT))
+    let present = tokio::task::spawn_blocking(move || super::client::probe(&probed, PROBE_TIMEOUT))
         .await
         .unwrap_or(Err(super::client::ConnectError::Client(
             rdkafka::error::KafkaError::Canceled,
         )))?;
-    let admin: AdminClient<DefaultClientContext> = super::client::client_config(kafka, "admin")
-        .create()
-        .map_err(|source| BusError::Client {
-            bootstrap: kafka.bootstrap.clone(),
-            source: Box::new(source),
-        })?;
-    let physical: Vec<String> = names.iter().map(|n| kafka.topic(n)).collect();
-    let configs: Vec<Vec<(&str, String)>> = names.iter().map(|n| topic_config(kafka, n)).collect();
+    let state_topic = |n: &str| cleanup_of(n) == Cleanup::Compact;
+    let mut existing: Vec<String> = names
+        .iter()
+        .filter(|n| state_topic(n))
+        .map(|n| kafka.topic(n))
+        .filter(|t| present.contains(t))
+        .collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !present.contains(&kafka.topic(n)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(existing);
+    }
+    let admin = admin_client(kafka)?;
+    let physical: Vec<String> = missing.iter().map(|n| kafka.topic(n)).collect();
+    let configs: Vec<Vec<(&str, String)>> =
+        missing.iter().map(|n| topic_config(kafka, n)).collect();
     let new_topics: Vec<NewTopic> = physical
         .iter()
         .zip(&configs)
@@ -101,19 +135,22 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), Bu
             )
         })
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
-        .create_topics(new_topics.iter(), &opts)
+        .create_topics(new_topics.iter(), &admin_options())
         .await
         .map_err(|e| BusError::CreateTopic {
             topic: physical.join(","),
             reason: format!("{e} (broker {})", kafka.bootstrap),
         })?;
-    let mut existing = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, partitions = kafka.partitions, "created topic"),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
+            // Another role created it since the probe.
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                if missing.iter().any(|n| kafka.topic(n) == topic && state_topic(n)) {
+                    existing.push(topic);
+                }
+            }
             Err((topic, code)) => {
                 return Err(BusError::CreateTopic {
                     topic,
@@ -122,35 +159,40 @@ pub async fn ensure_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), Bu
             }
         }
     }
-    if kafka.compact_state_topics {
-        let state: Vec<&String> = existing
-            .iter()
-            .filter(|t| {
-                names
-                    .iter()
-                    .any(|n| kafka.topic(n) == **t && cleanup_of(n) == Cleanup::Compact)
-            })
-            .collect();
-        warn_if_not_compacted(&admin, &state, &opts).await;
-    }
-    Ok(())
+    Ok(existing)
+}
+
+fn admin_client(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, BusError> {
+    super::client::client_config(kafka, "admin")
+        .create()
+        .map_err(|source| BusError::Client {
+            bootstrap: kafka.bootstrap.clone(),
+            source: Box::new(source),
+        })
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
 }
 
 /// Warns about each existing state topic whose `cleanup.policy` lacks
 /// `compact`: a replay from the start would miss every key whose newest
 /// version was deleted by time retention. A broker that cannot describe
 /// configurations is noted at debug level only.
-async fn warn_if_not_compacted(
-    admin: &AdminClient<DefaultClientContext>,
-    topics: &[&String],
-    opts: &AdminOptions,
-) {
+async fn warn_if_not_compacted(kafka: &KafkaConfig, topics: &[String]) {
     if topics.is_empty() {
         return;
     }
+    let admin = match admin_client(kafka) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "no admin client to check the topics' cleanup policy");
+            return;
+        }
+    };
     let specs: Vec<ResourceSpecifier> =
         topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let described = match admin.describe_configs(specs.iter(), opts).await {
+    let described = match admin.describe_configs(specs.iter(), &admin_options()).await {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(error = %e, "could not describe the topics' configuration");

@@ -29,6 +29,8 @@ use super::source_metrics::SourceMetrics;
 use crate::bus::BusError;
 use crate::bus::dlq::DeadLetter;
 use crate::bus::producer::{EventProducer, OutRecord};
+use crate::bus::topics::{DEAD_LETTERS, ensure_topics};
+use crate::config::Config;
 
 const STAGE: &str = "erp.source";
 
@@ -53,6 +55,20 @@ pub fn invalid_model_row(
         context: Some(serde_json::json!({"entity": entity.name, "fields": value.fields})),
         ..Default::default()
     }
+}
+
+/// The Kafka half of a source's startup: its topics (each entity's and the
+/// dead letters) and its producer. Sources run it beside their database's
+/// setup, which does not depend on it, so a restart waits for the slower of
+/// the two rather than both.
+pub async fn source_producer(
+    config: &Config,
+    models: &EntityModels,
+) -> Result<EventProducer, SourceError> {
+    let mut topics: Vec<&str> = models.entities.iter().map(|e| e.topic).collect();
+    topics.push(DEAD_LETTERS);
+    ensure_topics(&config.kafka, &topics).await?;
+    Ok(EventProducer::new(&config.kafka, "source")?)
 }
 
 pub fn now_micros() -> i64 {

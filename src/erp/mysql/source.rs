@@ -32,12 +32,13 @@ use super::capture::{Capture, CaptureError, Captured};
 use super::queries::MyQueries;
 use super::setup;
 use crate::bus::producer::EventProducer;
-use crate::bus::topics::{DEAD_LETTERS, ensure_topics};
 use crate::config::Config;
 use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
-use crate::erp::pipeline::{Processor, Streaming, drain, forward, run_reader_and_processor};
+use crate::erp::pipeline::{
+    Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
+};
 use crate::erp::position::Position;
 use crate::erp::snapshot::{ErpTruth, produce_snapshot};
 use crate::erp::source::SourceError;
@@ -54,21 +55,23 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     let models = Arc::new(EntityModels::with_default_schema(&connector, &erp_db)?);
     SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
 
-    let mut state = Conn::new(opts.clone()).await?;
-    let tables: Vec<String> = connector
-        .entities
-        .values()
-        .flat_map(|e| e.triggers.iter().map(|t| t.qualified_table_in(&erp_db)))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let known_columns = setup::check_prerequisites(&mut state, erp, &tables).await?;
-    setup::ensure_state_tables(&mut state, &state_db).await?;
-
-    let mut topics: Vec<&str> = models.entities.iter().map(|e| e.topic).collect();
-    topics.push(DEAD_LETTERS);
-    ensure_topics(&config.kafka, &topics).await?;
-    let producer = EventProducer::new(&config.kafka, "source")?;
+    // The database's setup and Kafka's (topics, producer) do not depend on
+    // each other: a restart waits for the slower, not for both.
+    let erp_side = async {
+        let mut state = Conn::new(opts.clone()).await?;
+        let tables: Vec<String> = connector
+            .entities
+            .values()
+            .flat_map(|e| e.triggers.iter().map(|t| t.qualified_table_in(&erp_db)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let known_columns = setup::check_prerequisites(&mut state, erp, &tables).await?;
+        setup::ensure_state_tables(&mut state, &state_db).await?;
+        Ok::<_, SourceError>((state, known_columns))
+    };
+    let (producer, (mut state, known_columns)) =
+        tokio::try_join!(source_producer(config, &models), erp_side)?;
     register_seconds_since_last_commit();
 
     let start = match setup::stored_position(&mut state, &state_db, &erp.slot).await? {

@@ -28,13 +28,13 @@ use super::pgoutput;
 use super::queries::PgQueries;
 use super::replication::{Frame, ReplicationConn, ReplicationStream};
 use super::slot::{self, SlotState};
-use crate::bus::producer::EventProducer;
-use crate::bus::topics::{DEAD_LETTERS, ensure_topics};
 use crate::config::Config;
 use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
-use crate::erp::pipeline::{Processor, Streaming, drain, forward, run_reader_and_processor};
+use crate::erp::pipeline::{
+    Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
+};
 use crate::erp::position::Position;
 use crate::erp::snapshot::ErpTruth;
 use crate::erp::source::SourceError;
@@ -81,35 +81,38 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     let connector = Connector::for_erp(erp)?;
     let models = Arc::new(EntityModels::new(&connector)?);
     SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
-    let client = connect_client(&pg, &tls).await?;
-
-    let tables: Vec<(String, Vec<String>)> = connector
-        .trigger_tables()
-        .into_iter()
-        .map(|t| {
-            let mut cols: Vec<String> = connector
-                .entities
-                .values()
-                .flat_map(|e| e.triggers.iter())
-                .filter(|tr| tr.qualified_table() == t)
-                .flat_map(|tr| tr.columns.clone())
-                .collect();
-            cols.sort();
-            cols.dedup();
-            (t, cols)
-        })
-        .collect();
-    slot::check_prerequisites(&client, &tables).await?;
-    let table_names: Vec<String> = tables.iter().map(|(t, _)| t.clone()).collect();
-    slot::ensure_publication(&client, &erp.publication, &table_names).await?;
-
-    let mut topics: Vec<&str> = models.entities.iter().map(|e| e.topic).collect();
-    topics.push(DEAD_LETTERS);
-    ensure_topics(&config.kafka, &topics).await?;
-    let producer = EventProducer::new(&config.kafka, "source")?;
+    // The database's setup and Kafka's (topics, producer) do not depend on
+    // each other: a restart waits for the slower, not for both.
+    let erp_side = async {
+        let client = connect_client(&pg, &tls).await?;
+        let tables: Vec<(String, Vec<String>)> = connector
+            .trigger_tables()
+            .into_iter()
+            .map(|t| {
+                let mut cols: Vec<String> = connector
+                    .entities
+                    .values()
+                    .flat_map(|e| e.triggers.iter())
+                    .filter(|tr| tr.qualified_table() == t)
+                    .flat_map(|tr| tr.columns.clone())
+                    .collect();
+                cols.sort();
+                cols.dedup();
+                (t, cols)
+            })
+            .collect();
+        slot::check_prerequisites(&client, &tables).await?;
+        let table_names: Vec<String> = tables.iter().map(|(t, _)| t.clone()).collect();
+        slot::ensure_publication(&client, &erp.publication, &table_names).await?;
+        let state = slot::inspect_slot(&client, &erp.slot).await?;
+        let more_clients =
+            try_join_all((1..erp.query_connections).map(|_| connect_client(&pg, &tls))).await?;
+        Ok::<_, SourceError>((client, state, more_clients))
+    };
+    let (producer, (client, mut state, more_clients)) =
+        tokio::try_join!(source_producer(config, &models), erp_side)?;
     register_seconds_since_last_commit();
 
-    let mut state = slot::inspect_slot(&client, &erp.slot).await?;
     if state == SlotState::SnapshotIncomplete {
         tracing::warn!(slot = %erp.slot, "the slot's initial snapshot never completed; dropping the slot and starting over");
         slot::drop_slot(&client, &erp.slot).await?;
@@ -139,9 +142,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     };
 
     let mut query_clients = vec![client];
-    query_clients.extend(
-        try_join_all((1..config.erp.query_connections).map(|_| connect_client(&pg, &tls))).await?,
-    );
+    query_clients.extend(more_clients);
     let _streaming = Streaming::start();
     let (txn_tx, txn_rx) = mpsc::channel::<CommittedTxn>(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(Position::from(start));
