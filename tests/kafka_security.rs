@@ -31,6 +31,7 @@ async fn probed(kafka: &KafkaConfig, timeout: Duration) -> Result<(), ConnectErr
     tokio::task::spawn_blocking(move || probe(&kafka, timeout))
         .await
         .expect("the probe task")
+        .map(|_topics| ())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -147,7 +147,10 @@ async fn create_missing(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<Strin
             Ok(topic) => tracing::info!(%topic, partitions = kafka.partitions, "created topic"),
             // Another role created it since the probe.
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                if missing.iter().any(|n| kafka.topic(n) == topic && state_topic(n)) {
+                if missing
+                    .iter()
+                    .any(|n| kafka.topic(n) == topic && state_topic(n))
+                {
                     existing.push(topic);
                 }
             }
