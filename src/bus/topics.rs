@@ -7,6 +7,7 @@
 //! newest version of every key however old; topics of events (raw webhooks,
 //! dead letters) keep records by time.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -102,21 +103,28 @@ async fn create_missing(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<Strin
         .unwrap_or(Err(super::client::ConnectError::Client(
             rdkafka::error::KafkaError::Canceled,
         )))?;
-    let state_topic = |n: &str| cleanup_of(n) == Cleanup::Compact;
-    let mut existing: Vec<String> = names
-        .iter()
-        .filter(|n| state_topic(n))
-        .map(|n| kafka.topic(n))
-        .filter(|t| present.contains(t))
-        .collect();
     let missing: Vec<&str> = names
         .iter()
         .copied()
         .filter(|n| !present.contains(&kafka.topic(n)))
         .collect();
-    if missing.is_empty() {
-        return Ok(existing);
-    }
+    let created = if missing.is_empty() {
+        HashSet::new()
+    } else {
+        create(kafka, &missing).await?
+    };
+    // The state topics we did not create: their cleanup was not ours to set.
+    Ok(names
+        .iter()
+        .filter(|n| cleanup_of(n) == Cleanup::Compact)
+        .map(|n| kafka.topic(n))
+        .filter(|t| !created.contains(t))
+        .collect())
+}
+
+/// Creates `missing` (logical names); returns the physical names it created
+/// (not those another role created meanwhile).
+async fn create(kafka: &KafkaConfig, missing: &[&str]) -> Result<HashSet<String>, BusError> {
     let admin = admin_client(kafka)?;
     let physical: Vec<String> = missing.iter().map(|n| kafka.topic(n)).collect();
     let configs: Vec<Vec<(&str, String)>> =
@@ -142,18 +150,15 @@ async fn create_missing(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<Strin
             topic: physical.join(","),
             reason: format!("{e} (broker {})", kafka.bootstrap),
         })?;
+    let mut created = HashSet::new();
     for result in results {
         match result {
-            Ok(topic) => tracing::info!(%topic, partitions = kafka.partitions, "created topic"),
-            // Another role created it since the probe.
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                if missing
-                    .iter()
-                    .any(|n| kafka.topic(n) == topic && state_topic(n))
-                {
-                    existing.push(topic);
-                }
+            Ok(topic) => {
+                tracing::info!(%topic, partitions = kafka.partitions, "created topic");
+                created.insert(topic);
             }
+            // Another role created it since the probe.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(BusError::CreateTopic {
                     topic,
@@ -162,7 +167,7 @@ async fn create_missing(kafka: &KafkaConfig, names: &[&str]) -> Result<Vec<Strin
             }
         }
     }
-    Ok(existing)
+    Ok(created)
 }
 
 fn admin_client(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, BusError> {
