@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
+use apache_avro::schema::ResolvedSchema;
 use apache_avro::types::Value;
 use apache_avro::{GenericSingleObjectReader, GenericSingleObjectWriter, Schema};
 
@@ -75,6 +76,10 @@ pub struct AvroCodec {
     topic: String,
     schema: Schema,
     writer: Mutex<GenericSingleObjectWriter>,
+    /// The schema with its named types resolved once, and the single-object
+    /// header: what [`encode_serde`](Self::encode_serde) writes with.
+    resolved: ResolvedSchema<'static>,
+    header: Vec<u8>,
     reader: GenericSingleObjectReader,
     /// (single-object header, writer schema) of earlier revisions.
     previous: Vec<(Vec<u8>, Schema)>,
@@ -107,6 +112,12 @@ impl AvroCodec {
         };
         let schema = Schema::parse_str(text).map_err(bad)?;
         let writer = GenericSingleObjectWriter::new_with_capacity(&schema, 512).map_err(bad)?;
+        // The resolved names borrow their schema. Codecs live as long as the
+        // process (`for_topic` parses each topic's once), so that schema is
+        // leaked once per topic rather than resolved again for every record.
+        let leaked: &'static Schema = Box::leak(Box::new(schema.clone()));
+        let resolved = ResolvedSchema::new(leaked).map_err(bad)?;
+        let header = RabinFingerprintHeader::from_schema(&schema).build_header();
         let reader = GenericSingleObjectReader::builder()
             .schema(schema.clone())
             .build()
@@ -121,6 +132,8 @@ impl AvroCodec {
             topic: topic.into(),
             schema,
             writer: Mutex::new(writer),
+            resolved,
+            header,
             reader,
             previous,
         })
@@ -158,16 +171,21 @@ impl AvroCodec {
     }
 
     /// Encodes a serde value (Rust structs mirroring the schema; `Option`s
-    /// become the schema's `["null", …]` unions by schema resolution).
+    /// become the schema's `["null", …]` unions, fields the struct lacks take
+    /// the schema's defaults).
+    ///
+    /// Serialized straight into the bytes against the resolved schema: going
+    /// through an Avro `Value` and resolving it re-walked the whole schema
+    /// for every record, and was 15% of the gateway's CPU per webhook.
     pub fn encode_serde<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, AvroError> {
-        let encode_err = |e: apache_avro::Error| AvroError::Encode {
-            topic: self.topic.clone(),
-            source: Box::new(e),
-        };
-        let v = apache_avro::to_value(value)
-            .and_then(|v| v.resolve(&self.schema))
-            .map_err(encode_err)?;
-        self.encode(&v)
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.header);
+        apache_avro::write_avro_datum_ref(&self.schema, self.resolved.get_names(), value, &mut out)
+            .map_err(|e| AvroError::Encode {
+                topic: self.topic.clone(),
+                source: Box::new(e),
+            })?;
+        Ok(out)
     }
 
     /// Decodes into a serde type mirroring the schema.
