@@ -2,7 +2,7 @@
 //! against a bare axum handler that does no work, in the same run.
 //!
 //! `cargo bench --bench gateway` (env: BENCH_REQUESTS=4000, BENCH_CONCURRENCY=16,
-//! BENCH_ROUNDS=3; any `BENCH_RDKAFKA_<property>`, dots as underscores, e.g.
+//! BENCH_ROUNDS=3, BENCH_BODY=real|small; any `BENCH_RDKAFKA_<property>`, dots as underscores, e.g.
 //! `BENCH_RDKAFKA_linger_ms=1`, is passed to the gateway's producer).
 //! Starts its own tansu broker. Every request is a distinct, signed Shopify
 //! `orders/create` (so none is deduplicated); the gateway answers 200 only after
@@ -14,6 +14,7 @@
 mod common;
 
 use common::env_or;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -23,15 +24,75 @@ use flywheel::local_infra::LocalBroker;
 use flywheel::shop::signature::sign;
 use tokio_util::sync::CancellationToken;
 
-fn body(i: usize) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "id": 1_000_000 + i, "name": format!("#{i}"), "email": "bench@example.com",
-        "updated_at": "2026-11-23T10:00:00Z", "currency": "EUR", "total_price": "20.00",
-        "financial_status": "paid", "fulfillment_status": null,
-        "customer": {"id": 7, "email": "bench@example.com", "first_name": "B", "last_name": "Ench"},
-        "line_items": [{"id": i, "sku": "SKU-000001", "quantity": 2, "price": "10.00", "title": "T"}]
-    }))
-    .unwrap()
+/// The bodies the load generator sends: distinct orders (their top-level
+/// `id` differs), signed one by one.
+enum Bodies {
+    /// A real Shopify `orders/create` body (17 KB, four lines) of the shared
+    /// webhook samples, split where its order id goes.
+    Real {
+        before_id: Vec<u8>,
+        after_id: Vec<u8>,
+    },
+    /// A minimal order of the fields the gateway maps (under 400 bytes).
+    Small,
+}
+
+impl Bodies {
+    fn from_env() -> Bodies {
+        if std::env::var("BENCH_BODY").is_ok_and(|b| b == "small") {
+            return Bodies::Small;
+        }
+        let dir = std::env::var_os("FLYWHEEL_WEBHOOK_SAMPLES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/webhook-samples")
+            });
+        let path = dir.join("shopify/orders__create__1.json");
+        let text = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (set FLYWHEEL_WEBHOOK_SAMPLES, or BENCH_BODY=small)",
+                path.display()
+            )
+        });
+        let mut order: serde_json::Value = serde_json::from_slice(&text).expect("sample JSON");
+        const MARK: u64 = 918_273_645_546_372_819;
+        order["id"] = MARK.into();
+        let compact = serde_json::to_string(&order).expect("serialize");
+        let (before, after) = compact
+            .split_once(&MARK.to_string())
+            .expect("the mark appears once");
+        Bodies::Real {
+            before_id: before.as_bytes().to_vec(),
+            after_id: after.as_bytes().to_vec(),
+        }
+    }
+
+    fn body(&self, i: usize) -> Vec<u8> {
+        match self {
+            Bodies::Real {
+                before_id,
+                after_id,
+            } => {
+                let id = (5_000_000_000_000 + i).to_string();
+                [before_id.as_slice(), id.as_bytes(), after_id.as_slice()].concat()
+            }
+            Bodies::Small => serde_json::to_vec(&serde_json::json!({
+                "id": 1_000_000 + i, "name": format!("#{i}"), "email": "bench@example.com",
+                "updated_at": "2026-11-23T10:00:00Z", "currency": "EUR", "total_price": "20.00",
+                "financial_status": "paid", "fulfillment_status": null,
+                "customer": {"id": 7, "email": "bench@example.com", "first_name": "B", "last_name": "Ench"},
+                "line_items": [{"id": i, "sku": "SKU-000001", "quantity": 2, "price": "10.00", "title": "T"}]
+            }))
+            .expect("serialize"),
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Bodies::Real { .. } => "real 17 KB Shopify orders/create bodies",
+            Bodies::Small => "small (under 400 B) orders/create bodies",
+        }
+    }
 }
 
 struct Run {
@@ -43,18 +104,24 @@ struct Run {
 
 /// `requests` webhooks numbered from `first`: ids never repeat across calls,
 /// so the gateway deduplicates none of them.
-async fn drive(url: String, first: usize, requests: usize, concurrency: usize) -> Run {
+async fn drive(
+    url: String,
+    bodies: &Arc<Bodies>,
+    first: usize,
+    requests: usize,
+    concurrency: usize,
+) -> Run {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut non_200 = 0;
             let mut i = worker;
             while i < requests {
-                let b = body(first + i);
+                let b = bodies.body(first + i);
                 let sig = sign("bench-secret", &b);
                 let t = Instant::now();
                 let r = client
@@ -105,6 +172,7 @@ async fn main() {
     let requests: usize = env_or("BENCH_REQUESTS", 4000);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
     let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
+    let bodies = Arc::new(Bodies::from_env());
     let broker = LocalBroker::start().await.expect("tansu");
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
@@ -138,13 +206,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The baseline: the same HTTP stack answering 200 without doing anything.
+    // The baseline: the same HTTP stack reading the body and answering 200.
     let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bare_addr = bare.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(
             bare,
-            Router::new().route("/webhooks/shopify/bench", post(|| async { "ok" })),
+            Router::new().route("/webhooks/shopify/bench", post(|_body: axum::body::Bytes| async { "ok" })),
         )
         .await
     });
@@ -152,12 +220,12 @@ async fn main() {
     // Warm both up, then let them take turns; each keeps its median round.
     let bare_url = format!("http://{bare_addr}/webhooks/shopify/bench");
     let gateway_url = format!("http://{}/webhooks/shopify/bench", gw.addr);
-    drive(bare_url.clone(), 0, 200, concurrency).await;
+    drive(bare_url.clone(), &bodies, 0, 200, concurrency).await;
     let (mut bare_runs, mut gateway_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let first = round * requests;
-        bare_runs.push(drive(bare_url.clone(), first, requests, concurrency).await);
-        gateway_runs.push(drive(gateway_url.clone(), first, requests, concurrency).await);
+        bare_runs.push(drive(bare_url.clone(), &bodies, first, requests, concurrency).await);
+        gateway_runs.push(drive(gateway_url.clone(), &bodies, first, requests, concurrency).await);
         let (b, g) = (&bare_runs[round], &gateway_runs[round]);
         println!(
             "  round {}: bare {:.0} req/s, gateway {:.0} req/s ({:.2}x)",
@@ -172,7 +240,8 @@ async fn main() {
 
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
-        "{requests} signed orders/create webhooks, {concurrency} concurrent clients, one process, one tansu broker; median of {rounds} rounds"
+        "{requests} signed orders/create webhooks ({}), {concurrency} concurrent clients, one process, one tansu broker; median of {rounds} rounds",
+        bodies.describe()
     );
     println!(
         "  bare axum handler : {:>7.0} req/s  p50 {:>9}  p99 {:>9}",

@@ -29,6 +29,7 @@ use super::mapping::{
     self, Delivery, Kind, MappingError, SHOP_CATALOG, SHOP_INVENTORY, SHOP_ORDERS,
     SHOP_WEBHOOKS_RAW,
 };
+use super::pruned_json;
 use super::signature;
 use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
@@ -327,7 +328,8 @@ async fn process(
         m.ignored.with_label_values(&[p]).inc();
         return outcome(StatusCode::ACCEPTED, "unsupported_topic");
     };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+    // Only what the mapping reads is built; the rest is checked and skipped.
+    let Ok(json) = pruned_json::parse(&raw, mapping::body_shape(platform, kind)) else {
         return outcome(StatusCode::BAD_REQUEST, "malformed_json");
     };
     let event_time = header(headers, &["x-shopify-triggered-at", "shopify-triggered-at"])

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::pruned_json::Shape;
 use crate::config::Platform;
 
 pub use crate::bus::topics::{SHOP_CATALOG, SHOP_INVENTORY, SHOP_ORDERS, SHOP_WEBHOOKS_RAW};
@@ -53,6 +54,117 @@ pub fn kind_of(platform: Platform, topic: &str) -> Option<Kind> {
         _ => None,
     }
 }
+
+/// The parts of a webhook body the mapping of `kind` reads (the gateway
+/// parses nothing else; see [`pruned_json`](super::pruned_json)). A field
+/// read below must be named here too: the tests map every real sample both
+/// ways and compare.
+pub fn body_shape(platform: Platform, kind: Kind) -> &'static Shape {
+    match (platform, kind) {
+        (Platform::Shopify, Kind::Order) => &SHOPIFY_ORDER,
+        (Platform::Woocommerce, Kind::Order) => &WOOCOMMERCE_ORDER,
+        (_, Kind::Inventory) => &SHOPIFY_INVENTORY,
+        (_, Kind::Catalog) => &SHOPIFY_PRODUCT,
+        (_, Kind::RawOnly) => &Shape::Any,
+    }
+}
+
+const ADDRESS: &[(&str, Shape)] = &[
+    ("first_name", Shape::Any),
+    ("last_name", Shape::Any),
+    ("address1", Shape::Any),
+    ("address_1", Shape::Any),
+    ("address2", Shape::Any),
+    ("address_2", Shape::Any),
+    ("city", Shape::Any),
+    ("zip", Shape::Any),
+    ("postcode", Shape::Any),
+    ("country_code", Shape::Any),
+    ("country", Shape::Any),
+    ("phone", Shape::Any),
+    // WooCommerce's billing address carries the customer's email.
+    ("email", Shape::Any),
+];
+
+const LINE: &[(&str, Shape)] = &[
+    ("id", Shape::Any),
+    ("sku", Shape::Any),
+    ("title", Shape::Any),
+    ("name", Shape::Any),
+    ("quantity", Shape::Any),
+    ("price", Shape::Any),
+    ("subtotal", Shape::Any),
+];
+
+const SHOPIFY_ORDER: Shape = Shape::Object(&[
+    ("id", Shape::Any),
+    ("name", Shape::Any),
+    ("email", Shape::Any),
+    ("contact_email", Shape::Any),
+    ("currency", Shape::Any),
+    ("total_price", Shape::Any),
+    ("financial_status", Shape::Any),
+    ("fulfillment_status", Shape::Any),
+    ("cancelled_at", Shape::Any),
+    ("cancel_reason", Shape::Any),
+    ("created_at", Shape::Any),
+    ("updated_at", Shape::Any),
+    (
+        "customer",
+        Shape::Object(&[
+            ("id", Shape::Any),
+            ("email", Shape::Any),
+            ("first_name", Shape::Any),
+            ("last_name", Shape::Any),
+        ]),
+    ),
+    ("shipping_address", Shape::Object(ADDRESS)),
+    ("billing_address", Shape::Object(ADDRESS)),
+    ("line_items", Shape::Object(LINE)),
+    (
+        "fulfillments",
+        Shape::Object(&[
+            ("status", Shape::Any),
+            ("tracking_number", Shape::Any),
+            ("tracking_company", Shape::Any),
+        ]),
+    ),
+]);
+
+const WOOCOMMERCE_ORDER: Shape = Shape::Object(&[
+    ("id", Shape::Any),
+    ("number", Shape::Any),
+    ("status", Shape::Any),
+    ("currency", Shape::Any),
+    ("total", Shape::Any),
+    ("customer_id", Shape::Any),
+    ("date_created_gmt", Shape::Any),
+    ("date_modified_gmt", Shape::Any),
+    ("date_modified", Shape::Any),
+    ("billing", Shape::Object(ADDRESS)),
+    ("shipping", Shape::Object(ADDRESS)),
+    ("line_items", Shape::Object(LINE)),
+]);
+
+const SHOPIFY_INVENTORY: Shape = Shape::Object(&[
+    ("inventory_item_id", Shape::Any),
+    ("location_id", Shape::Any),
+    ("updated_at", Shape::Any),
+    ("available", Shape::Any),
+]);
+
+const SHOPIFY_PRODUCT: Shape = Shape::Object(&[
+    ("id", Shape::Any),
+    ("updated_at", Shape::Any),
+    (
+        "variants",
+        Shape::Object(&[
+            ("id", Shape::Any),
+            ("sku", Shape::Any),
+            ("inventory_item_id", Shape::Any),
+        ]),
+    ),
+]);
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
@@ -537,7 +649,7 @@ mod avro_tests {
     /// The real webhook bodies of `../shared/webhook-samples/` (or of
     /// `FLYWHEEL_WEBHOOK_SAMPLES`), with the platform and topic their file
     /// names give. Not the project's own files, so read where they are.
-    fn real_samples() -> Vec<(Platform, String, String, Value)> {
+    fn real_samples() -> Vec<(Platform, String, String, Vec<u8>)> {
         let dir = std::env::var_os("FLYWHEEL_WEBHOOK_SAMPLES")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -562,12 +674,66 @@ mod avro_tests {
                     .rsplit_once("__")
                     .unwrap_or_else(|| panic!("{name}: not `<topic>__<n>`"));
                 let topic = stem.replace("__", "/");
-                let body = serde_json::from_slice(&std::fs::read(&path).unwrap())
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                samples.push((platform, topic, name, body));
+                samples.push((platform, topic, name, std::fs::read(&path).unwrap()));
             }
         }
         samples
+    }
+
+    /// The project's own fixtures and a product with more than the mapping
+    /// reads map the same parsed whole or pruned.
+    #[test]
+    fn fixtures_and_products_map_the_same_pruned() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for (file, platform, topic) in [
+            (
+                "shopify_orders_create.json",
+                Platform::Shopify,
+                "orders/create",
+            ),
+            (
+                "woocommerce_order_created.json",
+                Platform::Woocommerce,
+                "order.created",
+            ),
+        ] {
+            let bytes = std::fs::read(fixtures.join(file)).unwrap();
+            let d = Delivery {
+                platform,
+                channel: "demo".into(),
+                topic: topic.into(),
+                webhook_id: "w".into(),
+                event_time: "2026-11-23T10:00:01Z".into(),
+            };
+            let whole: Value = serde_json::from_slice(&bytes).unwrap();
+            let pruned =
+                crate::shop::pruned_json::parse(&bytes, body_shape(platform, Kind::Order)).unwrap();
+            let map = |body: &Value| match platform {
+                Platform::Shopify => shopify_order(body, &d),
+                Platform::Woocommerce => woocommerce_order(body, &d),
+            };
+            assert_eq!(map(&pruned), map(&whole), "{file}");
+            assert!(map(&whole).is_ok(), "{file}");
+        }
+        let product = json!({"id": 1, "title": "T", "updated_at": "2026-11-23T10:00:00Z",
+            "images": [{"id": 9, "src": "x"}], "options": [{"name": "Size"}],
+            "variants": [{"id": 2, "sku": "S", "inventory_item_id": 3, "price": "1.00",
+                          "option1": "M", "inventory_quantity": 4}, {"id": 4}]});
+        let bytes = serde_json::to_vec(&product).unwrap();
+        let pruned =
+            crate::shop::pruned_json::parse(&bytes, body_shape(Platform::Shopify, Kind::Catalog))
+                .unwrap();
+        for topic in ["products/update", "products/delete"] {
+            let d = Delivery {
+                platform: Platform::Shopify,
+                channel: "demo".into(),
+                topic: topic.into(),
+                webhook_id: "w".into(),
+                event_time: "2026-11-23T10:00:01Z".into(),
+            };
+            assert_eq!(shopify_product(&pruned, &d), shopify_product(&product, &d));
+            assert!(shopify_product(&product, &d).is_ok());
+        }
     }
 
     /// What `encode_serde` produced before it serialized straight into
@@ -579,14 +745,17 @@ mod avro_tests {
         codec.encode(&value).unwrap()
     }
 
-    /// Every real sample maps to its canonical event, whose bytes are those
-    /// of the resolved-`Value` encoding and decode back to the same event.
+    /// Every real sample maps to its canonical event, the same whether the
+    /// body was parsed whole or only where its shape says; the event's bytes
+    /// are those of the resolved-`Value` encoding and decode back to it.
     #[test]
     fn real_webhooks_map_and_encode_as_through_a_resolved_value() {
         let samples = real_samples();
         assert_eq!(samples.len(), 15, "the 15 samples of SOURCES.md");
         let mut by_kind = std::collections::HashMap::new();
-        for (platform, topic, name, body) in samples {
+        for (platform, topic, name, bytes) in samples {
+            let whole: Value =
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
             let d = Delivery {
                 platform,
                 channel: "demo".into(),
@@ -597,13 +766,20 @@ mod avro_tests {
             let kind = kind_of(platform, &topic)
                 .unwrap_or_else(|| panic!("{name}: topic {topic} is not one we take"));
             *by_kind.entry(format!("{kind:?}")).or_insert(0) += 1;
+            let body = crate::shop::pruned_json::parse(&bytes, body_shape(platform, kind))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                serde_json::to_vec(&body).unwrap().len() < bytes.len(),
+                "{name}: nothing was pruned"
+            );
             match kind {
                 Kind::Order => {
-                    let event = match platform {
-                        Platform::Shopify => shopify_order(&body, &d),
-                        Platform::Woocommerce => woocommerce_order(&body, &d),
-                    }
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    let map = |body: &Value| match platform {
+                        Platform::Shopify => shopify_order(body, &d),
+                        Platform::Woocommerce => woocommerce_order(body, &d),
+                    };
+                    let event = map(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(Ok(&event), map(&whole).as_ref(), "{name}: pruned ≠ whole");
                     assert!(!event.lines.is_empty(), "{name}: no lines mapped");
                     let codec = AvroCodec::for_topic(SHOP_ORDERS).unwrap();
                     let bytes = codec.encode_serde(&event).unwrap();
@@ -614,6 +790,11 @@ mod avro_tests {
                 Kind::Inventory => {
                     let event =
                         shopify_inventory(&body, &d).unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(
+                        Ok(&event),
+                        shopify_inventory(&whole, &d).as_ref(),
+                        "{name}: pruned ≠ whole"
+                    );
                     let codec = AvroCodec::for_topic(SHOP_INVENTORY).unwrap();
                     let bytes = codec.encode_serde(&event).unwrap();
                     assert_eq!(bytes, encoded_through_value(codec, &event), "{name}");

@@ -9,6 +9,7 @@ pub mod gateway_metrics;
 pub mod mapping;
 pub mod order_poll;
 pub mod platform;
+pub mod pruned_json;
 pub mod shopify;
 pub mod signature;
 pub mod woocommerce;
