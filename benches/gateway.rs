@@ -212,7 +212,10 @@ async fn main() {
     tokio::spawn(async move {
         axum::serve(
             bare,
-            Router::new().route("/webhooks/shopify/bench", post(|_body: axum::body::Bytes| async { "ok" })),
+            Router::new().route(
+                "/webhooks/shopify/bench",
+                post(|_body: axum::body::Bytes| async { "ok" }),
+            ),
         )
         .await
     });
