@@ -144,12 +144,12 @@ impl AvroCodec {
     }
 
     /// Names and types of the record's fields, in schema order.
-    pub fn fields(&self) -> Vec<(String, FieldKind)> {
+    pub fn fields(&self) -> Vec<(&str, FieldKind)> {
         match &self.schema {
             Schema::Record(r) => r
                 .fields
                 .iter()
-                .map(|f| (f.name.clone(), FieldKind::of(&f.schema)))
+                .map(|f| (f.name.as_str(), FieldKind::of(&f.schema)))
                 .collect(),
             _ => Vec::new(),
         }
