@@ -278,25 +278,30 @@ impl ShopSim {
     /// at every location), as `products/delete` and `products/create` tell.
     /// Returns (old inventory item, new inventory item).
     pub fn replace_product(&self, sku: &str, available: i64) -> Option<(u64, u64)> {
-        let (old_product, old_item, new_item, created) = {
+        let webhooks = &self.app.shop.webhooks;
+        // The deletion's webhook is stamped (X-Shopify-Triggered-At, its
+        // version) as it happens, before the new product exists, as Shopify
+        // does: stamped after the new product, a busy machine gave the
+        // deletion the later version, and whichever lane applied it first
+        // decided whether the new product's mapping was kept.
+        let old = {
             let mut st = self.app.shop.state.lock();
             let old = st.variant_by_sku(sku)?.clone();
             st.delete_product(old.product_id);
-            let new_item = st.add_product(sku, &old.price, available);
-            let product = st.variant_by_item(new_item)?.product_id;
-            (
-                old.product_id,
-                old.inventory_item_id,
-                new_item,
-                st.product_payload(product),
-            )
+            old
         };
-        let webhooks = &self.app.shop.webhooks;
         webhooks.emit(
             Topic::ProductsDelete,
-            &serde_json::json!({"id": old_product}),
+            &serde_json::json!({"id": old.product_id}),
         );
+        let (new_item, created) = {
+            let mut st = self.app.shop.state.lock();
+            let new_item = st.add_product(sku, &old.price, available);
+            let product = st.variant_by_item(new_item)?.product_id;
+            (new_item, st.product_payload(product))
+        };
         webhooks.emit(Topic::ProductsCreate, &created);
+        let old_item = old.inventory_item_id;
         Some((old_item, new_item))
     }
 
