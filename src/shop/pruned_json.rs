@@ -27,7 +27,10 @@ pub enum Shape {
 /// keeping what `shape` names. Malformed JSON is an error even in the parts
 /// that are skipped.
 pub fn parse(bytes: &[u8], shape: &Shape) -> serde_json::Result<Value> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // serde_json checks UTF-8 only in the strings it builds; checked here
+    // once, a body that is not UTF-8 is refused wherever the bad bytes are.
+    let text = std::str::from_utf8(bytes).map_err(serde::de::Error::custom)?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = Pruned(shape).deserialize(&mut de)?;
     de.end()?;
     Ok(value)
@@ -164,6 +167,7 @@ mod tests {
             br#"{"id": 1"#,
             b"",
             b"\xff",
+            b"{\"id\": 1, \"note\": \"\xff\"}",
         ] {
             assert!(
                 parse(bad, &ORDER).is_err(),
