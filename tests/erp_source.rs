@@ -90,6 +90,59 @@ async fn stock_change_appears_with_the_right_aggregate_and_version() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reservations_of_shop_orders_are_published_per_channel_and_warehouse() {
+    let mut env = TestEnv::new("reserved_by_channel", small()).await;
+    let source = env.start_streaming().await;
+    let mut stock = env.reader("erp.stock.v1");
+
+    // Two channels' orders reserve SKU-000002 in WH1, one in WH2; an order
+    // the ERP made itself (no channel) is nobody's part.
+    let (lo, _) = commit_bracketed(
+        &mut env,
+        "INSERT INTO sale_order (name, partner_id, state, channel, shop_order_id, warehouse_id)
+         SELECT v.name, (SELECT min(id) FROM res_partner), 'sale', v.channel, v.name, w.id
+         FROM (VALUES ('T-1', 'shop-a', 'WH1'), ('T-2', 'shop-b', 'WH1'),
+                      ('T-3', 'shop-a', 'WH2'), ('T-4', NULL, 'WH1')) v(name, channel, wh)
+         JOIN stock_warehouse w ON w.code = v.wh;
+         INSERT INTO sale_order_line (order_id, product_id, name, product_uom_qty, price_unit)
+         SELECT o.id, 2, 'line', v.qty, 1
+         FROM sale_order o JOIN (VALUES ('T-1', 2), ('T-2', 3), ('T-3', 1), ('T-4', 4)) v(name, qty)
+           ON v.name = o.name;
+         SELECT demo_reserve_order(id) FROM sale_order WHERE name LIKE 'T-%';
+         INSERT INTO stock_move (sale_line_id, product_id, location_id, product_uom_qty, state)
+         SELECT l.id, 2, w.lot_stock_id, 4, 'assigned'
+         FROM sale_order_line l JOIN sale_order o ON o.id = l.order_id
+         JOIN stock_warehouse w ON w.id = o.warehouse_id WHERE o.name = 'T-4';",
+    )
+    .await;
+
+    let keys = ["SKU-000002/WH1", "SKU-000002/WH2"];
+    let records = stock
+        .read_until(T, |r| {
+            keys.iter()
+                .all(|k| r.iter().any(|e| e.key == *k && e.version() >= lo))
+        })
+        .await;
+    let by_channel = |key: &str| {
+        let e = records
+            .iter()
+            .rfind(|e| e.key == key && e.version() >= lo)
+            .expect("found above");
+        e.str("reserved_by_channel")
+            .map(|j| serde_json::from_str::<serde_json::Value>(j).expect("a JSON object"))
+    };
+    assert_eq!(
+        by_channel("SKU-000002/WH1"),
+        Some(serde_json::json!({"shop-a": "2.000", "shop-b": "3.000"}))
+    );
+    assert_eq!(
+        by_channel("SKU-000002/WH2"),
+        Some(serde_json::json!({"shop-a": "1.000"}))
+    );
+    source.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_touching_many_rows_of_one_sku_produces_it_once() {
     let mut env = TestEnv::new("many_rows", small()).await;
     let source = env.start_streaming().await;
