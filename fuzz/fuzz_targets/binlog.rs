@@ -15,11 +15,14 @@ use std::collections::HashMap;
 use libfuzzer_sys::fuzz_target;
 use mysql_common::binlog::BinlogFile;
 use mysql_common::binlog::consts::BinlogVersion;
-use mysql_common::binlog::events::{EventData, OptionalMetaExtractor, TableMapEvent};
+use mysql_common::binlog::events::{EventData, OptionalMetaExtractor};
 
 #[path = "../../src/erp/mysql/binlog_value.rs"]
 #[allow(dead_code)]
 mod binlog_value;
+#[path = "../../src/erp/mysql/row_image.rs"]
+#[allow(dead_code)]
+mod row_image;
 
 const MAGIC: &[u8] = b"\xfebin";
 const HEADER_LEN: usize = 19;
@@ -53,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(events) = BinlogFile::new(BinlogVersion::Version4, &file[..]) else {
         return;
     };
-    let mut tables: HashMap<u64, TableMapEvent<'static>> = HashMap::new();
+    let mut tables: HashMap<u64, row_image::TableForm> = HashMap::new();
     for event in events.take(512) {
         let Ok(event) = event else { break };
         // Decoded only as the source decodes them.
@@ -84,22 +87,22 @@ fuzz_target!(|data: &[u8]| {
                     )
                 });
                 if binlog_value::check_table_map(&tme).is_ok() && !has_vector {
-                    tables.insert(tme.table_id(), tme.into_owned());
+                    // Every other column wanted: both the decoded and the
+                    // stepped-over paths run.
+                    let wanted: Vec<usize> = (0..tme.columns_count() as usize).step_by(2).collect();
+                    if let Ok(form) = row_image::TableForm::new(&tme, &wanted) {
+                        tables.insert(tme.table_id(), form);
+                    }
                 }
             }
             EventData::RowsEvent(rows) => {
-                let Some(tme) = tables.get(&rows.table_id()) else {
+                let Some(form) = tables.get(&rows.table_id()) else {
                     continue;
                 };
-                // Bounded as the source bounds it (endless otherwise).
-                for row in rows
-                    .rows(tme)
-                    .take(binlog_value::max_rows(rows.rows_data()))
-                {
-                    let Ok((before, after)) = row else { break };
-                    for image in [before, after].iter().flatten() {
-                        for i in 0..image.len() {
-                            let _ = image.as_ref(i).and_then(binlog_value::binlog_value_text);
+                if let Ok(images) = form.rows(&rows) {
+                    for image in images.iter().flat_map(|(b, a)| [b, a]).flatten() {
+                        for i in 0..image.present {
+                            let _ = image.text(i);
                         }
                     }
                 }

@@ -1,8 +1,8 @@
-//! What capture asks of binlog bytes before and while mysql_common decodes
-//! them (which event kinds to decode, table maps it can size, how many rows
-//! an event can hold), and column values as the text the connector's SQL
-//! compares with. Pure, and compiled into the binlog fuzz target from this
-//! file, so the fuzzer decodes exactly what the source decodes.
+//! What capture asks of binlog bytes before mysql_common decodes them (which
+//! event kinds to decode, table maps it can size), and column values as the
+//! text the connector's SQL compares with. Pure, and compiled into the binlog
+//! fuzz target from this file (as is `row_image`), so the fuzzer decodes
+//! exactly what the source decodes.
 
 use mysql_common::Value;
 use mysql_common::binlog::consts::{EventType, UnknownEventType};
@@ -87,13 +87,6 @@ pub fn check_table_map(tme: &TableMapEvent<'_>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The most rows a rows event's row data can hold: every real row takes at
-/// least one byte (its null bitmap), but mysql_common 0.37.3 keeps yielding
-/// rows that take none, so a caller bounds its iteration by this.
-pub fn max_rows(rows_data: &[u8]) -> usize {
-    rows_data.len()
 }
 
 /// A binlog value as the text the connector's SQL compares with; `None` for NULL.

@@ -16,10 +16,10 @@
 use std::collections::HashMap;
 
 use mysql_common::binlog::events::{Event, EventData, OptionalMetaExtractor, TableMapEvent};
-use mysql_common::binlog::row::BinlogRow;
 
 use super::binlog_pos::BinlogPos;
-use super::binlog_value::{binlog_value_text, check_table_map, is_read, max_rows};
+use super::binlog_value::{check_table_map, is_read};
+use super::row_image::{Image, TableForm};
 use crate::erp::committed::{CommittedTxn, TriggerRow};
 use crate::erp::entity_model::EntityModels;
 
@@ -100,7 +100,8 @@ enum Role {
 struct MappedTable {
     name: String,
     columns: usize,
-    tme: TableMapEvent<'static>,
+    table_id: u64,
+    form: TableForm,
     role: Role,
 }
 
@@ -252,7 +253,7 @@ impl Capture {
             EventData::XidEvent(_) => self.commit(end, commit_ts_micros),
             EventData::TableMapEvent(tme) => {
                 let mapped = self.map_table(models, tme)?;
-                self.tables.insert(mapped.tme.table_id(), mapped);
+                self.tables.insert(mapped.table_id, mapped);
                 Ok(Captured::Nothing)
             }
             EventData::RowsEvent(rows) => {
@@ -265,20 +266,11 @@ impl Capture {
                     txn: CommittedTxn::default(),
                     bookkeeping: false,
                 });
-                // mysql_common yields rows until its bytes run out, and a row
-                // with no columns present takes none: bound the rows by the
-                // bytes (a real row takes at least its null bitmap), or a
-                // malformed event would loop forever (found by fuzz/binlog.rs).
-                let most = max_rows(rows.rows_data());
-                for (n, row) in rows.rows(&table.tme).enumerate() {
-                    if n >= most {
-                        return Err(CaptureError::Malformed(format!(
-                            "a rows event for `{}` yields more rows than its {} bytes can hold",
-                            table.name,
-                            rows.rows_data().len()
-                        )));
-                    }
-                    let (before, after) = row.map_err(|e| CaptureError::Decode(e.to_string()))?;
+                let images = table
+                    .form
+                    .rows(&rows)
+                    .map_err(|e| CaptureError::Decode(e.to_string()))?;
+                for (before, after) in images {
                     open.txn.row_changes += 1;
                     match &table.role {
                         Role::Other => {}
@@ -286,10 +278,10 @@ impl Capture {
                         Role::EchoMark => open.txn.own_write = true,
                         Role::Triggers(triggers) => {
                             for image in [&before, &after].into_iter().flatten() {
-                                if image.len() != table.columns {
+                                if image.present != table.columns {
                                     return Err(CaptureError::PartialImage {
                                         table: table.name.clone(),
-                                        got: image.len(),
+                                        got: image.present,
                                         of: table.columns,
                                     });
                                 }
@@ -382,10 +374,17 @@ impl Capture {
                 Role::Triggers(mapped)
             }
         };
+        let wanted: Vec<usize> = match &role {
+            Role::Triggers(triggers) => triggers.iter().flat_map(|(_, c)| c).copied().collect(),
+            _ => Vec::new(),
+        };
+        let form = TableForm::new(&tme, &wanted)
+            .map_err(|e| CaptureError::Malformed(format!("table map of `{name}`: {e}")))?;
         Ok(MappedTable {
             name,
             columns,
-            tme: tme.into_owned(),
+            table_id: tme.table_id(),
+            form,
             role,
         })
     }
@@ -417,10 +416,10 @@ impl Capture {
 }
 
 /// The trigger's columns of one row image, as text.
-fn trigger_row(image: &BinlogRow, columns: &[usize]) -> TriggerRow {
+fn trigger_row(image: &Image, columns: &[usize]) -> TriggerRow {
     columns
         .iter()
-        .map(|&i| image.as_ref(i).and_then(binlog_value_text))
+        .map(|&i| image.text(i).map(str::to_owned))
         .collect()
 }
 

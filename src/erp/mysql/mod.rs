@@ -1,7 +1,8 @@
 //! The MariaDB/MySQL source: binlog coordinates (`binlog_pos`), committed
 //! transactions of touched trigger rows from row-based binlog events
 //! (`capture`), the connector's SQL (`queries`), start-up checks and Flywheel's
-//! own state on the server (`setup`), and the source loop with its initial
+//! own state on the server (`setup`), the row images of a rows event with only
+//! the trigger columns as text (`row_image`), and the source loop with its initial
 //! snapshot (`source`). The binlog stream itself (COM_BINLOG_DUMP and event
 //! framing) is `mysql_async`'s; what the events mean to Flywheel is ours.
 //! What every ERP source shares is in the parent module; this module's errors
@@ -11,6 +12,7 @@ pub mod binlog_pos;
 pub mod binlog_value;
 pub mod capture;
 pub mod queries;
+pub mod row_image;
 pub mod setup;
 pub mod source;
 
