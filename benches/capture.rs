@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench capture` (env: BENCH_ERP = postgres | mariadb | both,
 //! default both; BENCH_SKUS, BENCH_RATE, BENCH_SECONDS, BENCH_BURST_TXNS,
-//! BENCH_QUERY_CONNECTIONS (PostgreSQL: `erp.query_connections`),
+//! BENCH_QUERY_CONNECTIONS (`erp.query_connections`),
 //! BENCH_ROWS_PER_TXN). Starts its own PostgreSQL, MariaDB and tansu.
 //!
 //! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,

@@ -98,9 +98,10 @@ pub struct ErpConfig {
     pub batch_keys: usize,
     /// Upper bound of transactions merged into one re-read under load.
     pub max_batch_transactions: usize,
-    /// PostgreSQL: connections the streaming source runs the connector's key
-    /// and model queries on, in turn. Under load those queries are most of
-    /// the capture's time, and one connection is one server process, one core.
+    /// Connections the streaming source runs the connector's key and model
+    /// queries on, in turn (PostgreSQL and MariaDB/MySQL). Under load those
+    /// queries are most of the capture's time, and one connection is one
+    /// server process (PostgreSQL) or thread (MariaDB), one core at most.
     /// Three, not two: on the 2-core bench machine a third connection keeps
     /// the server busy while the others wait for their round trips (capture
     /// 2.1-2.3x -> 1.9-2.0x `pg_recvlogical`).

@@ -100,6 +100,8 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
     let mut config = Config::default();
     config.erp.dsn = server.dsn("erp");
     config.erp.status_interval_ms = 100;
+    config.erp.query_connections =
+        super::common::env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
     config.kafka.bootstrap = broker.bootstrap();
     config.kafka.topic_prefix = "mariadb.".into();
     config.metrics.listen = String::new();

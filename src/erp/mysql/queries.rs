@@ -3,11 +3,13 @@
 //! Keys and trigger rows go in as one JSON array of tuples (`[["SKU-1","WH1"],
 //! …]`), which the SQL unpacks with `JSON_TABLE(?, '$[*]' COLUMNS(…))`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::try_join_all;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Statement};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::binlog_pos::BinlogPos;
 use super::binlog_value::value_text;
@@ -29,20 +31,28 @@ struct Named {
     takes_json: bool,
 }
 
-/// Prepared statements on one connection. Queries share the connection one
-/// at a time.
-pub struct MyQueries {
-    conn: Mutex<Conn>,
+/// The connector's statements, prepared on one connection (a MariaDB/MySQL
+/// prepared statement belongs to the connection that prepared it).
+struct Session {
+    conn: Conn,
     model: Vec<Named>,
     all_keys: Vec<Named>,
     triggers: Vec<Vec<Named>>,
 }
 
-impl MyQueries {
+/// Which of the connector's statements to run.
+#[derive(Clone, Copy)]
+enum Which {
+    Model(usize),
+    AllKeys(usize),
+    Trigger(usize, usize),
+}
+
+impl Session {
     /// Prepares every statement on `conn` and checks each against the
     /// connector's contract (one JSON parameter, the key and value columns),
     /// so a broken connector fails at start with the entity and column named.
-    pub async fn prepare(mut conn: Conn, models: &EntityModels) -> Result<MyQueries, ModelError> {
+    async fn prepare(mut conn: Conn, models: &EntityModels) -> Result<Session, ModelError> {
         let mut model = Vec::new();
         let mut all_keys = Vec::new();
         let mut triggers = Vec::new();
@@ -77,22 +87,83 @@ impl MyQueries {
             }
             triggers.push(ts);
         }
-        Ok(MyQueries {
-            conn: Mutex::new(conn),
+        Ok(Session {
+            conn,
             model,
             all_keys,
             triggers,
         })
     }
+}
 
-    /// Runs a statement outside the connector's (e.g. `COMMIT` after a snapshot).
-    pub async fn execute(&self, sql: &str) -> Result<(), mysql_async::Error> {
-        self.conn.lock().await.query_drop(sql).await
+/// Prepared statements on one or more connections. A query takes a free
+/// connection (else waits for one in turn), so the streaming source's batches
+/// do not queue on one server thread: with one connection the server and
+/// Flywheel waited for each other's round trips (the machine 40% idle while
+/// catching up). A snapshot is read on its one snapshot connection.
+pub struct MyQueries {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+impl MyQueries {
+    /// Prepares every statement on `conn` and checks each against the
+    /// connector's contract (one JSON parameter, the key and value columns),
+    /// so a broken connector fails at start with the entity and column named.
+    pub async fn prepare(conn: Conn, models: &EntityModels) -> Result<MyQueries, ModelError> {
+        MyQueries::prepare_on(vec![conn], models).await
     }
 
-    async fn query(&self, s: &Named, json: Option<String>) -> Result<Vec<TextRow>, ModelError> {
-        let mut conn = self.conn.lock().await;
-        let result = match json {
+    /// As `prepare`, on each of `conns` (at least one), taken in turn.
+    pub async fn prepare_on(
+        conns: Vec<Conn>,
+        models: &EntityModels,
+    ) -> Result<MyQueries, ModelError> {
+        let sessions = try_join_all(conns.into_iter().map(|c| Session::prepare(c, models))).await?;
+        if sessions.is_empty() {
+            return Err(ModelError::Invalid {
+                entity: String::new(),
+                reason: "no query connection".into(),
+            });
+        }
+        Ok(MyQueries {
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A free connection, else the next one in turn once it is free.
+    async fn session(&self) -> MutexGuard<'_, Session> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(session) = self.sessions[(start + i) % n].try_lock() {
+                return session;
+            }
+        }
+        self.sessions[start].lock().await
+    }
+
+    /// Runs a statement outside the connector's (e.g. `COMMIT` after a
+    /// snapshot) on the first connection, the snapshot's.
+    pub async fn execute(&self, sql: &str) -> Result<(), mysql_async::Error> {
+        self.sessions[0].lock().await.conn.query_drop(sql).await
+    }
+
+    async fn query(&self, which: Which, json: Option<String>) -> Result<Vec<TextRow>, ModelError> {
+        let mut session = self.session().await;
+        let Session {
+            conn,
+            model,
+            all_keys,
+            triggers,
+        } = &mut *session;
+        let s = match which {
+            Which::Model(e) => &model[e],
+            Which::AllKeys(e) => &all_keys[e],
+            Which::Trigger(e, t) => &triggers[e][t],
+        };
+        let result = match json.filter(|_| s.takes_json) {
             Some(j) => conn.exec::<Row, _, _>(&s.statement, (j,)).await,
             None => conn.exec::<Row, _, _>(&s.statement, ()).await,
         };
@@ -109,7 +180,8 @@ impl MyQueries {
     /// committed up to it is visible to queries from now on (MariaDB orders
     /// engine commits as the binlog does and reports where a snapshot stands).
     async fn visible_up_to(&self) -> Result<Option<Position>, mysql_async::Error> {
-        let mut conn = self.conn.lock().await;
+        let mut session = self.session().await;
+        let conn = &mut session.conn;
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await?;
         let status: Vec<(String, String)> = conn
@@ -135,6 +207,10 @@ impl MyQueries {
 }
 
 impl ModelQueries for MyQueries {
+    fn parallelism(&self) -> usize {
+        self.sessions.len()
+    }
+
     async fn trigger_keys(
         &self,
         entity: usize,
@@ -142,19 +218,18 @@ impl ModelQueries for MyQueries {
         rows: &[TriggerRow],
     ) -> Result<Vec<TextRow>, ModelError> {
         let json = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
-        self.query(&self.triggers[entity][trigger], Some(json))
+        self.query(Which::Trigger(entity, trigger), Some(json))
             .await
     }
 
     async fn all_keys(&self, entity: usize) -> Result<Vec<TextRow>, ModelError> {
-        self.query(&self.all_keys[entity], None).await
+        self.query(Which::AllKeys(entity), None).await
     }
 
     async fn model(&self, entity: usize, keys: &[EntityKey]) -> Result<Vec<TextRow>, ModelError> {
         let tuples: Vec<&Vec<String>> = keys.iter().map(|k| &k.0).collect();
         let json = serde_json::to_string(&tuples).unwrap_or_else(|_| "[]".into());
-        let s = &self.model[entity];
-        self.query(s, s.takes_json.then_some(json)).await
+        self.query(Which::Model(entity), Some(json)).await
     }
 
     /// Waits until a consistent snapshot stands at or past the newest of

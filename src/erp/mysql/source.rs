@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use std::panic::AssertUnwindSafe;
 
+use futures::future::try_join_all;
 use futures::{FutureExt, StreamExt};
 use mysql_async::binlog::events::Event;
 use mysql_async::prelude::Queryable;
@@ -113,7 +114,11 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
             }),
     };
     let processor = Processor {
-        queries: MyQueries::prepare(Conn::new(opts.clone()).await?, &models).await?,
+        queries: MyQueries::prepare_on(
+            try_join_all((0..erp.query_connections).map(|_| Conn::new(opts.clone()))).await?,
+            &models,
+        )
+        .await?,
         models,
         producer,
         confirmed: confirmed_tx,
