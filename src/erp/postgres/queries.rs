@@ -2,7 +2,7 @@
 //! once per connection and checked against the connector's contract, keys
 //! and trigger columns passed as one `text[]` per part.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::future::try_join_all;
 use tokio_postgres::types::{ToSql, Type};
@@ -36,6 +36,9 @@ struct Prepared {
 pub struct PgQueries {
     conns: Vec<Prepared>,
     next: AtomicUsize,
+    /// The newest snapshot xmin a visibility check saw (see
+    /// `visibility::wait_until_visible`).
+    visible_horizon: AtomicU64,
 }
 
 impl PgQueries {
@@ -56,6 +59,7 @@ impl PgQueries {
         Ok(PgQueries {
             conns,
             next: AtomicUsize::new(0),
+            visible_horizon: AtomicU64::new(0),
         })
     }
 
@@ -168,7 +172,7 @@ impl ModelQueries for PgQueries {
     async fn wait_visible(&self, txns: &[&CommittedTxn]) -> Result<(), ModelError> {
         // A Begin's xid is 32 bits; `txid` only widens it.
         let xids: Vec<u32> = txns.iter().map(|t| t.txid as u32).collect();
-        super::visibility::wait_until_visible(self.client(), &xids)
+        super::visibility::wait_until_visible(self.client(), &xids, &self.visible_horizon)
             .await
             .map_err(|e| ModelError::Visibility {
                 reason: format!("pg_current_snapshot(): {}", db_error_text(&e)),

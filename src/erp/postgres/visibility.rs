@@ -15,6 +15,7 @@
 //! snapshot must show every transaction of the batch as committed; every
 //! query after it takes a newer snapshot and sees them too.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -42,6 +43,15 @@ impl Snapshot {
     }
 }
 
+/// Whether `xid` ended before a snapshot whose `xmin` (its oldest running
+/// transaction, 64 bits) is given: then every later snapshot shows it as
+/// finished, and a committed one as visible. `xmin` 0 is no snapshot yet. A
+/// running id is within 2^31 of every xmin, so the modular comparison never
+/// calls a running transaction finished.
+pub fn ended_before(xid: u32, xmin: u64) -> bool {
+    xmin != 0 && (xid.wrapping_sub(xmin as u32) as i32) < 0
+}
+
 /// After this long, waiting is logged (once per batch): something holds a
 /// committed transaction out of the proc array far longer than it should.
 const WARN_AFTER: Duration = Duration::from_secs(5);
@@ -49,11 +59,18 @@ const WARN_AFTER: Duration = Duration::from_secs(5);
 /// Returns once a snapshot shows every transaction of `xids` as committed.
 /// Each snapshot that still showed one in flight counts in
 /// `flywheel_source_visibility_waits_total`.
+///
+/// `horizon` is the newest xmin any earlier check saw (0 for none): ids that
+/// ended before it need no query. Catching up a backlog, the first snapshot's
+/// xmin is past every id of it, and each later query would have queued on a
+/// query connection behind the previous batch's reads.
 pub async fn wait_until_visible(
     client: &Client,
     xids: &[u32],
+    horizon: &AtomicU64,
 ) -> Result<(), tokio_postgres::Error> {
-    if xids.is_empty() {
+    let known = horizon.load(Ordering::Acquire);
+    if xids.iter().all(|&x| ended_before(x, known)) {
         return Ok(());
     }
     let started = Instant::now();
@@ -62,7 +79,8 @@ pub async fn wait_until_visible(
         let row = client
             .query_one(
                 "SELECT pg_snapshot_xmax(s)::text::bigint, \
-                        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) x) \
+                        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) x), \
+                        pg_snapshot_xmin(s)::text::bigint \
                  FROM pg_current_snapshot() s",
                 &[],
             )
@@ -75,6 +93,7 @@ pub async fn wait_until_visible(
                 .map(|x| x as u64)
                 .collect(),
         };
+        horizon.fetch_max(row.get::<_, i64>(2) as u64, Ordering::AcqRel);
         let Some(&pending) = xids.iter().find(|&&x| !snapshot.shows_committed(x)) else {
             return Ok(());
         };
@@ -120,6 +139,20 @@ mod tests {
         let s = snap(1000, &[]);
         assert!(!s.shows_committed(1000));
         assert!(!s.shows_committed(1001));
+    }
+
+    #[test]
+    fn ids_before_a_seen_xmin_need_no_snapshot() {
+        assert!(!ended_before(5, 0), "no snapshot seen yet");
+        assert!(ended_before(999, 1000));
+        assert!(!ended_before(1000, 1000), "xmin itself was running");
+        assert!(!ended_before(1001, 1000));
+        // Across the wrap: epoch 3's xmin 5 follows epoch 2's last ids.
+        let xmin = (3u64 << 32) | 5;
+        assert!(ended_before(0xFFFF_FFFE, xmin));
+        assert!(ended_before(4, xmin));
+        assert!(!ended_before(5, xmin));
+        assert!(!ended_before(6, xmin));
     }
 
     #[test]
