@@ -401,6 +401,31 @@ async fn a_graceful_restart_resumes_where_it_stopped_without_a_new_snapshot() {
     source.stop().await;
 }
 
+/// The stored position follows Kafka's acknowledgements, not the status
+/// interval: with an interval far beyond the deadline, only a prompt store
+/// can advance it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_position_is_stored_soon_after_the_events_are_acknowledged() {
+    let mut env = Env::new("prompt_store", small()).await;
+    env.config.erp.status_interval_ms = 600_000;
+    let source = env.start_streaming().await;
+    let after = env
+        .commit("UPDATE `tabBin` SET actual_qty = 78 WHERE item_code = 'SKU-000004' AND warehouse = 'WH1 - FW'")
+        .await;
+    wait_for(
+        "the stored position to pass the acknowledged commit",
+        Duration::from_secs(20),
+        || async {
+            env.stored()
+                .await
+                .and_then(|p| p.position())
+                .is_some_and(|p| p.0 >= after)
+        },
+    )
+    .await;
+    source.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn transactions_carrying_flywheels_echo_mark_are_not_captured() {
     let mut env = Env::new("echo_mark", small()).await;

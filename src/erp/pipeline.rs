@@ -67,8 +67,12 @@ pub async fn source_producer(
 ) -> Result<EventProducer, SourceError> {
     let mut topics: Vec<&str> = models.entities.iter().map(|e| e.topic).collect();
     topics.push(DEAD_LETTERS);
-    ensure_topics(&config.kafka, &topics).await?;
-    Ok(EventProducer::new(&config.kafka, "source")?)
+    // The producer gets its id from the broker while the topics are checked.
+    let (topics, producer) = tokio::join!(ensure_topics(&config.kafka, &topics), async {
+        EventProducer::new(&config.kafka, "source")
+    });
+    topics?;
+    Ok(producer?)
 }
 
 pub fn now_micros() -> i64 {
@@ -131,6 +135,61 @@ pub async fn drain(confirmed: &mut watch::Receiver<Position>, forwarded: Positio
         tracing::warn!(
             "in-flight events were not acknowledged within 30 s; they will replay on restart"
         );
+    }
+}
+
+/// When a source's reader tells its database how far Kafka has acknowledged
+/// (PostgreSQL: the slot's confirmed position; MariaDB: the stored binlog
+/// position): soon after the processor confirms more, at most once per
+/// `min_gap`, and every `interval` regardless (the server's keepalive, the lag
+/// gauges). Reporting only on the interval left up to a whole interval (1 s by
+/// default) of acknowledged changes to replay after a crash and that much more
+/// WAL held by the slot.
+pub struct ConfirmReports {
+    tick: tokio::time::Interval,
+    min_gap: std::time::Duration,
+    last: tokio::time::Instant,
+    /// When the report of a newly confirmed position is due.
+    prompt: Option<tokio::time::Instant>,
+}
+
+impl ConfirmReports {
+    pub fn new(interval: std::time::Duration, min_gap: std::time::Duration) -> ConfirmReports {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ConfirmReports {
+            tick,
+            min_gap,
+            last: tokio::time::Instant::now(),
+            prompt: None,
+        }
+    }
+
+    /// The processor confirmed a newer position: report it soon.
+    pub fn confirmed_more(&mut self) {
+        if self.prompt.is_none() {
+            let now = tokio::time::Instant::now();
+            self.prompt = Some(now.max(self.last + self.min_gap));
+        }
+    }
+
+    /// Resolves when a report is due; call [`ConfirmReports::reported`] after
+    /// sending it. Cancel-safe.
+    pub async fn due(&mut self) {
+        match self.prompt {
+            Some(at) => tokio::select! {
+                _ = self.tick.tick() => {}
+                _ = tokio::time::sleep_until(at) => {}
+            },
+            None => {
+                self.tick.tick().await;
+            }
+        }
+    }
+
+    pub fn reported(&mut self) {
+        self.last = tokio::time::Instant::now();
+        self.prompt = None;
     }
 }
 

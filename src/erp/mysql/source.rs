@@ -38,7 +38,7 @@ use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
 use crate::erp::pipeline::{
-    Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
+    ConfirmReports, Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
 };
 use crate::erp::position::Position;
 use crate::erp::snapshot::{ErpTruth, produce_snapshot};
@@ -258,6 +258,11 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "the decoder panicked".into())
 }
 
+/// Storing the position is a write (and a `SHOW BINARY LOGS`) on the ERP's
+/// server, so it follows acknowledgements at most ten times a second; see
+/// [`ConfirmReports`].
+const PROMPT_STORE_GAP: Duration = Duration::from_millis(100);
+
 struct Reader {
     stream: BinlogStream,
     capture: Capture,
@@ -280,16 +285,17 @@ impl Reader {
         // A position after which only transactions without work came, recorded
         // while nothing was in flight: storable without waiting for Kafka.
         let mut idle_floor = Position(0);
-        let mut tick = tokio::time::interval(self.status_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reports = ConfirmReports::new(self.status_interval, PROMPT_STORE_GAP);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
+                _ = reports.due() => {
                     let target = self.confirmed_position().max(idle_floor);
                     self.store(target).await?;
+                    reports.reported();
                 }
+                Ok(()) = self.confirmed.changed() => reports.confirmed_more(),
                 // mysql_common's event reader can panic on a malformed packet
                 // (an event longer than its packet: found by fuzz/binlog.rs);
                 // such bytes are a final, positioned error, never a crash.

@@ -33,7 +33,7 @@ use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
 use crate::erp::pipeline::{
-    Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
+    ConfirmReports, Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
 };
 use crate::erp::position::Position;
 use crate::erp::snapshot::ErpTruth;
@@ -82,7 +82,9 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
     let models = Arc::new(EntityModels::new(&connector)?);
     SourceMetrics::get().init_entities(models.entities.iter().map(|e| e.name.as_str()));
     // The database's setup and Kafka's (topics, producer) do not depend on
-    // each other: a restart waits for the slower, not for both.
+    // each other: a restart waits for the slower, not for both. Resuming also
+    // starts the stream on the database's side, so the server decodes while
+    // Kafka's side is still being set up (a new slot's snapshot needs Kafka).
     let erp_side = async {
         let client = connect_client(&pg, &tls).await?;
         let tables: Vec<(String, Vec<String>)> = connector
@@ -107,42 +109,50 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         let state = slot::inspect_slot(&client, &erp.slot).await?;
         let more_clients =
             try_join_all((1..erp.query_connections).map(|_| connect_client(&pg, &tls))).await?;
-        Ok::<_, SourceError>((client, state, more_clients))
+        let resume = async {
+            match state {
+                SlotState::Ready { confirmed_flush } => {
+                    tracing::info!(slot = %erp.slot, from = %confirmed_flush, "resuming replication");
+                    let stream = ReplicationConn::connect(&pg, &tls)
+                        .await?
+                        .start_logical(&erp.slot, confirmed_flush, &erp.publication)
+                        .await?;
+                    Ok::<_, SourceError>(Some((stream, confirmed_flush)))
+                }
+                SlotState::Missing | SlotState::SnapshotIncomplete => Ok(None),
+            }
+        };
+        let mut query_clients = vec![client];
+        query_clients.extend(more_clients);
+        let (queries, resumed) = tokio::try_join!(
+            async { Ok(PgQueries::prepare(query_clients, &models).await?) },
+            resume
+        )?;
+        Ok::<_, SourceError>((queries, state, resumed))
     };
-    let (producer, (client, mut state, more_clients)) =
+    let (producer, (queries, state, resumed)) =
         tokio::try_join!(source_producer(config, &models), erp_side)?;
     register_seconds_since_last_commit();
 
-    if state == SlotState::SnapshotIncomplete {
-        tracing::warn!(slot = %erp.slot, "the slot's initial snapshot never completed; dropping the slot and starting over");
-        slot::drop_slot(&client, &erp.slot).await?;
-        state = SlotState::Missing;
-    }
-    let (stream, start) = match state {
-        SlotState::Missing => {
+    let (stream, start) = match resumed {
+        Some(resumed) => resumed,
+        None => {
+            if state == SlotState::SnapshotIncomplete {
+                tracing::warn!(slot = %erp.slot, "the slot's initial snapshot never completed; dropping the slot and starting over");
+                slot::drop_slot(queries.client(), &erp.slot).await?;
+            }
             let mut repl = ReplicationConn::connect(&pg, &tls).await?;
             let created = repl.create_slot_exporting_snapshot(&erp.slot).await?;
             tracing::info!(slot = %erp.slot, consistent_point = %created.consistent_point, "created replication slot");
             take_snapshot(&pg, &tls, &models, &producer, &created, erp.batch_keys).await?;
-            slot::mark_snapshot_done(&client, &erp.slot, created.consistent_point).await?;
+            slot::mark_snapshot_done(queries.client(), &erp.slot, created.consistent_point).await?;
             let stream = repl
                 .start_logical(&erp.slot, created.consistent_point, &erp.publication)
                 .await?;
             (stream, created.consistent_point)
         }
-        SlotState::Ready { confirmed_flush } => {
-            tracing::info!(slot = %erp.slot, from = %confirmed_flush, "resuming replication");
-            let stream = ReplicationConn::connect(&pg, &tls)
-                .await?
-                .start_logical(&erp.slot, confirmed_flush, &erp.publication)
-                .await?;
-            (stream, confirmed_flush)
-        }
-        SlotState::SnapshotIncomplete => unreachable!("handled above"),
     };
 
-    let mut query_clients = vec![client];
-    query_clients.extend(more_clients);
     let _streaming = Streaming::start();
     let (txn_tx, txn_rx) = mpsc::channel::<CommittedTxn>(4096);
     let (confirmed_tx, confirmed_rx) = watch::channel(Position::from(start));
@@ -155,7 +165,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Sou
         start,
     };
     let processor = Processor {
-        queries: PgQueries::prepare(query_clients, &models).await?,
+        queries,
         models,
         producer,
         confirmed: confirmed_tx,
@@ -217,6 +227,10 @@ fn spawn_side_tasks(
     })
 }
 
+/// A status message is a few bytes to the walsender, so the slot follows
+/// Kafka's acknowledgements closely; see [`ConfirmReports`].
+const PROMPT_REPORT_GAP: Duration = Duration::from_millis(20);
+
 struct Reader {
     stream: ReplicationStream,
     models: Arc<EntityModels>,
@@ -235,16 +249,17 @@ impl Reader {
         // A position the server said it has sent everything up to, recorded while
         // nothing was in flight: confirmable without waiting for Kafka.
         let mut idle_floor = Lsn(0);
-        let mut tick = tokio::time::interval(self.status_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reports = ConfirmReports::new(self.status_interval, PROMPT_REPORT_GAP);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
+                _ = reports.due() => {
                     let flushed = (self.confirmed_lsn()).max(idle_floor);
                     self.report(received, flushed, false).await?;
+                    reports.reported();
                 }
+                Ok(()) = self.confirmed.changed() => reports.confirmed_more(),
                 frame = self.stream.next_frame() => {
                     let all_acked = self.confirmed_lsn() >= forwarded;
                     match frame? {
