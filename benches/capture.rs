@@ -4,7 +4,7 @@
 //! `cargo bench --bench capture` (env: BENCH_ERP = postgres | mariadb | both,
 //! default both; BENCH_SKUS, BENCH_RATE, BENCH_SECONDS, BENCH_BURST_TXNS,
 //! BENCH_QUERY_CONNECTIONS (`erp.query_connections`),
-//! BENCH_ROWS_PER_TXN). Starts its own PostgreSQL, MariaDB and tansu.
+//! BENCH_ROWS_PER_TXN, BENCH_ROUNDS). Starts its own PostgreSQL, MariaDB and tansu.
 //!
 //! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,
 //! each changing BENCH_ROWS_PER_TXN stock rows of random SKUs; reports achieved
@@ -14,7 +14,9 @@
 //! transactions are written; then Flywheel's source catches up (decode,
 //! re-read entities, produce, wait for acks, confirm), then `pg_recvlogical`
 //! decodes the very same WAL range from its own slot (to /dev/null). Reported
-//! as rates and the ratio of the two, because the machine is shared and noisy.
+//! as rates and the ratio of the two, because the machine is shared and noisy;
+//! BENCH_ROUNDS times (default 5), each with a new burst, and the rounds'
+//! median ratio with their range.
 
 mod common;
 #[path = "capture/mariadb.rs"]
@@ -88,6 +90,8 @@ struct Knobs {
     seconds: u64,
     burst: u32,
     rows: u32,
+    /// Phase B is repeated: one catch-up swings by a third on this machine.
+    rounds: u32,
 }
 
 #[tokio::main]
@@ -103,6 +107,7 @@ async fn main() {
         seconds: env_or("BENCH_SECONDS", 10),
         burst: env_or("BENCH_BURST_TXNS", 5_000),
         rows: env_or("BENCH_ROWS_PER_TXN", 5),
+        rounds: env_or("BENCH_ROUNDS", 5).max(1),
     };
     let which: String = env_or("BENCH_ERP", "both".to_owned());
     let broker = LocalBroker::start().await.expect("tansu");
@@ -121,6 +126,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         seconds,
         burst,
         rows,
+        rounds,
     } = knobs;
     println!("===== PostgreSQL (logical replication) =====");
     // pg_stat_statements says which of the connector's queries phase B's
@@ -222,64 +228,112 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         "-d",
         "erp",
     ];
-    let st = std::process::Command::new(&recvlogical)
-        .args(conn_args)
-        .args([
-            "--slot",
-            "baseline",
-            "--create-slot",
-            "--plugin",
-            "pgoutput",
-        ])
-        .status()
-        .expect("pg_recvlogical --create-slot");
-    assert!(st.success(), "creating the baseline slot failed");
-    let from_lsn = wal_lsn(&admin).await;
-    let writers = 4;
-    let per_writer = burst / writers;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let dsn = dsn.clone();
-        tasks.push(tokio::spawn(async move {
-            let c = connect(&dsn).await;
-            let mut rng = SplitMix64::new(100 + w as u64);
-            for _ in 0..per_writer {
-                stock_txn(&c, &mut rng, size, rows).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let end_lsn = wal_lsn(&admin).await;
-    let txns = (per_writer * writers) as u64;
-    println!(
-        "\nphase B: {txns} transactions x {rows} rows written while stopped ({:.1} MB of WAL)",
-        (end_lsn - from_lsn) as f64 / 1e6
-    );
-
-    let (rows0, ev0) = (m.row_changes.get(), events_total());
+    let mut ratios = Vec::new();
     admin
         .batch_execute("SELECT pg_stat_statements_reset()")
         .await
         .expect("pg_stat_statements_reset");
-    let start = Instant::now();
-    let (token, handle) = run_source(config.clone());
-    // Starting (connections, prepared statements, the slot) is part of
-    // catching up, but reported apart: it does not grow with the WAL.
-    let txns0 = m.transactions.get();
-    let mut first_txn = None;
-    while confirmed(&admin, &slot).await < end_lsn {
-        if first_txn.is_none() && m.transactions.get() > txns0 {
-            first_txn = Some(start.elapsed().as_secs_f64());
+    for round in 1..=rounds {
+        // A fresh baseline slot per round starts where the burst starts, so
+        // both decode exactly the round's WAL.
+        if round > 1 {
+            admin
+                .batch_execute("SELECT pg_drop_replication_slot('baseline')")
+                .await
+                .expect("dropping the baseline slot");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let st = std::process::Command::new(&recvlogical)
+            .args(conn_args)
+            .args([
+                "--slot",
+                "baseline",
+                "--create-slot",
+                "--plugin",
+                "pgoutput",
+            ])
+            .status()
+            .expect("pg_recvlogical --create-slot");
+        assert!(st.success(), "creating the baseline slot failed");
+        let from_lsn = wal_lsn(&admin).await;
+        let writers = 4;
+        let per_writer = burst / writers;
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let dsn = dsn.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = connect(&dsn).await;
+                let mut rng = SplitMix64::new(100 * round as u64 + w as u64);
+                for _ in 0..per_writer {
+                    stock_txn(&c, &mut rng, size, rows).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let end_lsn = wal_lsn(&admin).await;
+        let txns = (per_writer * writers) as u64;
+        println!(
+            "\nphase B, round {round} of {}: {txns} transactions x {rows} rows written while stopped ({:.1} MB of WAL)",
+            rounds,
+            (end_lsn - from_lsn) as f64 / 1e6
+        );
+
+        let (rows0, ev0) = (m.row_changes.get(), events_total());
+        let start = Instant::now();
+        let (token, handle) = run_source(config.clone());
+        // Starting (connections, prepared statements, the slot) is part of
+        // catching up, but reported apart: it does not grow with the WAL.
+        let txns0 = m.transactions.get();
+        let mut first_txn = None;
+        while confirmed(&admin, &slot).await < end_lsn {
+            if first_txn.is_none() && m.transactions.get() > txns0 {
+                first_txn = Some(start.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ours = start.elapsed().as_secs_f64();
+        let started = first_txn.unwrap_or(ours);
+        let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
+        token.cancel();
+        handle.await.expect("source task").expect("source");
+
+        let end_text = format!("{:X}/{:X}", end_lsn >> 32, end_lsn & 0xFFFF_FFFF);
+        let start = Instant::now();
+        let st = std::process::Command::new(&recvlogical)
+            .args(conn_args)
+            .args([
+                "--slot",
+                "baseline",
+                "--start",
+                "-f",
+                "/dev/null",
+                "--no-loop",
+            ])
+            .args(["-o", "proto_version=1", "-o", "publication_names=flywheel"])
+            .args(["-E", &end_text])
+            .status()
+            .expect("pg_recvlogical --start");
+        let baseline = start.elapsed().as_secs_f64();
+        assert!(st.success(), "pg_recvlogical failed");
+
+        println!(
+            "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + confirm)\n    \
+             of which {started:.2} s until the first transaction arrived (connect, prepare, start replication)",
+            our_rows as f64 / ours,
+            our_events as f64 / ours
+        );
+        println!(
+            "  pg_recvlogical  : {baseline:.2} s = {:.0} row changes/s (decode to /dev/null)",
+            (txns * rows as u64) as f64 / baseline
+        );
+        println!(
+            "  ratio flywheel/pg_recvlogical time: {:.2}x",
+            ours / baseline
+        );
+        ratios.push(ours / baseline);
     }
-    let ours = start.elapsed().as_secs_f64();
-    let started = first_txn.unwrap_or(ours);
-    let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
-    token.cancel();
-    handle.await.expect("source task").expect("source");
+    println!("\nphase B, {}", common::ratio_summary(&mut ratios));
     let top = admin
         .query(
             "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
@@ -288,41 +342,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         )
         .await
         .expect("pg_stat_statements");
-
-    let end_text = format!("{:X}/{:X}", end_lsn >> 32, end_lsn & 0xFFFF_FFFF);
-    let start = Instant::now();
-    let st = std::process::Command::new(&recvlogical)
-        .args(conn_args)
-        .args([
-            "--slot",
-            "baseline",
-            "--start",
-            "-f",
-            "/dev/null",
-            "--no-loop",
-        ])
-        .args(["-o", "proto_version=1", "-o", "publication_names=flywheel"])
-        .args(["-E", &end_text])
-        .status()
-        .expect("pg_recvlogical --start");
-    let baseline = start.elapsed().as_secs_f64();
-    assert!(st.success(), "pg_recvlogical failed");
-
-    println!(
-        "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + confirm)\n    \
-         of which {started:.2} s until the first transaction arrived (connect, prepare, start replication)",
-        our_rows as f64 / ours,
-        our_events as f64 / ours
-    );
-    println!(
-        "  pg_recvlogical  : {baseline:.2} s = {:.0} row changes/s (decode to /dev/null)",
-        (txns * rows as u64) as f64 / baseline
-    );
-    println!(
-        "  ratio flywheel/pg_recvlogical time: {:.2}x",
-        ours / baseline
-    );
-    println!("  flywheel's queries by server time (pg_stat_statements):");
+    println!("  flywheel's queries by server time over all rounds (pg_stat_statements):");
     for r in top {
         let (calls, total, rows, query): (i64, f64, i64, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3));

@@ -89,6 +89,7 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
         seconds,
         burst,
         rows,
+        rounds,
     } = knobs;
     println!("\n===== MariaDB (binlog) =====");
     let server = LocalMariadb::start().await.expect("MariaDB");
@@ -180,76 +181,83 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
     // Phase B: the same binlog range for both.
     token.cancel();
     handle.await.expect("source task").expect("source");
-    let from = master_status(&mut admin).await;
-    let writers = 4;
-    let per_writer = burst / writers;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let dsn = server.dsn("erp");
-        tasks.push(tokio::spawn(async move {
-            let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&dsn).expect("dsn"))
-                .await
-                .expect("connect");
-            let mut rng = SplitMix64::new(100 + w as u64);
-            for i in 0..per_writer {
-                stock_txn(&mut c, &mut rng, size, rows, 2_000_000 + i as u64).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let to = master_status(&mut admin).await;
-    let txns = (per_writer * writers) as u64;
-    println!(
-        "\nphase B: {txns} transactions x {rows} rows written while stopped ({:.1} MB of binlog)",
-        (to.position().expect("numbered").0 - from.position().expect("numbered").0) as f64 / 1e6
-    );
-    let end = to.position().expect("numbered");
-    let (rows0, ev0) = (m.row_changes.get(), events_total());
-    let start = Instant::now();
-    let (token, handle) = run_source(config.clone());
-    while stored(&mut admin).await.and_then(|p| p.position()) < Some(end) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let ours = start.elapsed().as_secs_f64();
-    let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
-    token.cancel();
-    handle.await.expect("source task").expect("source");
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let from = master_status(&mut admin).await;
+        let writers = 4;
+        let per_writer = burst / writers;
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let dsn = server.dsn("erp");
+            tasks.push(tokio::spawn(async move {
+                let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&dsn).expect("dsn"))
+                    .await
+                    .expect("connect");
+                let mut rng = SplitMix64::new(100 * round as u64 + w as u64);
+                for i in 0..per_writer {
+                    let seq = 1_000_000 * (1 + round as u64) + i as u64;
+                    stock_txn(&mut c, &mut rng, size, rows, seq).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let to = master_status(&mut admin).await;
+        let txns = (per_writer * writers) as u64;
+        println!(
+            "\nphase B, round {round} of {rounds}: {txns} transactions x {rows} rows written while stopped ({:.1} MB of binlog)",
+            (to.position().expect("numbered").0 - from.position().expect("numbered").0) as f64
+                / 1e6
+        );
+        let end = to.position().expect("numbered");
+        let (rows0, ev0) = (m.row_changes.get(), events_total());
+        let start = Instant::now();
+        let (token, handle) = run_source(config.clone());
+        while stored(&mut admin).await.and_then(|p| p.position()) < Some(end) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ours = start.elapsed().as_secs_f64();
+        let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
+        token.cancel();
+        handle.await.expect("source task").expect("source");
 
-    assert_eq!(from.file, to.file, "the burst spans binlog files");
-    let out = tempfile::tempdir().expect("tempdir");
-    let binlog = find_mariadb_binary("mariadb-binlog").expect("mariadb-binlog");
-    let start = Instant::now();
-    let st = std::process::Command::new(&binlog)
-        .args([
-            "--read-from-remote-server",
-            "--host=127.0.0.1",
-            "--user=root",
-        ])
-        .arg(format!("--port={}", server.port()))
-        .arg("--raw")
-        .arg(format!("--result-file={}/", out.path().display()))
-        .arg(format!("--start-position={}", from.pos))
-        .arg(format!("--stop-position={}", to.pos))
-        .arg(&from.file)
-        .status()
-        .expect("mariadb-binlog");
-    let baseline = start.elapsed().as_secs_f64();
-    assert!(st.success(), "mariadb-binlog failed");
-    println!(
-        "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + store)",
-        our_rows as f64 / ours,
-        our_events as f64 / ours
-    );
-    println!(
-        "  mariadb-binlog  : {baseline:.2} s = {:.0} row changes/s (receive as a replica, raw to a file)",
-        (txns * rows as u64) as f64 / baseline
-    );
-    println!(
-        "  ratio flywheel/mariadb-binlog time: {:.2}x",
-        ours / baseline
-    );
+        assert_eq!(from.file, to.file, "the burst spans binlog files");
+        let out = tempfile::tempdir().expect("tempdir");
+        let binlog = find_mariadb_binary("mariadb-binlog").expect("mariadb-binlog");
+        let start = Instant::now();
+        let st = std::process::Command::new(&binlog)
+            .args([
+                "--read-from-remote-server",
+                "--host=127.0.0.1",
+                "--user=root",
+            ])
+            .arg(format!("--port={}", server.port()))
+            .arg("--raw")
+            .arg(format!("--result-file={}/", out.path().display()))
+            .arg(format!("--start-position={}", from.pos))
+            .arg(format!("--stop-position={}", to.pos))
+            .arg(&from.file)
+            .status()
+            .expect("mariadb-binlog");
+        let baseline = start.elapsed().as_secs_f64();
+        assert!(st.success(), "mariadb-binlog failed");
+        println!(
+            "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + store)",
+            our_rows as f64 / ours,
+            our_events as f64 / ours
+        );
+        println!(
+            "  mariadb-binlog  : {baseline:.2} s = {:.0} row changes/s (receive as a replica, raw to a file)",
+            (txns * rows as u64) as f64 / baseline
+        );
+        println!(
+            "  ratio flywheel/mariadb-binlog time: {:.2}x",
+            ours / baseline
+        );
+        ratios.push(ours / baseline);
+    }
+    println!("\nphase B, {}", super::common::ratio_summary(&mut ratios));
 }
 
 fn snapshot_events() -> u64 {
