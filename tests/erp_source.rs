@@ -502,14 +502,14 @@ async fn prices_follow_list_price_and_pricelist_changes() {
     source.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_mid_stream_then_restart_loses_nothing() {
-    let env = TestEnv::new("kill_nine", small()).await;
-    let mut child = FlywheelProcess::source(&env.config, &[]);
-    wait_for("the snapshot", T, || env.snapshot_done()).await;
-
-    // A writer changes stock of 10 SKUs across warehouses in many small
-    // transactions while the source is killed and restarted.
+/// A writer changing the stock of 10 SKUs across warehouses in many small
+/// transactions until the token is cancelled; its task returns how many.
+fn spawn_stock_writer(
+    env: &TestEnv,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<i32>,
+) {
     let writer_dsn = env.dsn.clone();
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn({
@@ -533,6 +533,17 @@ async fn kill_9_mid_stream_then_restart_loses_nothing() {
             n
         }
     });
+    (stop, writer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream_then_restart_loses_nothing() {
+    let env = TestEnv::new("kill_nine", small()).await;
+    let mut child = FlywheelProcess::source(&env.config, &[]);
+    wait_for("the snapshot", T, || env.snapshot_done()).await;
+
+    // A writer changes stock while the source is killed and restarted.
+    let (stop, writer) = spawn_stock_writer(&env);
     let mut stock = env.reader("erp.stock.v1");
     stock.read_until(T, |r| r.len() >= 60 + 200).await;
     child.kill_9();
@@ -579,27 +590,9 @@ async fn sigterm_exits_cleanly_and_confirms_what_was_produced() {
     wait_for("the snapshot", T, || env.snapshot_done()).await;
     let mut stock = env.reader("erp.stock.v1");
     let snapshot = stock.drain(Duration::from_secs(1)).await.len();
-    // A writer keeps changing stock in small transactions; the signal comes
-    // while the source is busy with them.
-    let writer_dsn = env.dsn.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let client = common::connect(&writer_dsn).await;
-            let mut n = 0i32;
-            while !stop.is_cancelled() {
-                n += 1;
-                client
-                    .execute(
-                        "UPDATE stock_quant SET quantity = $1 WHERE product_id = 1 + $1 % 10",
-                        &[&n],
-                    )
-                    .await
-                    .expect("writer update");
-            }
-        }
-    });
+    // A writer keeps changing stock; the signal comes while the source is
+    // busy with its transactions.
+    let (stop, writer) = spawn_stock_writer(&env);
     stock.read_until(T, |r| r.len() >= snapshot + 100).await;
 
     // SAFETY: signalling our own child process.
