@@ -10,10 +10,17 @@
 //! and the gateway take turns, `BENCH_ROUNDS` times, and each reports its
 //! median round: on a shared 2-core machine one round of either can be a
 //! third slower than the next.
+//!
+//! Each round also reports the CPU time per request of the load generator,
+//! the server under test (its own runtime's threads), the gateway's
+//! librdkafka threads and the broker process: the 2 cores are shared by all
+//! four, so the server side's cost per request is the figure that carries to
+//! a deployment where the broker and the shops are elsewhere.
 
 mod common;
 
-use common::env_or;
+use common::{cpu, env_or};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +107,62 @@ struct Run {
     p50: Duration,
     p99: Duration,
     non_200: usize,
+    cpu: CpuPerRequest,
+}
+
+/// CPU time per request, by who spent it.
+#[derive(Clone, Copy, Default)]
+struct CpuPerRequest {
+    /// The HTTP clients, signing and building the bodies.
+    load: Duration,
+    /// The server under test: HTTP and, for the gateway, its own work.
+    server: Duration,
+    /// The gateway's Kafka client threads.
+    librdkafka: Duration,
+    broker: Duration,
+}
+
+impl CpuPerRequest {
+    /// What the server side costs wherever the broker and the clients run.
+    fn server_side(&self) -> Duration {
+        self.server + self.librdkafka
+    }
+}
+
+/// Thread names: the servers under test run on the `SERVER_THREADS` runtime,
+/// the load generator on another, librdkafka names its own threads `rdk:…`.
+const SERVER_THREADS: &str = "bench-server";
+
+struct CpuSample {
+    threads: HashMap<u32, (String, Duration)>,
+    broker: Duration,
+}
+
+fn cpu_sample(broker_pid: u32) -> CpuSample {
+    CpuSample {
+        threads: cpu::threads(std::process::id()),
+        broker: cpu::process(broker_pid),
+    }
+}
+
+fn cpu_per_request(before: &CpuSample, after: &CpuSample, requests: usize) -> CpuPerRequest {
+    let spent = cpu::by_class(&before.threads, &after.threads, |name| {
+        if name.starts_with(SERVER_THREADS) {
+            "server"
+        } else if name.starts_with("rdk:") {
+            "librdkafka"
+        } else {
+            "load"
+        }
+    });
+    let per = |d: Duration| d / requests.max(1) as u32;
+    let class = |c: &str| per(spent.get(c).copied().unwrap_or_default());
+    CpuPerRequest {
+        load: class("load"),
+        server: class("server"),
+        librdkafka: class("librdkafka"),
+        broker: per(after.broker.saturating_sub(before.broker)),
+    }
 }
 
 /// `requests` webhooks numbered from `first`: ids never repeat across calls,
@@ -110,8 +173,10 @@ async fn drive(
     first: usize,
     requests: usize,
     concurrency: usize,
+    broker_pid: u32,
 ) -> Run {
     let client = reqwest::Client::new();
+    let cpu_before = cpu_sample(broker_pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
@@ -150,6 +215,7 @@ async fn drive(
         non_200 += n;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_per_request(&cpu_before, &cpu_sample(broker_pid), all.len());
     all.sort();
     let q = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
     Run {
@@ -157,6 +223,7 @@ async fn drive(
         p50: q(0.5),
         p99: q(0.99),
         non_200,
+        cpu,
     }
 }
 
@@ -167,13 +234,34 @@ fn median(mut runs: Vec<Run>) -> Run {
     runs.swap_remove(middle)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The servers under test get their own runtime, as they would in their
+    // own process: sharing one with 256 client tasks delayed the gateway's
+    // wake-ups from librdkafka's threads behind the clients' work (0.45x the
+    // bare handler's throughput with small bodies, against 0.62x apart). It
+    // also lets the CPU time of the server and of the clients be told apart.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SERVER_THREADS)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-load")
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    load.block_on(run(server.handle().clone()));
+}
+
+async fn run(server: tokio::runtime::Handle) {
     let requests: usize = env_or("BENCH_REQUESTS", 4000);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 16);
     let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
     let bodies = Arc::new(Bodies::from_env());
     let broker = LocalBroker::start().await.expect("tansu");
+    let broker_pid = broker.pid().expect("the broker runs");
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.kafka.bootstrap = broker.bootstrap();
@@ -194,9 +282,16 @@ async fn main() {
         ..ShopConfig::local_default()
     }];
     let token = CancellationToken::new();
-    let gw = flywheel::shop::gateway::start(&config, Router::new(), token.clone())
-        .await
-        .expect("gateway");
+    let gw = {
+        let token = token.clone();
+        server
+            .spawn(
+                async move { flywheel::shop::gateway::start(&config, Router::new(), token).await },
+            )
+            .await
+            .expect("gateway task")
+            .expect("gateway")
+    };
     let ready = format!("http://{}/readyz", gw.addr);
     while reqwest::get(&ready)
         .await
@@ -207,35 +302,63 @@ async fn main() {
     }
 
     // The baseline: the same HTTP stack reading the body and answering 200.
-    let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bare_addr = bare.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            bare,
-            Router::new().route(
-                "/webhooks/shopify/bench",
-                post(|_body: axum::body::Bytes| async { "ok" }),
-            ),
-        )
+    let bare_addr = server
+        .spawn(async move {
+            let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = bare.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(
+                    bare,
+                    Router::new().route(
+                        "/webhooks/shopify/bench",
+                        post(|_body: axum::body::Bytes| async { "ok" }),
+                    ),
+                )
+                .await
+            });
+            addr
+        })
         .await
-    });
+        .expect("bare server");
 
     // Warm both up, then let them take turns; each keeps its median round.
     let bare_url = format!("http://{bare_addr}/webhooks/shopify/bench");
     let gateway_url = format!("http://{}/webhooks/shopify/bench", gw.addr);
-    drive(bare_url.clone(), &bodies, 0, 200, concurrency).await;
+    drive(bare_url.clone(), &bodies, 0, 200, concurrency, broker_pid).await;
     let (mut bare_runs, mut gateway_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let first = round * requests;
-        bare_runs.push(drive(bare_url.clone(), &bodies, first, requests, concurrency).await);
-        gateway_runs.push(drive(gateway_url.clone(), &bodies, first, requests, concurrency).await);
+        bare_runs.push(
+            drive(
+                bare_url.clone(),
+                &bodies,
+                first,
+                requests,
+                concurrency,
+                broker_pid,
+            )
+            .await,
+        );
+        gateway_runs.push(
+            drive(
+                gateway_url.clone(),
+                &bodies,
+                first,
+                requests,
+                concurrency,
+                broker_pid,
+            )
+            .await,
+        );
         let (b, g) = (&bare_runs[round], &gateway_runs[round]);
         println!(
-            "  round {}: bare {:.0} req/s, gateway {:.0} req/s ({:.2}x)",
+            "  round {}: bare {:.0} req/s, gateway {:.0} req/s ({:.2}x); CPU per request: bare {}; gateway {}",
             round + 1,
             b.per_second,
             g.per_second,
-            g.per_second / b.per_second
+            g.per_second / b.per_second,
+            describe_cpu(&b.cpu),
+            describe_cpu(&g.cpu),
         );
     }
     let base = median(bare_runs);
@@ -243,7 +366,7 @@ async fn main() {
 
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!(
-        "{requests} signed orders/create webhooks ({}), {concurrency} concurrent clients, one process, one tansu broker; median of {rounds} rounds",
+        "{requests} signed orders/create webhooks ({}), {concurrency} concurrent clients on their own threads, one tansu broker; median of {rounds} rounds",
         bodies.describe()
     );
     println!(
@@ -265,7 +388,32 @@ async fn main() {
         ours.p50.as_secs_f64() / base.p50.as_secs_f64(),
         ours.p99.as_secs_f64() / base.p99.as_secs_f64()
     );
+    println!(
+        "  CPU per request (median rounds): bare {}; gateway {}",
+        describe_cpu(&base.cpu),
+        describe_cpu(&ours.cpu)
+    );
+    println!(
+        "  server side only (the broker and the clients elsewhere): bare {:.1} us, gateway {:.1} us: {:.2}x the bare handler's requests per core",
+        micros(base.cpu.server_side()),
+        micros(ours.cpu.server_side()),
+        base.cpu.server_side().as_secs_f64() / ours.cpu.server_side().as_secs_f64()
+    );
     assert_eq!(base.non_200, 0);
     assert_eq!(ours.non_200, 0, "every webhook must be accepted");
     token.cancel();
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn describe_cpu(c: &CpuPerRequest) -> String {
+    format!(
+        "load generator {:.1} us, server {:.1} us, librdkafka {:.1} us, broker {:.1} us",
+        micros(c.load),
+        micros(c.server),
+        micros(c.librdkafka),
+        micros(c.broker)
+    )
 }

@@ -4,6 +4,8 @@
 
 use tokio_postgres::Client;
 
+pub mod cpu;
+
 /// The value of environment variable `name`, or `default` when unset or unparsable.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
