@@ -745,7 +745,7 @@ async fn shop_orders_reach_erpnext_once_and_do_not_echo() {
             .send(OutRecord {
                 topic: SHOP_ORDERS,
                 key: e.key.clone(),
-                payload: codec.encode_serde(e).expect("encoding"),
+                payload: codec.encode_serde(e).expect("encoding").into(),
                 headers: vec![],
             })
             .await

@@ -86,7 +86,7 @@ impl DeadLetter {
         Ok(OutRecord {
             topic: DEAD_LETTERS,
             key: self.key.clone(),
-            payload: codec.encode(&value)?,
+            payload: codec.encode(&value)?.into(),
             headers,
         })
     }

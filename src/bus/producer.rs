@@ -20,7 +20,9 @@ use crate::config::KafkaConfig;
 pub struct OutRecord {
     pub topic: &'static str,
     pub key: String,
-    pub payload: Vec<u8>,
+    /// Shared bytes: the gateway's raw record is the request body itself,
+    /// not a copy of it (17 KB per real Shopify order).
+    pub payload: bytes::Bytes,
     pub headers: Vec<(&'static str, String)>,
 }
 
@@ -185,7 +187,7 @@ impl EventProducer {
         };
         let mut fr = FutureRecord::to(&topic)
             .key(record.key.as_bytes())
-            .payload(&record.payload)
+            .payload(record.payload.as_ref())
             .headers(headers);
         let delivery = loop {
             match self.inner.send_result(fr) {

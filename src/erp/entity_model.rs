@@ -385,7 +385,7 @@ impl Entity {
         Ok(OutRecord {
             topic: self.topic,
             key,
-            payload,
+            payload: payload.into(),
             headers: vec![("flywheel.version", version.0.to_string())],
         })
     }

@@ -94,7 +94,7 @@ pub async fn redrive(kafka: &KafkaConfig, letters: &[Parked]) -> Result<(), DlqE
         records.push(OutRecord {
             topic,
             key: l.key.clone(),
-            payload,
+            payload: payload.into(),
             headers: vec![("flywheel.redriven_from", p.id())],
         });
     }

@@ -355,14 +355,18 @@ async fn process(
     if !g.ready.load(Ordering::Relaxed) {
         return outcome(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable");
     }
-    let mut records = vec![raw_record(shop, platform, headers, &raw, &delivery)];
-    records.extend(canonical);
+    let raw = raw_record(shop, platform, headers, &raw, &delivery);
     let producer = match g.producer.read() {
         Ok(p) => p.clone(),
         Err(_) => return outcome(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
     };
     let started = Instant::now();
-    let sends = futures::future::try_join_all(records.into_iter().map(|r| producer.send(r)));
+    let sends = futures::future::try_join(producer.send(raw), async {
+        match canonical {
+            Some(record) => producer.send(record).await.map(Some),
+            None => Ok(None),
+        }
+    });
     match tokio::time::timeout(g.deadline, sends).await {
         Ok(Ok(_)) => {
             g.delivery_failures.store(0, Ordering::Relaxed);
@@ -412,7 +416,7 @@ fn canonical_record(
                     Some(OutRecord {
                         topic,
                         key,
-                        payload,
+                        payload: payload.into(),
                         headers: vec![("flywheel.webhook.id", d.webhook_id.clone())],
                     })
                 })
@@ -479,7 +483,7 @@ fn raw_record(
     OutRecord {
         topic: SHOP_WEBHOOKS_RAW,
         key: format!("{shop}/{}", d.webhook_id),
-        payload: raw.to_vec(),
+        payload: raw.clone(),
         headers: kept,
     }
 }

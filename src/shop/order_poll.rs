@@ -164,7 +164,7 @@ pub async fn produce(
         .send(OutRecord {
             topic: SHOP_ORDERS,
             key: event.key.clone(),
-            payload,
+            payload: payload.into(),
             headers: vec![("flywheel.source", source.into())],
         })
         .await?;
