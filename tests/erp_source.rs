@@ -294,6 +294,71 @@ async fn the_slot_is_confirmed_soon_after_the_events_are_acknowledged() {
     source.stop().await;
 }
 
+/// WAL the server sent past a change while the change was still on its way to
+/// Kafka is confirmed once the change is acknowledged: the slot does not keep
+/// it until the next heartbeat. Here the broker is paused while the change and
+/// a write to an unpublished table go by.
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_sent_while_a_change_was_unacknowledged_is_confirmed_after_its_ack() {
+    let mut env = TestEnv::new("sent_floor", small()).await;
+    // A broker of its own, to pause without pausing the other tests.
+    let broker = flywheel::local_infra::LocalBroker::start()
+        .await
+        .expect("a broker of its own");
+    env.config.kafka.bootstrap = broker.bootstrap();
+    env.config.erp.status_interval_ms = 200;
+    env.config.erp.heartbeat_interval_ms = 0;
+    let source = env.start_streaming().await;
+    env.erp
+        .batch_execute("CREATE TABLE not_published (x int)")
+        .await
+        .expect("an unpublished table");
+
+    let broker_pid = broker.pid().expect("the broker runs") as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(broker_pid, libc::SIGSTOP) }, 0);
+    let (_, change_end) = commit_bracketed(
+        &mut env,
+        "UPDATE stock_quant SET quantity = quantity + 1 WHERE product_id = 1",
+    )
+    .await;
+    env.erp
+        .batch_execute("INSERT INTO not_published VALUES (1)")
+        .await
+        .expect("writing the unpublished table");
+    let sent_end = env.current_wal().await;
+    // The reader reports what it received as its write position: once that
+    // passes `sent_end`, it has the server's word that everything before was sent.
+    wait_for(
+        "the reader to hear that the server sent everything",
+        Duration::from_secs(20),
+        || async { env.write_position().await.unwrap_or(0) >= sent_end },
+    )
+    .await;
+    let confirmed_while_paused = env.confirmed_flush().await.unwrap_or(0);
+    assert_eq!(unsafe { libc::kill(broker_pid, libc::SIGCONT) }, 0);
+    assert!(
+        confirmed_while_paused < change_end,
+        "nothing is acknowledged while the broker is paused"
+    );
+    wait_for(
+        "the change to be confirmed",
+        Duration::from_secs(20),
+        || async { env.confirmed_flush().await.unwrap_or(0) >= change_end },
+    )
+    .await;
+    // In the same report, not at a later keepalive or heartbeat (the server
+    // sends none while the reader's write position is at its end; the
+    // background writer's next snapshot of running transactions would be one,
+    // up to 15 s later).
+    let confirmed = env.confirmed_flush().await.unwrap_or(0);
+    assert!(
+        confirmed >= sent_end,
+        "the slot stopped at {confirmed}, short of the WAL sent after the change ({sent_end})"
+    );
+    source.assert_running();
+    source.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmappable_row_is_dead_lettered_and_the_source_keeps_going() {
     let env = TestEnv::new("dead_letter", small()).await;

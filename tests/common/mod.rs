@@ -159,6 +159,21 @@ impl TestEnv {
             .map(|v| v as u64)
     }
 
+    /// The write position the slot's reader last reported (what it received).
+    pub async fn write_position(&self) -> Option<u64> {
+        let row = self
+            .erp
+            .query_opt(
+                "SELECT (r.write_lsn - '0/0'::pg_lsn)::bigint FROM pg_stat_replication r
+                 JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1",
+                &[&self.name],
+            )
+            .await
+            .expect("reading the replication status");
+        row.and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|v| v as u64)
+    }
+
     pub async fn current_wal(&self) -> u64 {
         let v: i64 = self
             .erp

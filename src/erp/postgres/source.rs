@@ -11,6 +11,7 @@
 //! The initial snapshot is the child module `snapshot`: it imports this
 //! module's helpers, and this module calls it.
 
+mod idle_floor;
 mod snapshot;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use crate::erp::source::SourceError;
 use crate::erp::source_metrics::{SourceMetrics, register_seconds_since_last_commit};
 use crate::pg::error::db_error_text;
 use crate::pg::tls::PgTls;
+use idle_floor::IdleFloor;
 use snapshot::take_snapshot;
 
 /// The ERP's truth for the entities `wanted` names (all when empty), read
@@ -246,30 +248,29 @@ impl Reader {
         let mut received = self.start;
         // End of the last transaction handed to the processor.
         let mut forwarded = self.start;
-        // A position the server said it has sent everything up to, recorded while
-        // nothing was in flight: confirmable without waiting for Kafka.
-        let mut idle_floor = Lsn(0);
+        // WAL the server has sent past our transactions: confirmable once what
+        // was forwarded before it is acknowledged.
+        let mut idle_floor = IdleFloor::default();
         let mut reports = ConfirmReports::new(self.status_interval, PROMPT_REPORT_GAP);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = reports.due() => {
-                    let flushed = (self.confirmed_lsn()).max(idle_floor);
+                    let flushed = idle_floor.confirmable(self.confirmed_lsn());
                     self.report(received, flushed, false).await?;
                     reports.reported();
                 }
                 Ok(()) = self.confirmed.changed() => reports.confirmed_more(),
                 frame = self.stream.next_frame() => {
-                    let all_acked = self.confirmed_lsn() >= forwarded;
                     match frame? {
                         Frame::Keepalive { wal_end, reply_requested } => {
                             received = received.max(wal_end);
-                            if all_acked && !capture.in_transaction() {
-                                idle_floor = idle_floor.max(wal_end);
+                            if !capture.in_transaction() {
+                                idle_floor.sent_up_to(wal_end, forwarded, self.confirmed_lsn());
                             }
                             if reply_requested {
-                                let flushed = (self.confirmed_lsn()).max(idle_floor);
+                                let flushed = idle_floor.confirmable(self.confirmed_lsn());
                                 self.report(received, flushed, false).await?;
                             }
                         }
@@ -283,9 +284,7 @@ impl Reader {
                             {
                                 Captured::Nothing => {}
                                 Captured::Idle => {
-                                    if all_acked {
-                                        idle_floor = idle_floor.max(wal_end);
-                                    }
+                                    idle_floor.sent_up_to(wal_end, forwarded, self.confirmed_lsn());
                                 }
                                 Captured::Committed(txn) => {
                                     forwarded = Lsn(txn.resume_at.0);
@@ -300,7 +299,7 @@ impl Reader {
         // Graceful stop: let the processor finish what was decoded, then report.
         self.txns = None;
         drain(&mut self.confirmed, Position(forwarded.0)).await;
-        let flushed = (self.confirmed_lsn()).max(idle_floor);
+        let flushed = idle_floor.confirmable(self.confirmed_lsn());
         self.report(received, flushed, false).await?;
         tracing::info!(confirmed = %flushed, "source stopped");
         self.stream.close().await?;
