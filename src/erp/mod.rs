@@ -14,6 +14,7 @@ pub mod demo_erp;
 pub mod demo_erpnext;
 pub mod entity_model;
 pub mod erpnext;
+pub mod idle_floor;
 pub mod model_queries;
 pub mod mysql;
 pub mod pipeline;

@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
+use crate::erp::idle_floor::IdleFloor;
 use crate::erp::pipeline::{
     ConfirmReports, Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
 };
@@ -282,16 +283,16 @@ struct Reader {
 impl Reader {
     async fn run(mut self, shutdown: CancellationToken) -> Result<(), SourceError> {
         let mut forwarded = self.stored;
-        // A position after which only transactions without work came, recorded
-        // while nothing was in flight: storable without waiting for Kafka.
-        let mut idle_floor = Position(0);
+        // Positions after which only transactions without work came: storable
+        // once what was forwarded before them is acknowledged.
+        let mut idle_floor = IdleFloor::default();
         let mut reports = ConfirmReports::new(self.status_interval, PROMPT_STORE_GAP);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = reports.due() => {
-                    let target = self.confirmed_position().max(idle_floor);
+                    let target = idle_floor.confirmable(self.confirmed_position());
                     self.store(target).await?;
                     reports.reported();
                 }
@@ -337,7 +338,6 @@ impl Reader {
                         }
                         Ok(Some(Ok(event))) => event,
                     };
-                    let all_acked = self.confirmed_position() >= forwarded;
                     let (capture, models) = (&mut self.capture, &self.models);
                     let captured = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         capture.apply(models, &event)
@@ -353,11 +353,10 @@ impl Reader {
                     match captured {
                         Captured::Nothing | Captured::Bookkeeping => {}
                         Captured::Idle => {
-                            if all_acked
-                                && !self.capture.in_transaction()
+                            if !self.capture.in_transaction()
                                 && let Some(p) = self.capture.position().position()
                             {
-                                idle_floor = idle_floor.max(p);
+                                idle_floor.sent_up_to(p, forwarded, self.confirmed_position());
                             }
                         }
                         Captured::Committed(txn) => {
@@ -371,7 +370,7 @@ impl Reader {
         // Graceful stop: let the processor finish what was read, then store.
         self.txns = None;
         drain(&mut self.confirmed, forwarded).await;
-        let target = self.confirmed_position().max(idle_floor);
+        let target = idle_floor.confirmable(self.confirmed_position());
         self.store(target).await?;
         tracing::info!(confirmed = %BinlogPos::from_position(&self.base_name, self.stored), "source stopped");
         Ok(())

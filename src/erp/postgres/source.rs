@@ -11,7 +11,6 @@
 //! The initial snapshot is the child module `snapshot`: it imports this
 //! module's helpers, and this module calls it.
 
-mod idle_floor;
 mod snapshot;
 
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use crate::config::Config;
 use crate::erp::committed::CommittedTxn;
 use crate::erp::connector::Connector;
 use crate::erp::entity_model::EntityModels;
+use crate::erp::idle_floor::IdleFloor;
 use crate::erp::pipeline::{
     ConfirmReports, Processor, Streaming, drain, forward, run_reader_and_processor, source_producer,
 };
@@ -42,7 +42,6 @@ use crate::erp::source::SourceError;
 use crate::erp::source_metrics::{SourceMetrics, register_seconds_since_last_commit};
 use crate::pg::error::db_error_text;
 use crate::pg::tls::PgTls;
-use idle_floor::IdleFloor;
 use snapshot::take_snapshot;
 
 /// The ERP's truth for the entities `wanted` names (all when empty), read
