@@ -67,6 +67,9 @@ impl ReplicationError {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// How long closing a stream waits for the server to close its side.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A replication-mode connection before streaming starts.
 pub struct ReplicationConn {
     io: Box<dyn Io>,
@@ -440,11 +443,35 @@ impl ReplicationStream {
         self.conn.flush().await
     }
 
-    /// Ends the stream politely so the walsender releases the slot at once.
+    /// Ends the stream politely so the walsender releases the slot at once,
+    /// and waits (at most `CLOSE_WAIT`) until the server has closed its side.
+    ///
+    /// Why wait: the walsender keeps sending WAL until it reads our CopyDone.
+    /// Closing with that data unread makes the kernel reset the connection,
+    /// and a server that had not yet read our last status update then never
+    /// does: the slot stayed short of what was confirmed before a clean stop
+    /// (seen once in CI, with a writer busy during SIGTERM). The server reads
+    /// in order, so its end of the connection means it read the update.
     pub async fn close(mut self) -> Result<(), ReplicationError> {
         frontend::copy_done(&mut self.conn.wbuf);
         frontend::terminate(&mut self.conn.wbuf);
-        self.conn.flush().await
+        self.conn.flush().await?;
+        let until_closed = async {
+            loop {
+                self.conn.rbuf.clear();
+                match self.conn.io.read_buf(&mut self.conn.rbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        if tokio::time::timeout(CLOSE_WAIT, until_closed)
+            .await
+            .is_err()
+        {
+            tracing::debug!("the server did not close the replication connection in time");
+        }
+        Ok(())
     }
 }
 
