@@ -354,6 +354,7 @@ async fn continuous_reconciliation_repairs_drift_within_its_budget_share() {
             .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
             .expect("spawning flywheel run"),
+        None,
     );
     let metrics = || async move {
         match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {

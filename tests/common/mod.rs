@@ -992,20 +992,36 @@ pub fn assert_versions_grow_within_runs(records: &[Rec], first_run_ends: &HashMa
 }
 
 /// The `flywheel` binary as a child process (`args`, settings from `envs`),
-/// killed when dropped so a failing test does not leave it running.
-pub struct FlywheelProcess(pub std::process::Child);
+/// killed when dropped so a failing test does not leave it running; its log
+/// is shown when the test fails.
+pub struct FlywheelProcess(pub std::process::Child, pub Option<ChildLog>);
+
+/// A child's stderr in a file of its own, printed if the test panics.
+pub struct ChildLog {
+    // Declared before the directory: fields drop in order, the log is read first.
+    _show: ShowLogOnPanic,
+    _dir: tempfile::TempDir,
+}
 
 impl FlywheelProcess {
     pub fn spawn(args: &[&std::ffi::OsStr], envs: &[(&str, &str)]) -> FlywheelProcess {
+        let dir = tempfile::tempdir().expect("a directory for the child's log");
+        let log = dir.path().join("flywheel.log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
             .args(args)
             .env("FLYWHEEL_METRICS__LISTEN", "")
             .envs(envs.iter().copied())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the child's log file"))
             .spawn()
             .expect("spawning flywheel");
-        FlywheelProcess(child)
+        FlywheelProcess(
+            child,
+            Some(ChildLog {
+                _show: ShowLogOnPanic(log),
+                _dir: dir,
+            }),
+        )
     }
 
     /// The source of `config`'s ERP and Kafka; `envs` override settings.
