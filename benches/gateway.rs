@@ -328,28 +328,18 @@ async fn run(server: tokio::runtime::Handle) {
     let (mut bare_runs, mut gateway_runs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let first = round * requests;
-        bare_runs.push(
+        let round_at = |url: &str| {
             drive(
-                bare_url.clone(),
+                url.to_owned(),
                 &bodies,
                 first,
                 requests,
                 concurrency,
                 broker_pid,
             )
-            .await,
-        );
-        gateway_runs.push(
-            drive(
-                gateway_url.clone(),
-                &bodies,
-                first,
-                requests,
-                concurrency,
-                broker_pid,
-            )
-            .await,
-        );
+        };
+        bare_runs.push(round_at(&bare_url).await);
+        gateway_runs.push(round_at(&gateway_url).await);
         let (b, g) = (&bare_runs[round], &gateway_runs[round]);
         println!(
             "  round {}: bare {:.0} req/s, gateway {:.0} req/s ({:.2}x); CPU per request: bare {}; gateway {}",

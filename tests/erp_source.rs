@@ -261,10 +261,10 @@ async fn idle_published_tables_do_not_hold_back_the_slot() {
         target > start + 1_000_000,
         "the busy table wrote at least 1 MB of WAL"
     );
-    wait_for(
+    env.await_confirmed(
         "the confirmed flush position to pass the busy table's WAL",
+        target,
         T,
-        || async { env.confirmed_flush().await.unwrap_or(0) >= target },
     )
     .await;
     source.assert_running();
@@ -284,10 +284,10 @@ async fn the_slot_is_confirmed_soon_after_the_events_are_acknowledged() {
         "UPDATE stock_quant SET quantity = quantity + 1 WHERE product_id = 1",
     )
     .await;
-    wait_for(
+    env.await_confirmed(
         "the confirmed flush position to pass the acknowledged commit",
+        after,
         Duration::from_secs(20),
-        || async { env.confirmed_flush().await.unwrap_or(0) >= after },
     )
     .await;
     source.assert_running();
@@ -340,10 +340,10 @@ async fn wal_sent_while_a_change_was_unacknowledged_is_confirmed_after_its_ack()
         confirmed_while_paused < change_end,
         "nothing is acknowledged while the broker is paused"
     );
-    wait_for(
+    env.await_confirmed(
         "the change to be confirmed",
+        change_end,
         Duration::from_secs(20),
-        || async { env.confirmed_flush().await.unwrap_or(0) >= change_end },
     )
     .await;
     // In the same report, not at a later keepalive or heartbeat (the server

@@ -355,13 +355,13 @@ async fn process(
     if !g.ready.load(Ordering::Relaxed) {
         return outcome(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable");
     }
-    let raw = raw_record(shop, platform, headers, &raw, &delivery);
+    let raw_out = raw_record(shop, platform, headers, &raw, &delivery);
     let producer = match g.producer.read() {
         Ok(p) => p.clone(),
         Err(_) => return outcome(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable"),
     };
     let started = Instant::now();
-    let sends = futures::future::try_join(producer.send(raw), async {
+    let sends = futures::future::try_join(producer.send(raw_out), async {
         match canonical {
             Some(record) => producer.send(record).await.map(Some),
             None => Ok(None),

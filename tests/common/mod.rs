@@ -159,6 +159,15 @@ impl TestEnv {
             .map(|v| v as u64)
     }
 
+    /// Waits (at most `timeout`) until the slot's confirmed flush position
+    /// reaches `lsn`; `what` names it in the failure.
+    pub async fn await_confirmed(&self, what: &str, lsn: u64, timeout: Duration) {
+        wait_for(what, timeout, || async {
+            self.confirmed_flush().await.unwrap_or(0) >= lsn
+        })
+        .await;
+    }
+
     /// The write position the slot's reader last reported (what it received).
     pub async fn write_position(&self) -> Option<u64> {
         let row = self
