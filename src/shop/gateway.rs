@@ -342,7 +342,10 @@ async fn process(
         webhook_id: webhook_id.to_owned(),
         event_time,
     };
-    let canonical = match canonical_record(kind, &json, &delivery) {
+    let mapped = canonical_record(kind, &json, &delivery);
+    // The tree is not held across the awaits below.
+    drop(json);
+    let canonical = match mapped {
         Ok(r) => r,
         Err(CanonicalError::Mapping(e)) => {
             tracing::warn!(%shop, topic = %delivery.topic, error = %e, "webhook payload cannot be mapped");
@@ -406,7 +409,7 @@ enum CanonicalError {
 
 fn canonical_record(
     kind: Kind,
-    json: &serde_json::Value,
+    json: &pruned_json::Node<'_>,
     d: &Delivery,
 ) -> Result<Option<OutRecord>, CanonicalError> {
     let encode =
