@@ -300,10 +300,45 @@ mod tests {
                 .to_value(),
             json!({"id": "a\"bé"})
         );
-        // The last of a repeated key wins, as with a full parse.
+        // The last of a repeated key is what a mapping reads, as with a full parse.
+        let repeated = br#"{"id": 1, "id": 2}"#;
+        let whole: Value = serde_json::from_slice(repeated).unwrap();
+        let node = parse(repeated, &ORDER).unwrap();
+        assert_eq!(node.field("id").and_then(JsonRead::as_i64), Some(2));
         assert_eq!(
-            parse(br#"{"id": 1, "id": 2}"#, &ORDER).unwrap().to_value(),
-            serde_json::from_slice::<Value>(br#"{"id": 1, "id": 2}"#).unwrap()
+            node.field("id").and_then(JsonRead::as_i64),
+            whole.field("id").and_then(JsonRead::as_i64)
+        );
+    }
+
+    /// The point of `Node`: what has no escapes is not copied out of the body.
+    #[test]
+    fn strings_and_keys_borrow_from_the_body_unless_escaped() {
+        let body = br#"{"customer": {"plain": "x", "esc\u0061ped": "a\nb"}, "id": "7"}"#;
+        let node = parse(body, &ORDER).unwrap();
+        assert!(matches!(
+            node.field("id"),
+            Some(Node::String(Cow::Borrowed("7")))
+        ));
+        let Some(Node::Object(fields)) = node.field("customer") else {
+            panic!("customer kept whole: {node:?}");
+        };
+        assert!(matches!(
+            &fields[0],
+            (Cow::Borrowed("plain"), Node::String(Cow::Borrowed("x")))
+        ));
+        assert!(matches!(
+            &fields[1],
+            (Cow::Owned(k), Node::String(Cow::Owned(v))) if k == "escaped" && v == "a\nb"
+        ));
+        // A kept key that was escaped in the body matches its shape's name.
+        let escaped_key = br#"{"\u0069d": 9}"#;
+        assert_eq!(
+            parse(escaped_key, &ORDER)
+                .unwrap()
+                .field("id")
+                .and_then(JsonRead::as_i64),
+            Some(9)
         );
     }
 
