@@ -44,6 +44,19 @@ impl Processors {
         instance: &str,
         log: &Path,
     ) -> Processors {
+        Self::spawn_with(env, sim, group, instance, log, &[])
+    }
+
+    /// [`Processors::spawn_as`] with `settings` (environment variables)
+    /// overriding the defaults.
+    fn spawn_with(
+        env: &TestEnv,
+        sim: &shopsim::ShopSim,
+        group: &str,
+        instance: &str,
+        log: &Path,
+        settings: &[(&str, &str)],
+    ) -> Processors {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -71,6 +84,7 @@ impl Processors {
                 ),
             )
             .env("FLYWHEEL_METRICS__LISTEN", "")
+            .envs(settings.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -115,12 +129,17 @@ impl Drop for Processors {
 
 /// Sets applied by the shop for burst values (≥ BURST_BASE), per level.
 fn burst_sets(sim: &shopsim::ShopSim) -> Vec<Vec<i64>> {
+    sets_from(sim, BURST_BASE)
+}
+
+/// Sets applied by the shop for values ≥ `base`, per level.
+fn sets_from(sim: &shopsim::ShopSim, base: i64) -> Vec<Vec<i64>> {
     sim.shop()
         .state
         .lock()
         .set_history
         .values()
-        .map(|h| h.iter().copied().filter(|q| *q >= BURST_BASE).collect())
+        .map(|h| h.iter().copied().filter(|q| *q >= base).collect())
         .collect()
 }
 
@@ -284,5 +303,105 @@ async fn a_rolling_restart_of_two_workers_never_stalls() {
         both_work().await;
     }
     drop(workers);
+    source.stop().await;
+}
+
+/// A worker coalesces two ERP changes of one level and writes the newer; it
+/// is killed while that write is at the shop, and the write lands. Its
+/// successor, batching differently, replays the older change on its own:
+/// that change must not be written over the newer (the shop would show an
+/// old number until the newer came again), nor the newer written twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_batched_differently_never_puts_an_older_level_back() {
+    const BASE: i64 = 20_000;
+    let env = TestEnv::new(
+        "replay_older",
+        DemoSize {
+            skus: 5,
+            warehouses: 3,
+            orders: 0,
+            seed: 0.6,
+        },
+    )
+    .await;
+    let sim = common::start_shop(5).await;
+    let source = env.start_streaming().await;
+    let group = "replay_older";
+    let (_log_dir, log) = worker_log("replay-older");
+    let _show_log = common::ShowLogOnPanic(log.clone());
+    let want_all = || env.shop_should_show_all(5, 0);
+
+    // In step with the ERP, every offset committed.
+    let first = Processors::spawn_as(&env, &sim, group, "first", &log);
+    common::wait_for_shop_stock("the first sync", T, &sim, &want_all().await).await;
+    first.terminate();
+
+    // Two changes of one level, in two transactions (two versions).
+    let row = env
+        .erp
+        .query_one(
+            "SELECT id, default_code FROM product_product ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (product, sku): (i32, String) = (row.get(0), row.get(1));
+    env.set_stock(product, "WH1", BASE as i32).await;
+    let older = env.shop_should_show(&sku, "WH1", 0).await;
+    env.set_stock(product, "WH1", BASE as i32 + 100).await;
+    let newer = env.shop_should_show(&sku, "WH1", 0).await;
+    assert!(older >= BASE - 10 && newer > older, "{older} then {newer}");
+    let mut stock = env.reader(flywheel::bus::topics::ERP_STOCK);
+    stock
+        .read_until(T, |recs| {
+            recs.iter().any(|r| {
+                r.str("sku") == Some(sku.as_str())
+                    && r.str("warehouse") == Some("WH1")
+                    && common::stock_target(r, "demo") == newer
+            })
+        })
+        .await;
+
+    // One batch takes both (coalesced to the newer); its write is slow, and
+    // the worker dies while the shop carries it out.
+    sim.set_faults(
+        ApiFaults {
+            mutation_latency_ms: 2_000,
+            ..ApiFaults::default()
+        },
+        Default::default(),
+    );
+    let batch_wait = [("FLYWHEEL_PROCESSORS__BATCH_WAIT_MS", "1000")];
+    let mut coalescing = Processors::spawn_with(&env, &sim, group, "coalescing", &log, &batch_wait);
+    wait_for("the newer level's write to reach the shop", T, || async {
+        sim.shop()
+            .idempotency
+            .lock()
+            .values()
+            .any(|r| matches!(r, shopsim::graphql::Idempotent::InProgress { .. }))
+    })
+    .await;
+    coalescing.kill_9();
+    wait_for("the dead worker's write to land", T, || async {
+        sets_from(&sim, BASE - 10).iter().any(|h| h == &[newer])
+    })
+    .await;
+    sim.set_faults(ApiFaults::default(), Default::default());
+
+    // One event per batch: the older change is replayed alone, first.
+    let one_by_one = [("FLYWHEEL_PROCESSORS__BATCH_MAX", "1")];
+    let _successor = Processors::spawn_with(&env, &sim, group, "successor", &log, &one_by_one);
+    env.set_stock(product, "WH1", BASE as i32 + 200).await;
+    let latest = env.shop_should_show(&sku, "WH1", 0).await;
+    common::wait_for_shop_stock("the replay and a later change", T, &sim, &want_all().await).await;
+    let sets: Vec<Vec<i64>> = sets_from(&sim, BASE - 10)
+        .into_iter()
+        .filter(|h| !h.is_empty())
+        .collect();
+    assert_eq!(
+        sets,
+        vec![vec![newer, latest]],
+        "the level went {older} → {newer} in the ERP (one batch, written once), then {latest}"
+    );
     source.stop().await;
 }

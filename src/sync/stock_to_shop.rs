@@ -27,7 +27,7 @@
 //! as contended and retried after the rest of the batch. SKUs the shop lacks
 //! are dead letters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio_util::sync::CancellationToken;
 
@@ -213,13 +213,23 @@ where
                 .iter()
                 .map(|(i, item, loc, q)| (&events[*i], item.as_str(), loc.as_str(), *q))
                 .collect();
-            if self.set_quantities(&keyed).await? == SetOutcome::Done {
+            let mut settled = HashSet::new();
+            if self.set_quantities(&keyed, &mut settled).await? == SetOutcome::Done {
                 continue;
             }
             // Level by level, so one hot or refused level does not hold the
-            // others back; the call is all or nothing.
+            // others back; the call is all or nothing. A level the call above
+            // settled is not written again: one found at its target would be
+            // set a second time (after a crash: the dead worker's request,
+            // which landed after all).
             for (w, (i, ..)) in keyed.iter().zip(chunk) {
-                match self.set_quantities(std::slice::from_ref(w)).await? {
+                if settled.contains(&(w.1.to_owned(), w.2.to_owned())) {
+                    continue;
+                }
+                match self
+                    .set_quantities(std::slice::from_ref(w), &mut settled)
+                    .await?
+                {
                     SetOutcome::Done => {}
                     SetOutcome::Contended => outcomes[*i] = Outcome::Contended,
                     // Mapped before the variant was replaced in the shop:
@@ -288,21 +298,39 @@ where
         Ok(())
     }
 
-    /// One platform call (≤ 250 levels) of `on_hand`, compare-and-set.
-    async fn set_quantities(&mut self, chunk: &[Write<'_>]) -> Result<SetOutcome, SyncError> {
+    /// One platform call (≤ 250 levels) of `on_hand`, compare-and-set. Adds
+    /// to `settled` the levels it leaves alone, whatever the outcome of the
+    /// call: those known to be at their target, and those written at a newer
+    /// version.
+    async fn set_quantities(
+        &mut self,
+        chunk: &[Write<'_>],
+        settled: &mut HashSet<(String, String)>,
+    ) -> Result<SetOutcome, SyncError> {
         let pairs: Vec<(String, String)> = chunk
             .iter()
             .map(|(_, i, l, _)| (i.to_string(), l.to_string()))
             .collect();
-        // What we know of each level: the cache, else our record of the last
-        // write. A write confirmed at this very version already landed (the
-        // crash came before the version store was updated): skip it. An
-        // unconfirmed one may or may not have landed: read the shop. A level
-        // never written is set without a compare (nothing is known of it).
+        // A level last written, or about to be written, at a newer version
+        // than this event's is left alone: a worker that died before its
+        // versions and offsets were stored may have set the newer value, and
+        // the replay, batched differently, brings the older version first
+        // (writing it would put an old number back on sale until the newer
+        // came again). The newer event is replayed after this one.
+        //
+        // Otherwise, what we know of each level: the cache, else our record
+        // of the last write. A write confirmed at this very version already
+        // landed (the crash came before the version store was updated): skip
+        // it. An unconfirmed one may or may not have landed: read the shop. A
+        // level never written is set without a compare (nothing is known of it).
         let written = self.state.load_levels(&self.channel, &pairs).await?;
         let mut uncertain: Vec<(String, String)> = Vec::new();
-        let mut skip = std::collections::HashSet::new();
+        let mut skip = HashSet::new();
         for ((e, .., qty), pair) in chunk.iter().zip(&pairs) {
+            if written.get(pair).is_some_and(|w| w.version > e.version.0) {
+                skip.insert(pair.clone());
+                continue;
+            }
             if self.levels.contains_key(pair) {
                 continue;
             }
@@ -324,7 +352,8 @@ where
             .filter(|(_, pair)| !skip.contains(pair))
             .map(|(c, p)| (*c, p))
             .collect();
-        self.drop_levels_at_target(&mut todo, &uncertain);
+        settled.extend(skip);
+        self.drop_levels_at_target(&mut todo, &uncertain, settled);
         if todo.is_empty() {
             return Ok(SetOutcome::Done);
         }
@@ -385,7 +414,7 @@ where
             tokio::time::sleep(backoff + backoff.mul_f64(fastrand::f64())).await;
             let read: Vec<(String, String)> = todo.iter().map(|(_, p)| p.clone()).collect();
             self.read_levels(&read).await?;
-            self.drop_levels_at_target(&mut todo, &read);
+            self.drop_levels_at_target(&mut todo, &read, settled);
             if todo.is_empty() {
                 self.state.confirm_levels(&self.channel, &levels).await?;
                 return Ok(SetOutcome::Done);
@@ -402,9 +431,14 @@ where
         &self,
         todo: &mut Vec<(Write, (String, String))>,
         fresh: &[(String, String)],
+        settled: &mut HashSet<(String, String)>,
     ) {
         todo.retain(|((.., qty), pair)| {
-            !(fresh.contains(pair) && self.levels.get(pair) == Some(qty))
+            let at_target = fresh.contains(pair) && self.levels.get(pair) == Some(qty);
+            if at_target {
+                settled.insert(pair.clone());
+            }
+            !at_target
         });
     }
 }
