@@ -28,8 +28,9 @@ pub struct Shop {
     pub webhooks: WebhookSender,
     pub idempotency: Mutex<HashMap<String, Idempotent>>,
     pub shop_domain: String,
-    /// Added processing time of inventory mutations (fault injection), so that
-    /// concurrent requests with one idempotency key can overlap.
+    /// Added processing time of inventory and price mutations (fault
+    /// injection), so that concurrent requests with one idempotency key can
+    /// overlap, and a worker can be killed while its write is carried out.
     pub mutation_latency: Mutex<Duration>,
     /// Answer as API versions before 2026-01 (fault injection).
     pub no_bulk_operation_by_id: std::sync::atomic::AtomicBool,
@@ -52,6 +53,27 @@ impl Shop {
         for e in emitted {
             self.webhooks.emit(e.topic, &e.payload);
         }
+    }
+
+    /// Carries out an accepted mutation after `mutation_latency`. Like
+    /// Shopify, a request once accepted is carried out even if its client
+    /// goes away (a worker killed mid-request): the work runs in its own task,
+    /// so a dropped connection cannot leave it half done.
+    async fn carry_out<T: Send + 'static>(
+        self: &Arc<Shop>,
+        what: &str,
+        work: impl FnOnce(&Shop) -> T + Send + 'static,
+    ) -> Result<T> {
+        let s = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let latency = *s.mutation_latency.lock();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            work(&s)
+        });
+        task.await
+            .map_err(|e| Error::new(format!("{what} failed: {e}")))
     }
 }
 
@@ -1240,17 +1262,8 @@ impl MutationRoot {
                 }
             }
         }
-        // Like Shopify, a request once accepted is carried out even if its
-        // client goes away (a worker killed mid-request): the work runs in its
-        // own task, so a dropped connection cannot leave the key in progress
-        // forever nor the write half done.
-        let s = Arc::clone(s);
-        let work = tokio::spawn(async move {
-            let latency = *s.mutation_latency.lock();
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            let payload = apply_set_quantities(&s, &input);
+        s.carry_out("inventorySetQuantities", move |s| {
+            let payload = apply_set_quantities(s, &input);
             if let Some(key) = key {
                 s.idempotency.lock().insert(
                     key,
@@ -1261,9 +1274,8 @@ impl MutationRoot {
                 );
             }
             payload
-        });
-        work.await
-            .map_err(|e| Error::new(format!("inventorySetQuantities failed: {e}")))
+        })
+        .await
     }
 
     async fn product_variants_bulk_update(
@@ -1272,79 +1284,11 @@ impl MutationRoot {
         product_id: ID,
         variants: Vec<ProductVariantsBulkInput>,
     ) -> Result<ProductVariantsBulkUpdatePayload> {
-        let s = shop(ctx);
-        let pid =
-            parse_gid("Product", &product_id).ok_or_else(|| bad_id("Product", &product_id))?;
-        let mut st = s.state.lock();
-        let fail = |e: UserError| ProductVariantsBulkUpdatePayload {
-            product: None,
-            product_variants: None,
-            user_errors: vec![e],
-        };
-        if !st.products.contains_key(&pid) {
-            return Ok(fail(user_error(
-                &["productId"],
-                "Product does not exist",
-                "PRODUCT_DOES_NOT_EXIST",
-            )));
-        }
-        // Validate everything first: all or nothing.
-        for (i, v) in variants.iter().enumerate() {
-            let idx = i.to_string();
-            let Some(vid) = parse_gid("ProductVariant", &v.id) else {
-                return Ok(fail(user_error(
-                    &["variants", &idx, "id"],
-                    "Invalid variant id",
-                    "INVALID",
-                )));
-            };
-            if st.variants.get(&vid).map(|x| x.product_id) != Some(pid) {
-                return Ok(fail(user_error(
-                    &["variants", &idx, "id"],
-                    "Product variant does not exist on this product",
-                    "PRODUCT_VARIANT_DOES_NOT_EXIST",
-                )));
-            }
-            for amount in v.price.iter().chain(v.compare_at_price.value()) {
-                if amount.parse::<f64>().map_or(true, |a| a < 0.0) {
-                    return Ok(fail(user_error(
-                        &["variants", &idx, "price"],
-                        format!("'{amount}' is not a valid amount"),
-                        "INVALID",
-                    )));
-                }
-            }
-        }
-        let now = now_rfc3339();
-        let mut updated = Vec::new();
-        for v in &variants {
-            let vid = parse_gid("ProductVariant", &v.id).unwrap_or_default();
-            if let Some(var) = st.variants.get_mut(&vid) {
-                if let Some(p) = &v.price {
-                    var.price = format_cents(parse_cents(p));
-                }
-                match &v.compare_at_price {
-                    MaybeUndefined::Value(c) => {
-                        var.compare_at_price = Some(format_cents(parse_cents(c)))
-                    }
-                    MaybeUndefined::Null => var.compare_at_price = None,
-                    MaybeUndefined::Undefined => {}
-                }
-                var.updated_at = now.clone();
-                updated.push(ProductVariantGql(var.clone()));
-            }
-        }
-        if let Some(p) = st.products.get_mut(&pid) {
-            p.updated_at = now;
-        }
-        let payload = st.product_payload(pid);
-        drop(st);
-        s.webhooks.emit(Topic::ProductsUpdate, &payload);
-        Ok(ProductVariantsBulkUpdatePayload {
-            product: Some(ProductRef { id: product_id }),
-            product_variants: Some(updated),
-            user_errors: vec![],
-        })
+        shop(ctx)
+            .carry_out("productVariantsBulkUpdate", move |s| {
+                variants_bulk_update(s, product_id, variants)
+            })
+            .await?
     }
 
     async fn fulfillment_create(
@@ -1511,6 +1455,91 @@ impl MutationRoot {
             user_errors: vec![],
         })
     }
+}
+
+/// `productVariantsBulkUpdate`: all of it or nothing.
+fn variants_bulk_update(
+    s: &Shop,
+    product_id: ID,
+    variants: Vec<ProductVariantsBulkInput>,
+) -> Result<ProductVariantsBulkUpdatePayload> {
+    let pid = parse_gid("Product", &product_id).ok_or_else(|| bad_id("Product", &product_id))?;
+    let mut guard = s.state.lock();
+    // Through a plain reference, so that two of its fields can be borrowed at once.
+    let st = &mut *guard;
+    let fail = |e: UserError| ProductVariantsBulkUpdatePayload {
+        product: None,
+        product_variants: None,
+        user_errors: vec![e],
+    };
+    if !st.products.contains_key(&pid) {
+        return Ok(fail(user_error(
+            &["productId"],
+            "Product does not exist",
+            "PRODUCT_DOES_NOT_EXIST",
+        )));
+    }
+    // Validate everything first: all or nothing.
+    for (i, v) in variants.iter().enumerate() {
+        let idx = i.to_string();
+        let Some(vid) = parse_gid("ProductVariant", &v.id) else {
+            return Ok(fail(user_error(
+                &["variants", &idx, "id"],
+                "Invalid variant id",
+                "INVALID",
+            )));
+        };
+        if st.variants.get(&vid).map(|x| x.product_id) != Some(pid) {
+            return Ok(fail(user_error(
+                &["variants", &idx, "id"],
+                "Product variant does not exist on this product",
+                "PRODUCT_VARIANT_DOES_NOT_EXIST",
+            )));
+        }
+        for amount in v.price.iter().chain(v.compare_at_price.value()) {
+            if amount.parse::<f64>().map_or(true, |a| a < 0.0) {
+                return Ok(fail(user_error(
+                    &["variants", &idx, "price"],
+                    format!("'{amount}' is not a valid amount"),
+                    "INVALID",
+                )));
+            }
+        }
+    }
+    let now = now_rfc3339();
+    let mut updated = Vec::new();
+    for v in &variants {
+        let vid = parse_gid("ProductVariant", &v.id).unwrap_or_default();
+        if let Some(var) = st.variants.get_mut(&vid) {
+            if let Some(p) = &v.price {
+                var.price = format_cents(parse_cents(p));
+                st.price_history
+                    .entry(vid)
+                    .or_default()
+                    .push(var.price.clone());
+            }
+            match &v.compare_at_price {
+                MaybeUndefined::Value(c) => {
+                    var.compare_at_price = Some(format_cents(parse_cents(c)))
+                }
+                MaybeUndefined::Null => var.compare_at_price = None,
+                MaybeUndefined::Undefined => {}
+            }
+            var.updated_at = now.clone();
+            updated.push(ProductVariantGql(var.clone()));
+        }
+    }
+    if let Some(p) = st.products.get_mut(&pid) {
+        p.updated_at = now;
+    }
+    let payload = st.product_payload(pid);
+    drop(guard);
+    s.webhooks.emit(Topic::ProductsUpdate, &payload);
+    Ok(ProductVariantsBulkUpdatePayload {
+        product: Some(ProductRef { id: product_id }),
+        product_variants: Some(updated),
+        user_errors: vec![],
+    })
 }
 
 /// Validates every quantity (ids, compare-before-write) and then applies all of

@@ -69,8 +69,8 @@ pub struct ApiFaults {
     pub error_probability: f64,
     /// Hold the request past any client's patience (30 s), doing nothing.
     pub timeout_probability: f64,
-    /// Extra processing time inside inventory mutations (to overlap requests
-    /// that share an idempotency key).
+    /// Extra processing time inside inventory and price mutations (to overlap
+    /// requests that share an idempotency key, or kill a worker mid-write).
     pub mutation_latency_ms: u64,
     /// How long a bulk operation runs before its result is ready (Shopify
     /// takes seconds to minutes).

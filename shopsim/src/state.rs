@@ -195,6 +195,10 @@ pub struct ShopState {
     /// it to prove a write was never applied twice or out of order.
     #[serde(skip)]
     pub set_history: BTreeMap<(u64, u64), Vec<i64>>,
+    /// Variant → every price `productVariantsBulkUpdate` set, in order,
+    /// including sets to the price already there.
+    #[serde(skip)]
+    pub price_history: BTreeMap<u64, Vec<String>>,
     pub orders: BTreeMap<u64, Order>,
     /// Orders refused because a line's `available` was short (the shop does
     /// not sell what it does not have).
