@@ -6,12 +6,21 @@
 //! left out (`unchanged`: a replay writes nothing). A SKU the shop lacks is a
 //! dead letter naming the shop. A deleted price leaves the shop's price as it
 //! is (a product always has one).
+//!
+//! The version of each price about to be written is recorded first (per
+//! event key, under `<lane>#sent` in the version store), and an event older
+//! than it is not written. A worker killed after its write went out but
+//! before it stored its versions leaves its batch to be replayed, maybe
+//! batched differently: without that record, an older price replayed alone
+//! would be written over the newer one the shop already shows, until the
+//! newer event came round again.
 
 use tokio_util::sync::CancellationToken;
 
 use super::Lane;
 use super::apply_loop::{self, Applier, Decoded, Outcome, Pending, SyncError};
 use super::shop_catalog::StoredCatalog;
+use super::state::StateDb;
 use crate::bus::avro::{field, field_i64, field_str};
 use crate::bus::topics::ERP_PRICE;
 use crate::config::{Config, Platform, ShopConfig};
@@ -31,6 +40,10 @@ pub struct Price {
 
 pub struct PriceToShop<P> {
     platform: P,
+    /// Flywheel's state database: the versions of the prices sent.
+    state: StateDb,
+    /// The version store's processor name for them.
+    sent: String,
     shop: String,
     price_list: String,
     currency: String,
@@ -50,26 +63,34 @@ pub async fn run(
         Platform::Shopify => {
             apply_loop::supervised(config, lane, shutdown, || async {
                 let catalog = StoredCatalog::for_shop(config, shop, ENTITY).await?;
-                Ok(PriceToShop {
-                    platform: ShopifyPrices { catalog },
-                    shop: shop.name.clone(),
-                    price_list: shop.price_list.clone(),
-                    currency: shop.currency.clone(),
-                })
+                PriceToShop::new(config, shop, ShopifyPrices { catalog }).await
             })
             .await
         }
         Platform::Woocommerce => {
             apply_loop::supervised(config, lane, shutdown, || async {
-                Ok(PriceToShop {
-                    platform: WooClient::for_shop(shop, ENTITY)?,
-                    shop: shop.name.clone(),
-                    price_list: shop.price_list.clone(),
-                    currency: shop.currency.clone(),
-                })
+                PriceToShop::new(config, shop, WooClient::for_shop(shop, ENTITY)?).await
             })
             .await
         }
+    }
+}
+
+impl<P> PriceToShop<P> {
+    /// The price processor of `shop`, writing through `platform`, with its
+    /// own session on the state database.
+    pub async fn new(config: &Config, shop: &ShopConfig, platform: P) -> Result<Self, SyncError> {
+        Ok(PriceToShop {
+            platform,
+            state: StateDb::connect(config).await?,
+            sent: format!(
+                "{}#sent",
+                Lane::for_shop(ENTITY, ERP_PRICE, &shop.name).name()
+            ),
+            shop: shop.name.clone(),
+            price_list: shop.price_list.clone(),
+            currency: shop.currency.clone(),
+        })
     }
 }
 
@@ -139,6 +160,22 @@ where
                 e.price_list == self.price_list && e.currency == self.currency && e.amount.is_some()
             })
             .collect();
+        let keys: Vec<String> = ours.iter().map(|&i| events[i].key.clone()).collect();
+        let sent = self.state.load_versions(&self.sent, &keys).await?;
+        let ours: Vec<usize> = ours
+            .into_iter()
+            .filter(|&i| {
+                let e = &events[i];
+                let superseded = sent.get(&e.key).is_some_and(|v| *v > e.version);
+                if superseded {
+                    // A newer price of this key was sent (by a worker that
+                    // died before storing it as applied): it follows in
+                    // the replay, and this one must not undo it meanwhile.
+                    outcomes[i] = Outcome::Observed("superseded");
+                }
+                !superseded
+            })
+            .collect();
         let skus: Vec<&str> = ours.iter().map(|&i| events[i].event.sku.as_str()).collect();
         let known = self.platform.known(&skus).await?;
         let present: Vec<&str> = skus
@@ -179,6 +216,11 @@ where
             ));
         }
         let batch: Vec<PriceWrite> = writes.iter().map(|(_, w)| w.clone()).collect();
+        let versions: Vec<(String, _)> = writes
+            .iter()
+            .map(|(i, _)| (events[*i].key.clone(), events[*i].version.clone()))
+            .collect();
+        self.state.store_versions(&self.sent, &versions).await?;
         let results = self.platform.set(&batch).await?;
         for ((i, _), result) in writes.into_iter().zip(results) {
             outcomes[i] = match result {

@@ -5,7 +5,9 @@
 //! What every backend keeps, and guarantees:
 //! - **Applied versions** per (processor, key): the version guard's memory
 //!   across restarts and replays. Storing never lowers a version, also when
-//!   two workers race on one key (the comparison is in the upsert).
+//!   two workers race on one key (the comparison is in the upsert). A
+//!   processor may keep a second set under another name, e.g. the versions
+//!   it is about to send (`sync::price_to_shop`).
 //! - **Levels written** to a shop per (shop, inventory item, location): recorded
 //!   as intended before the write is sent and confirmed after the shop
 //!   accepted it, so a restarted processor knows which writes surely landed
