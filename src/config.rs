@@ -903,6 +903,17 @@ impl Config {
                     shop.name
                 )));
             }
+            if shop.platform == Platform::Shopify {
+                let mut by_location = std::collections::BTreeMap::new();
+                for (warehouse, location) in &shop.warehouse_locations {
+                    if let Some(first) = by_location.insert(location, warehouse) {
+                        return Err(ConfigError::Invalid(format!(
+                            "shop `{}`: warehouses `{first}` and `{warehouse}` both map to location `{location}`; a Shopify location holds one quantity per item, so each would overwrite the other's: map each warehouse to a location of its own",
+                            shop.name
+                        )));
+                    }
+                }
+            }
             if !shop.requests_per_second.is_finite()
                 || shop.requests_per_second <= 0.0
                 || shop.burst == 0
@@ -1117,6 +1128,30 @@ mod tests {
                 "the file's list replaces the default shop"
             );
             assert_eq!(c.shops[0].price_list, "list");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn two_warehouses_cannot_share_a_shopify_location() {
+        figment::Jail::expect_with(|jail| {
+            let shop = |platform: &str| {
+                format!(
+                    "[[shops]]\nname = \"eu\"\nplatform = \"{platform}\"\nadmin_url = \"http://x/\"\n\
+                     consumer_key = \"k\"\nconsumer_secret = \"s\"\n\
+                     warehouse_locations = {{ WH1 = \"Berlin\", WH2 = \"Berlin\" }}\n"
+                )
+            };
+            jail.create_file("shopify.toml", &shop("shopify"))?;
+            let err = Config::load(Some(Path::new("shopify.toml"))).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("warehouses `WH1` and `WH2` both map to location `Berlin`"),
+                "{err}"
+            );
+            // WooCommerce keeps one count per SKU: the listed warehouses are summed.
+            jail.create_file("woo.toml", &shop("woocommerce"))?;
+            Config::load(Some(Path::new("woo.toml"))).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

@@ -158,3 +158,35 @@ async fn a_first_full_sync_maps_the_catalogue_with_one_bulk_export() {
     stock.stop().await;
     source.stop().await;
 }
+
+/// Two warehouses going to one Shopify location would overwrite each other's
+/// quantity there, each write undoing the other. A mapping that says so is
+/// refused when the configuration loads (`config`'s tests); one that does so
+/// implicitly (an unlisted warehouse goes to the location of its own name)
+/// stops the stock processor with an error naming both.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_warehouses_going_to_one_location_stop_the_processor_with_both_named() {
+    let env = TestEnv::new("shared_location", small()).await;
+    let sim = common::start_shop(20).await;
+    let source = env.start_streaming().await;
+    let mut config = common::processor_config(&env, &sim, "shared_location-processors");
+    // WH2 is not listed: it goes to location `WH2` as well.
+    config.shops[0].warehouse_locations = [("WH1".to_owned(), "WH2".to_owned())].into();
+    let shop = config.shops[0].clone();
+    let processor = tokio::spawn(async move {
+        flywheel::sync::stock_to_shop::run(&config, &shop, Default::default()).await
+    });
+    let stopped = tokio::time::timeout(T, processor)
+        .await
+        .expect("the processor stops on its own")
+        .expect("the processor does not panic");
+    let err = stopped
+        .expect_err("a shared location is an error")
+        .to_string();
+    assert!(
+        err.contains("warehouses `WH1` and `WH2` both go to the shop's location `WH2`")
+            || err.contains("warehouses `WH2` and `WH1` both go to the shop's location `WH2`"),
+        "{err}"
+    );
+    source.stop().await;
+}

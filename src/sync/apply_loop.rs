@@ -47,9 +47,17 @@ pub enum SyncError {
     #[error("WooCommerce: {0}")]
     Woo(#[from] crate::shop::woocommerce::WooError),
     #[error(
-        "the shop has no location for warehouse `{warehouse}` (looked for `{location}`); set processors.warehouse_locations"
+        "the shop has no location for warehouse `{warehouse}` (looked for `{location}`); map it in the shop's warehouse_locations"
     )]
     UnknownLocation { warehouse: String, location: String },
+    #[error(
+        "warehouses `{first}` and `{second}` both go to the shop's location `{location}`, whose one quantity each would overwrite with its own; map each warehouse to a location of its own in the shop's warehouse_locations"
+    )]
+    SharedLocation {
+        first: String,
+        second: String,
+        location: String,
+    },
     #[error("ERP: {0}")]
     ErpPrivilege(String),
     #[error("ERP database: {}", crate::mysql::error_text(.0))]
@@ -78,6 +86,7 @@ impl SyncError {
             SyncError::Shop(e) => e.is_transient(),
             SyncError::Woo(e) => e.is_transient(),
             SyncError::UnknownLocation { .. }
+            | SyncError::SharedLocation { .. }
             | SyncError::ErpPrivilege(_)
             | SyncError::Config(_) => false,
         }

@@ -130,6 +130,10 @@ pub struct StockToShop<P> {
     warehouse_locations: BTreeMap<String, String>,
     /// (item, location) → last known on_hand
     levels: HashMap<(String, String), i64>,
+    /// Location → the warehouse whose stock it shows: a second warehouse
+    /// resolving to it is refused (an unlisted warehouse goes to the location
+    /// of its own name, which the configuration cannot check alone).
+    location_warehouse: HashMap<String, String>,
 }
 
 /// Runs the stock processor of `shop` until `shutdown`: this module's on
@@ -153,6 +157,7 @@ pub async fn run(
             safety_stock: shop.safety_stock,
             warehouse_locations: shop.warehouse_locations.clone(),
             levels: HashMap::new(),
+            location_warehouse: HashMap::new(),
         })
     })
     .await
@@ -202,8 +207,19 @@ where
                     .await?
                     .ok_or_else(|| SyncError::UnknownLocation {
                         warehouse: e.event.warehouse.clone(),
-                        location: name,
+                        location: name.clone(),
                     })?;
+            let owner = self
+                .location_warehouse
+                .entry(location.clone())
+                .or_insert_with(|| e.event.warehouse.clone());
+            if *owner != e.event.warehouse {
+                return Err(SyncError::SharedLocation {
+                    first: owner.clone(),
+                    second: e.event.warehouse.clone(),
+                    location: name,
+                });
+            }
             outcomes.push(Outcome::Applied);
             let quantity = e.event.shop_on_hand(self.safety_stock);
             writes.push((i, item.clone(), location, quantity));
