@@ -514,6 +514,11 @@ fn default_currency() -> String {
     "EUR".into()
 }
 
+/// Longest shop name: the name is part of its processors' names
+/// (`shop_inventory.<shop>`, `price.<shop>#sent`), which the MariaDB/MySQL
+/// state tables keep in 64 characters.
+pub const MAX_SHOP_NAME: usize = 40;
+
 impl ShopConfig {
     /// The shop a configuration without `[[shops]]` talks to: the shop
     /// simulator `flywheel demo` starts on its default port.
@@ -876,6 +881,13 @@ impl Config {
                     shop.name
                 )));
             }
+            if shop.name.len() > MAX_SHOP_NAME {
+                return Err(ConfigError::Invalid(format!(
+                    "shop name `{}` is {} characters long: use at most {MAX_SHOP_NAME} (it names the shop's processors and their state, whose columns hold 64)",
+                    shop.name,
+                    shop.name.len()
+                )));
+            }
             if !names.insert(shop.name.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "two [[shops]] are named `{}`: each needs a name of its own",
@@ -1116,6 +1128,9 @@ mod tests {
                 err.to_string().contains("two [[shops]] are named `a`"),
                 "{err}"
             );
+            jail.create_file("long.toml", &shop(&"a".repeat(41)))?;
+            let err = Config::load(Some(Path::new("long.toml"))).unwrap_err();
+            assert!(err.to_string().contains("use at most 40"), "{err}");
             jail.create_file("slash.toml", &shop("a/b"))?;
             let err = Config::load(Some(Path::new("slash.toml"))).unwrap_err();
             assert!(err.to_string().contains("shop name `a/b`"), "{err}");
