@@ -169,6 +169,9 @@ impl StateDb {
         processor: &str,
         keys: &[String],
     ) -> Result<HashMap<String, Version>, StateError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
         match self {
             StateDb::Postgres(c) => Ok(postgres::load_versions(c, processor, keys).await?),
             StateDb::Mysql(m) => Ok(m.load_versions(processor, keys).await?),
