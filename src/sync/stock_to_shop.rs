@@ -209,16 +209,19 @@ where
                         warehouse: e.event.warehouse.clone(),
                         location: name.clone(),
                     })?;
-            let owner = self
-                .location_warehouse
-                .entry(location.clone())
-                .or_insert_with(|| e.event.warehouse.clone());
-            if *owner != e.event.warehouse {
-                return Err(SyncError::SharedLocation {
-                    first: owner.clone(),
-                    second: e.event.warehouse.clone(),
-                    location: name,
-                });
+            match self.location_warehouse.get(&location) {
+                Some(first) if *first != e.event.warehouse => {
+                    return Err(SyncError::SharedLocation {
+                        first: first.clone(),
+                        second: e.event.warehouse.clone(),
+                        location: name,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.location_warehouse
+                        .insert(location.clone(), e.event.warehouse.clone());
+                }
             }
             outcomes.push(Outcome::Applied);
             let quantity = e.event.shop_on_hand(self.safety_stock);
