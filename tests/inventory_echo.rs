@@ -280,3 +280,65 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     source.stop().await;
     wired.stop();
 }
+
+/// Shopify stamps a product's `updated_at`, the version of its `products/*`
+/// webhooks, in whole seconds. A product replaced after a lookup of its SKU,
+/// in the same second, must still replace what the lookup stored; refused as
+/// older, the SKU stayed mapped to the gone variant until the product
+/// changed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_product_replaced_in_the_second_of_a_lookup_replaces_what_the_lookup_stored() {
+    use flywheel::shop::shopify::catalog::gid;
+    use flywheel::sync::shop_catalog::StoredCatalog;
+    use flywheel::sync::state::{CatalogEntry, StateDb};
+
+    let env = TestEnv::new("catalog_same_second", small()).await;
+    let sim = common::start_shop(20).await;
+    let config = common::processor_config(&env, &sim, "catalog_same_second-processors");
+    let shop = config.shops[0].clone();
+    let mut catalog = StoredCatalog::for_shop(&config, &shop, "stock")
+        .await
+        .expect("the shop's catalogue");
+    let mut state = StateDb::connect(&config).await.expect("the state database");
+    // A fresh SKU per attempt; an attempt across a second's turn proves
+    // nothing and goes again.
+    for n in 7..12 {
+        let sku = format!("SKU-{n:06}");
+        let before = chrono::Utc::now();
+        let looked_up = catalog.variants([sku.as_str()]).await.expect("a lookup");
+        let (old_item, new_item) = sim.replace_product(&sku, 0).expect("the SKU's product");
+        let after = chrono::Utc::now();
+        if before.timestamp() != after.timestamp() {
+            continue;
+        }
+        assert_eq!(
+            looked_up[&sku].inventory_item,
+            gid("InventoryItem", &old_item.to_string())
+        );
+        let new = {
+            let st = sim.shop().state.lock();
+            let v = st.variant_by_item(new_item).expect("the new variant");
+            CatalogEntry {
+                sku: sku.clone(),
+                variant: v.id.to_string(),
+                product: v.product_id.to_string(),
+                inventory_item: new_item.to_string(),
+            }
+        };
+        // The new product's `products/create`, stamped as Shopify does: this
+        // second, no fraction.
+        let version = after.timestamp() * 1_000_000;
+        state
+            .store_product(&shop.name, &new.product.clone(), version, &[new])
+            .await
+            .expect("storing the product");
+        let now = catalog.variants([sku.as_str()]).await.expect("the mapping");
+        assert_eq!(
+            now[&sku].inventory_item,
+            gid("InventoryItem", &new_item.to_string()),
+            "the SKU is still mapped to the variant the lookup found"
+        );
+        return;
+    }
+    panic!("every attempt crossed a second's turn");
+}

@@ -40,9 +40,9 @@ pub struct CatalogStoreError {
 ///   never saw, or knows as gone, is absent, and the caller looks it up in
 ///   the shop.
 /// - `store` records what the shop said at `version` (Unix µs, taken before
-///   the shop was read). It never overwrites an entry stored with a newer
-///   version, so a slow lookup cannot undo a `products/update` that came
-///   after it.
+///   the shop was read, less a margin for Shopify's whole-second stamps). It
+///   never overwrites an entry stored with a newer version, so a slow lookup
+///   cannot undo a `products/update` that came after it.
 /// - `forget` takes these SKUs' variants away (a write found them gone from
 ///   the shop), unless an entry newer than `version` says otherwise; they
 ///   read as unknown until stored again.
@@ -135,9 +135,23 @@ pub fn gid(kind: &str, numeric: &str) -> String {
     format!("gid://shopify/{kind}/{numeric}")
 }
 
-/// Now, as a catalogue version (Unix µs).
-fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
+/// How much older than our clock's time a read of the shop is versioned.
+/// Shopify stamps a product's `updated_at` (the version of its `products/*`
+/// webhooks) in whole seconds, by its own clock: a change made after a read
+/// but in the same second carries a version up to a second older than the
+/// read, and would be refused as older than what the read stored, leaving a
+/// SKU mapped to the variant it left until the product changed again. The
+/// second second allows for that much skew between the two clocks. A
+/// webhook stamped inside the margin for a change made before the read only
+/// writes what the shop held then; a later change has its own webhook, with
+/// a version no older.
+const READ_MARGIN_MICROS: i64 = 2_000_000;
+
+/// The version of what the shop says from now on (Unix µs): now, less
+/// [`READ_MARGIN_MICROS`]. Reads and forgets alike, so a lookup right after
+/// a forget is not refused as older than it.
+fn read_version() -> i64 {
+    chrono::Utc::now().timestamp_micros() - READ_MARGIN_MICROS
 }
 
 /// Misses of at least this many SKUs in one lookup export the catalogue.
@@ -186,7 +200,7 @@ impl ShopCatalog {
 
     /// Every variant of the shop, from one bulk export, into the store.
     async fn export(&mut self) -> Result<HashMap<String, VariantRef>, AdminApiError> {
-        let version = now_micros();
+        let version = read_version();
         let lines = super::bulk::run_query(&self.api, EXPORT_QUERY, EXPORT_PATIENCE).await?;
         let variants: Vec<(String, VariantRef)> = lines.iter().filter_map(variant_of).collect();
         self.store.store(version, &variants).await?;
@@ -225,7 +239,7 @@ impl ShopCatalog {
         // Still missing: created since the export, or not in the shop.
         let still = missing(&known);
         if !still.is_empty() {
-            let version = now_micros();
+            let version = read_version();
             let nodes = self
                 .by_sku(&still, "id sku product { id } inventoryItem { id }", 3.0)
                 .await?;
@@ -246,7 +260,7 @@ impl ShopCatalog {
             ?skus,
             "the shop no longer has the mapped variants; looking them up again"
         );
-        Ok(self.store.forget(now_micros(), &skus).await?)
+        Ok(self.store.forget(read_version(), &skus).await?)
     }
 
     /// The shop's current (price, compare-at price) of each SKU, read now (not
