@@ -1506,7 +1506,7 @@ fn variants_bulk_update(
             }
         }
     }
-    let now = now_rfc3339();
+    let now = crate::state::now_rfc3339_seconds();
     let mut updated = Vec::new();
     for v in &variants {
         let vid = parse_gid("ProductVariant", &v.id).unwrap_or_default();

@@ -31,9 +31,24 @@ pub fn now_rfc3339() -> String {
     rfc3339(d.as_millis() as i64)
 }
 
+/// RFC 3339 UTC in whole seconds, as Shopify stamps a product's and a
+/// variant's `updated_at` (its `products/*` webhooks carry them; the real
+/// samples have no fraction). Consumers that version by it must allow for
+/// two changes within one second.
+pub fn now_rfc3339_seconds() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}Z", date_time(d.as_secs() as i64))
+}
+
 pub fn rfc3339(unix_millis: i64) -> String {
-    let secs = unix_millis.div_euclid(1000);
     let ms = unix_millis.rem_euclid(1000);
+    format!("{}.{ms:03}Z", date_time(unix_millis.div_euclid(1000)))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time in seconds (UTC).
+fn date_time(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -48,7 +63,7 @@ pub fn rfc3339(unix_millis: i64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
@@ -248,7 +263,7 @@ impl ShopState {
     /// A product with one variant (and inventory item) stocked with
     /// `available` at every location; returns the inventory item id.
     pub fn add_product(&mut self, sku: &str, price: &str, available: i64) -> u64 {
-        let now = now_rfc3339();
+        let now = now_rfc3339_seconds();
         let product_id = self.new_id();
         let variant_id = self.new_id();
         let item_id = self.new_id();
@@ -667,6 +682,9 @@ mod tests {
     fn timestamps_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        let whole = now_rfc3339_seconds();
+        assert_eq!(whole.len(), "2026-11-18T11:06:40Z".len(), "{whole}");
+        assert!(whole.ends_with('Z') && !whole.contains('.'), "{whole}");
     }
 
     #[test]

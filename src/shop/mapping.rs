@@ -486,7 +486,13 @@ pub fn shopify_product<J: JsonRead>(
     let product = required(body, "id")?;
     let deleted = d.topic == "products/delete";
     let (version, version_tiebreak, source_ts) = if deleted {
-        versioned(&d.event_time, d)?
+        // A deletion has no `updated_at`: its version is when it was sent,
+        // cut to whole seconds like the `updated_at` of a product created in
+        // its place. With the fraction, a SKU's new product created in the
+        // second its old one was deleted looked older than the deletion and
+        // was refused. The tiebreak keeps the fraction.
+        let (sent, tiebreak, source_ts) = versioned(&d.event_time, d)?;
+        (sent - sent.rem_euclid(1_000_000), tiebreak, source_ts)
     } else {
         versioned(&required(body, "updated_at")?, d)?
     };
@@ -600,6 +606,13 @@ mod tests {
         .unwrap();
         assert!(gone.deleted && gone.variants.is_empty());
         assert_eq!(gone.version, micros("2026-11-23T10:00:01Z").unwrap());
+        // Sent with a fraction: versioned in whole seconds, like the
+        // `updated_at` of a product created in the same second.
+        let mut sent = delivery(Platform::Shopify, "products/delete");
+        sent.event_time = "2026-11-23T10:00:01.734Z".into();
+        let gone = shopify_product(&json!({"id": 1}), &sent).unwrap();
+        assert_eq!(gone.version, micros("2026-11-23T10:00:01Z").unwrap());
+        assert!(gone.version_tiebreak.starts_with("2026-11-23T10:00:01.734Z/"));
         assert_eq!(
             shopify_product(
                 &json!({"id": 1, "updated_at": "2026-11-23T10:00:00Z"}),
