@@ -67,7 +67,7 @@ where
     Ok((report, feed_again))
 }
 
-/// Pure: each order in sync (applied at its version or later), older in the
+/// Pure: each order in sync (applied at its change time or later), older in the
 /// ERP (drifted, both versions shown) or missing in the ERP.
 fn classify(
     shop: &str,
@@ -82,9 +82,10 @@ fn classify(
     };
     let mut feed_again = Vec::new();
     for (key, e) in events {
-        let version: Version = (e.version, e.version_tiebreak.clone());
+        // The change time alone: a read's tiebreak (its own time) outranks
+        // the webhook already applied for the same change.
         match applied.get(&key) {
-            Some(a) if *a >= version => {
+            Some(a) if a.0 >= e.version => {
                 report.in_sync += 1;
                 continue;
             }
@@ -144,5 +145,19 @@ mod tests {
         assert_eq!(report.missing_in_erp, vec!["s/4".to_owned()]);
         let keys: Vec<&str> = again.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["s/3", "s/4"]);
+    }
+
+    #[test]
+    fn an_order_read_after_its_webhook_was_applied_is_in_sync() {
+        let mut read = order("s/1", 10);
+        read.version_tiebreak = "2026-11-18T11:06:41.000Z/poll".into();
+        let events = BTreeMap::from([(read.key.clone(), read)]);
+        let applied = HashMap::from([(
+            "s/1".to_owned(),
+            (10, "2026-11-18T11:06:40.100Z/9".to_owned()),
+        )]);
+        let (report, again) = classify("s", events, &applied);
+        assert_eq!(report.in_sync, 1);
+        assert!(again.is_empty());
     }
 }

@@ -334,7 +334,7 @@ async fn process(
     };
     let event_time = header(headers, &["x-shopify-triggered-at", "shopify-triggered-at"])
         .map(str::to_owned)
-        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        .unwrap_or_else(|| mapping::event_time(chrono::Utc::now()));
     let delivery = Delivery {
         platform,
         channel: shop.to_owned(),

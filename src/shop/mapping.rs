@@ -283,6 +283,14 @@ fn required<J: JsonRead>(v: &J, field: &'static str) -> Result<String, MappingEr
     text(v, field).ok_or(MappingError::Field(field))
 }
 
+/// `t` as an event time (RFC 3339 UTC, milliseconds): a delivery's arrival
+/// when it carries no `X-Shopify-Triggered-At`, and a poll's read. Event
+/// times break ties of one version as text, so every one Flywheel makes has
+/// this one format (Shopify's own header is UTC with a fraction too).
+pub fn event_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Unix microseconds of an RFC 3339 timestamp; a zone-less one is UTC
 /// (WooCommerce's `*_gmt` fields).
 pub fn micros(ts: &str) -> Option<i64> {
@@ -612,7 +620,10 @@ mod tests {
         sent.event_time = "2026-11-23T10:00:01.734Z".into();
         let gone = shopify_product(&json!({"id": 1}), &sent).unwrap();
         assert_eq!(gone.version, micros("2026-11-23T10:00:01Z").unwrap());
-        assert!(gone.version_tiebreak.starts_with("2026-11-23T10:00:01.734Z/"));
+        assert!(
+            gone.version_tiebreak
+                .starts_with("2026-11-23T10:00:01.734Z/")
+        );
         assert_eq!(
             shopify_product(
                 &json!({"id": 1, "updated_at": "2026-11-23T10:00:00Z"}),

@@ -24,7 +24,7 @@ use crate::bus::BusError;
 use crate::bus::avro::AvroCodec;
 use crate::bus::producer::{EventProducer, OutRecord};
 use crate::config::{Config, Platform, ShopConfig};
-use crate::shop::mapping::{MappingError, SHOP_ORDERS, ShopOrderEvent};
+use crate::shop::mapping::{self, MappingError, SHOP_ORDERS, ShopOrderEvent};
 use crate::shop::shopify::admin_api::AdminApi;
 use crate::shop::shopify::order_poll::ShopifyOrderFeed;
 use crate::shop::woocommerce::WooClient;
@@ -123,6 +123,7 @@ pub async fn run<F: OrderFeed>(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
+        let read_at = mapping::event_time(Utc::now());
         let orders = feed
             .changed_since(cursor)
             .await
@@ -136,7 +137,10 @@ pub async fn run<F: OrderFeed>(
                 continue;
             };
             match F::map(order, &shop.name) {
-                Ok(event) => produce(&producer, codec, &event, F::SOURCE).await?,
+                Ok(event) => {
+                    let event = read_before(event, &read_at);
+                    produce(&producer, codec, &event, F::SOURCE).await?
+                }
                 Err(e) => {
                     tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "a polled order does not map; left out");
                 }
@@ -150,6 +154,20 @@ pub async fn run<F: OrderFeed>(
         }
         tracing::debug!(shop = %shop.name, found = orders.len(), %cursor, "polled the shop's orders");
     }
+}
+
+/// A polled order, tied to when it was read. Its version is its change time,
+/// which platforms stamp in whole seconds; two changes of one second differ
+/// only in the tiebreak, which for a webhook is when it was sent. What a read
+/// at `read_at` (an [`mapping::event_time`]) returns is newer than every
+/// webhook sent before it and older than any sent after it, so that is its
+/// tiebreak. With the change time there (as before), a poll in the second of
+/// two changes could outrank the second one's webhook (WooCommerce: always),
+/// and that change never reached the ERP. The price: an order polled again is
+/// applied again, a no-op.
+fn read_before(mut event: ShopOrderEvent, read_at: &str) -> ShopOrderEvent {
+    event.version_tiebreak = format!("{read_at}/poll");
+    event
 }
 
 /// Feeds one shop order into `shop.orders.v1` as the gateway would.
@@ -169,4 +187,41 @@ pub async fn produce(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shop::mapping::{Delivery, woocommerce_order};
+    use crate::shop::woocommerce::order_poll::WooOrderFeed;
+    use crate::sync::state::Version;
+
+    /// An order completed within the second of a poll that still saw it
+    /// processing: the completion's webhook, sent after the read, must
+    /// outrank the poll, and one sent before it must not.
+    #[test]
+    fn a_poll_outranks_the_webhooks_sent_before_its_read_and_no_later_one() {
+        let order = serde_json::json!({"id": 7, "date_modified_gmt": "2026-11-18T11:06:40",
+            "status": "completed", "line_items": []});
+        let version = |e: ShopOrderEvent| -> Version { (e.version, e.version_tiebreak) };
+        let read_at = mapping::event_time("2026-11-18T11:06:40.300Z".parse().unwrap());
+        let polled = version(read_before(
+            WooOrderFeed::map(&order, "s").unwrap(),
+            &read_at,
+        ));
+        let sent_at = |time: &str| {
+            let d = Delivery {
+                platform: Platform::Woocommerce,
+                channel: "s".into(),
+                topic: "order.updated".into(),
+                webhook_id: "9".into(),
+                event_time: mapping::event_time(time.parse().unwrap()),
+            };
+            version(woocommerce_order(&order, &d).unwrap())
+        };
+        assert!(sent_at("2026-11-18T11:06:40.100Z") < polled);
+        assert!(sent_at("2026-11-18T11:06:40.700Z") > polled);
+        // The same second's change time, so the versions tie there.
+        assert_eq!(sent_at("2026-11-18T11:06:40.700Z").0, polled.0);
+    }
 }

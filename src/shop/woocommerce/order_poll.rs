@@ -71,8 +71,8 @@ impl OrderFeed for WooOrderFeed {
             channel: shop.to_owned(),
             topic: "order.updated".into(),
             webhook_id: "poll".into(),
-            // The change's own time: the same order polled twice is the
-            // same version and tiebreak.
+            // The change's own time (the event's source time); the poller
+            // makes the tiebreak its read's time.
             event_time: modified.to_owned(),
         };
         mapping::woocommerce_order(order, &delivery)
