@@ -141,7 +141,7 @@ pub fn gid(kind: &str, numeric: &str) -> String {
 /// but in the same second carries a version up to a second older than the
 /// read, and would be refused as older than what the read stored, leaving a
 /// SKU mapped to the variant it left until the product changed again. The
-/// second second allows for that much skew between the two clocks. A
+/// other second allows for as much skew between the two clocks. A
 /// webhook stamped inside the margin for a change made before the read only
 /// writes what the shop held then; a later change has its own webhook, with
 /// a version no older.
