@@ -31,9 +31,9 @@ pub fn now_rfc3339() -> String {
     rfc3339(d.as_millis() as i64)
 }
 
-/// RFC 3339 UTC in whole seconds, as Shopify stamps a product's and a
-/// variant's `updated_at` (its `products/*` webhooks carry them; the real
-/// samples have no fraction). Consumers that version by it must allow for
+/// RFC 3339 UTC in whole seconds, as Shopify stamps the `updated_at` of
+/// products, variants, orders and inventory levels (its webhooks carry
+/// them; the real samples have no fraction). Consumers that version by it must allow for
 /// two changes within one second.
 pub fn now_rfc3339_seconds() -> String {
     let d = SystemTime::now()
@@ -353,7 +353,7 @@ impl ShopState {
             "inventory_item_id": item,
             "location_id": location,
             "available": level.available,
-            "updated_at": now_rfc3339(),
+            "updated_at": now_rfc3339_seconds(),
             "admin_graphql_api_id": gid("InventoryLevel", item * 1_000_000 + location),
         })
     }
@@ -454,7 +454,7 @@ impl ShopState {
         location_id: u64,
         paid: bool,
     ) -> Option<(u64, Vec<Emitted>)> {
-        let now = now_rfc3339();
+        let now = now_rfc3339_seconds();
         let mut items = Vec::new();
         let mut wanted: BTreeMap<u64, i64> = BTreeMap::new();
         for &(variant_id, qty) in lines {
@@ -575,7 +575,7 @@ impl ShopState {
     /// Stamps `updated_at` and returns `topic` plus `orders/updated` for the order.
     fn order_changed(&mut self, id: u64, topic: Topic) -> Vec<Emitted> {
         if let Some(o) = self.orders.get_mut(&id) {
-            o.updated_at = now_rfc3339();
+            o.updated_at = now_rfc3339_seconds();
         }
         let payload = self.order_payload(id);
         vec![
