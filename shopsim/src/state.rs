@@ -32,9 +32,9 @@ pub fn now_rfc3339() -> String {
 }
 
 /// RFC 3339 UTC in whole seconds, as Shopify stamps the `updated_at` of
-/// products, variants, orders and inventory levels (its webhooks carry
-/// them; the real samples have no fraction). Consumers that version by it must allow for
-/// two changes within one second.
+/// products, variants, orders and inventory levels (its webhooks carry them;
+/// the real samples have no fraction). Consumers that version by it must
+/// allow for two changes within one second.
 pub fn now_rfc3339_seconds() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)

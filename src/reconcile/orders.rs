@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use super::ReconcileError;
 use super::compare::{Drifted, EntityReport};
 use crate::config::ShopConfig;
-use crate::shop::mapping::ShopOrderEvent;
-use crate::shop::order_poll::OrderFeed;
+use crate::shop::mapping::{ShopOrderEvent, event_time};
+use crate::shop::order_poll::{OrderFeed, polled};
 use crate::sync::Lane;
 use crate::sync::apply_loop::SyncError;
 use crate::sync::state::{StateDb, Version};
@@ -37,13 +37,14 @@ where
     F: OrderFeed,
     SyncError: From<F::Error>,
 {
+    let read_at = event_time(Utc::now());
     let orders = feed
         .changed_since(since)
         .await
         .map_err(|e| ReconcileError::shop(shop, SyncError::from(e)))?;
     let mut events: BTreeMap<String, ShopOrderEvent> = BTreeMap::new();
     for order in &orders {
-        match F::map(order, &shop.name) {
+        match polled::<F>(order, &shop.name, &read_at) {
             // The newest change of an order listed twice (paging overlap).
             Ok(e) => {
                 if events

@@ -136,11 +136,8 @@ pub async fn run<F: OrderFeed>(
             let Some(changed) = F::changed_at(order) else {
                 continue;
             };
-            match F::map(order, &shop.name) {
-                Ok(event) => {
-                    let event = read_before(event, &read_at);
-                    produce(&producer, codec, &event, F::SOURCE).await?
-                }
+            match polled::<F>(order, &shop.name, &read_at) {
+                Ok(event) => produce(&producer, codec, &event, F::SOURCE).await?,
                 Err(e) => {
                     tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "a polled order does not map; left out");
                 }
@@ -156,18 +153,24 @@ pub async fn run<F: OrderFeed>(
     }
 }
 
-/// A polled order, tied to when it was read. Its version is its change time,
+/// `order` as `F` maps it, read at `read_at` (an [`mapping::event_time`]
+/// taken before the read): what the poller and reconciliation feed into
+/// `shop.orders.v1`. Its version is its change time,
 /// which platforms stamp in whole seconds; two changes of one second differ
 /// only in the tiebreak, which for a webhook is when it was sent. What a read
-/// at `read_at` (an [`mapping::event_time`]) returns is newer than every
-/// webhook sent before it and older than any sent after it, so that is its
-/// tiebreak. With the change time there (as before), a poll in the second of
+/// returns is newer than every webhook sent before it and older than any sent
+/// after it, so the read's time is its tiebreak. With the change time there (as before), a poll in the second of
 /// two changes could outrank the second one's webhook (WooCommerce: always),
 /// and that change never reached the ERP. The price: an order polled again is
 /// applied again, a no-op.
-fn read_before(mut event: ShopOrderEvent, read_at: &str) -> ShopOrderEvent {
+pub fn polled<F: OrderFeed>(
+    order: &Value,
+    shop: &str,
+    read_at: &str,
+) -> Result<ShopOrderEvent, MappingError> {
+    let mut event = F::map(order, shop)?;
     event.version_tiebreak = format!("{read_at}/poll");
-    event
+    Ok(event)
 }
 
 /// Feeds one shop order into `shop.orders.v1` as the gateway would.
@@ -205,10 +208,7 @@ mod tests {
             "status": "completed", "line_items": []});
         let version = |e: ShopOrderEvent| -> Version { (e.version, e.version_tiebreak) };
         let read_at = mapping::event_time("2026-11-18T11:06:40.300Z".parse().unwrap());
-        let polled = version(read_before(
-            WooOrderFeed::map(&order, "s").unwrap(),
-            &read_at,
-        ));
+        let polled = version(polled::<WooOrderFeed>(&order, "s", &read_at).unwrap());
         let sent_at = |time: &str| {
             let d = Delivery {
                 platform: Platform::Woocommerce,
