@@ -246,6 +246,38 @@ async fn a_shopify_order_whose_webhooks_were_lost_reaches_the_erp_through_the_po
     orders_in.stop().await;
 }
 
+/// More orders changed in one second (a bulk edit) than a page holds: the
+/// poll pages on by the listing's cursor; paging by the last `updated_at`
+/// cannot move past a full page of one second, and the rest went unread.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shopify_poll_reads_past_a_full_page_of_orders_changed_in_one_second() {
+    use flywheel::shop::order_poll::OrderFeed;
+    use flywheel::shop::shopify::admin_api::AdminApi;
+    use flywheel::shop::shopify::order_poll::ShopifyOrderFeed;
+
+    let sim = common::start_shop(20).await;
+    sim.stock_every_level(1_000);
+    let mut placed = sim.place_orders(300, true);
+    assert_eq!(placed.len(), 300, "the shop takes every order");
+    placed.sort_unstable();
+    const BULK_EDIT: &str = "2026-03-02T10:00:00+01:00";
+    for order in sim.shop().state.lock().orders.values_mut() {
+        order.updated_at = BULK_EDIT.into();
+    }
+    let mut shop = flywheel::config::ShopConfig::local_default();
+    shop.admin_url = sim.graphql_url();
+    shop.access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    let api = AdminApi::for_shop(&shop, "order_poll").expect("a client");
+    let since = "2026-03-02T08:59:00Z".parse().expect("a time");
+    let read = ShopifyOrderFeed(api)
+        .changed_since(since)
+        .await
+        .expect("the listing");
+    let mut ids: Vec<u64> = read.iter().filter_map(|o| o["id"].as_u64()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, placed, "every order, each once");
+}
+
 /// A crash can leave two fulfilments of one level done before either's
 /// repair: the shop then counts both shipments twice (the stock processor had
 /// written the ERP's value after both). The repair puts the level back to

@@ -524,6 +524,20 @@ async fn rest<F: FnOnce(&App) -> (StatusCode, Value)>(
     headers: HeaderMap,
     f: F,
 ) -> Response {
+    rest_paged(app, headers, |app| {
+        let (status, body) = f(app);
+        (status, body, None)
+    })
+    .await
+}
+
+/// [`rest`] for a listing that pages: `f` also returns the URL of the next
+/// page, sent as `Link: <…>; rel="next"` as Shopify does.
+async fn rest_paged<F: FnOnce(&App) -> (StatusCode, Value, Option<String>)>(
+    app: Arc<App>,
+    headers: HeaderMap,
+    f: F,
+) -> Response {
     if let Err(r) = gate(&app, &headers).await {
         return *r;
     }
@@ -531,8 +545,8 @@ async fn rest<F: FnOnce(&App) -> (StatusCode, Value)>(
         Ok(l) => l,
         Err(r) => return *r,
     };
-    let (status, body) = f(&app);
-    (
+    let (status, body, next) = f(&app);
+    let mut response = (
         status,
         [
             ("content-type", "application/json".to_string()),
@@ -540,7 +554,11 @@ async fn rest<F: FnOnce(&App) -> (StatusCode, Value)>(
         ],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    if let Some(link) = next.and_then(|url| format!("<{url}>; rel=\"next\"").parse().ok()) {
+        response.headers_mut().insert("link", link);
+    }
+    response
 }
 
 async fn rest_products(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -644,17 +662,55 @@ async fn rest_order(
 struct OrdersQuery {
     updated_at_min: Option<String>,
     limit: Option<usize>,
+    page_info: Option<String>,
+}
+
+/// Where a page of `orders.json` ends: the last order's change time (µs) and
+/// id, the position the next page starts after. Opaque to clients, as
+/// Shopify's `page_info` is.
+fn orders_cursor(at: &chrono::DateTime<chrono::FixedOffset>, id: u64) -> String {
+    format!("{}-{id}", at.timestamp_micros())
+}
+
+fn parse_orders_cursor(text: &str) -> Option<(i64, u64)> {
+    let (at, id) = text.split_once('-')?;
+    Some((at.parse().ok()?, id.parse().ok()?))
 }
 
 /// `GET orders.json?status=any&updated_at_min=…&limit=…`, oldest change
 /// first (the order Shopify's REST API lists them in is by id; a client
-/// paging by `updated_at_min` relies on this order here).
+/// asking `order=updated_at asc` gets this order there), paged by cursor:
+/// a full page with more behind it links the next (`page_info`, which keeps
+/// the first request's filter and takes no other parameter than `limit`).
 async fn rest_orders(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<OrdersQuery>,
 ) -> Response {
-    rest(app, headers, move |app| {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    rest_paged(app, headers, move |app| {
+        let after = match q.page_info.as_deref().map(parse_orders_cursor) {
+            None => None,
+            Some(Some(_)) if q.updated_at_min.is_some() => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"errors": {"page_info": "page_info cannot be combined with other filters than limit and fields"}}),
+                    None,
+                );
+            }
+            Some(Some(position)) => Some(position),
+            Some(None) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"errors": {"page_info": "Invalid value."}}),
+                    None,
+                );
+            }
+        };
         let min = q
             .updated_at_min
             .as_deref()
@@ -671,14 +727,22 @@ async fn rest_orders(
                 ))
             })
             .filter(|(at, _)| min.is_none_or(|m| *at >= m))
+            .filter(|(at, id)| after.is_none_or(|a| (at.timestamp_micros(), *id) > a))
             .collect();
         found.sort();
+        let next = (found.len() > limit).then(|| {
+            let (at, id) = found[limit - 1];
+            format!(
+                "http://{host}/admin/api/{API_VERSION}/orders.json?limit={limit}&page_info={}",
+                orders_cursor(&at, id)
+            )
+        });
         let orders: Vec<Value> = found
             .iter()
             .take(limit)
             .map(|(_, id)| st.order_payload(*id))
             .collect();
-        (StatusCode::OK, json!({"orders": orders}))
+        (StatusCode::OK, json!({"orders": orders}), next)
     })
     .await
 }

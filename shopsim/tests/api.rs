@@ -308,6 +308,63 @@ async fn pagination_follows_cursors() {
     assert_eq!(skus.last().map(String::as_str), Some("SKU-000100"));
 }
 
+/// `orders.json` pages as Shopify's REST API does: a `Link` to the next page
+/// while there is one, whose `page_info` keeps the filter and takes no other.
+#[tokio::test]
+async fn rest_orders_page_by_link_cursor() {
+    let sim = start(small(1000.0, 1000.0)).await;
+    sim.stock_every_level(100);
+    let mut placed = sim.place_orders(5, true);
+    placed.sort_unstable();
+    let client = reqwest::Client::new();
+    let get = |url: String| {
+        client
+            .get(url)
+            .header("X-Shopify-Access-Token", &sim.config.access_token)
+            .send()
+    };
+    let first = format!(
+        "{}/admin/api/2026-04/orders.json?status=any&updated_at_min=2000-01-01T00:00:00Z&limit=2",
+        sim.base_url()
+    );
+    let mut url = Some(first.clone());
+    let mut read = Vec::new();
+    while let Some(u) = url.take() {
+        let r = get(u).await.unwrap();
+        assert_eq!(r.status(), 200);
+        url = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            l[1..l.find('>').unwrap()].to_owned()
+        });
+        let body: Value = r.json().await.unwrap();
+        read.extend(
+            body["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_u64().unwrap()),
+        );
+    }
+    read.sort_unstable();
+    assert_eq!(read, placed, "three pages, every order once");
+
+    let r = get(first).await.unwrap();
+    let next = r.headers()["link"].to_str().unwrap().to_owned();
+    let next = &next[1..next.find('>').unwrap()];
+    let mixed = get(format!("{next}&updated_at_min=2000-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 400, "page_info with another filter");
+    let forged = get(format!(
+        "{}/admin/api/2026-04/orders.json?page_info=x",
+        sim.base_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 400, "a page_info the shop did not give");
+}
+
 #[tokio::test]
 async fn rest_bucket_counts_requests_and_answers_429_with_retry_after() {
     let sim = start(small(1000.0, 1000.0)).await;

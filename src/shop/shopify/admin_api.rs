@@ -237,15 +237,16 @@ impl AdminApi {
         self
     }
 
-    /// One REST Admin API read (`path` relative to the API version, e.g.
-    /// `orders.json`): for what GraphQL has no webhook-shaped answer to. The
-    /// REST bucket is separate from the GraphQL budget; a 429 waits its
+    /// The first page of a REST Admin API listing (`path` relative to the API
+    /// version, e.g. `orders.json`): for what GraphQL has no webhook-shaped
+    /// answer to. Further pages come from [`Self::rest_next_page`]. The REST
+    /// bucket is separate from the GraphQL budget; a 429 waits its
     /// `Retry-After`, 5xx and connection errors back off as GraphQL calls do.
     pub async fn rest_get(
         &self,
         path: &str,
         query: &[(&str, String)],
-    ) -> Result<Value, AdminApiError> {
+    ) -> Result<RestPage, AdminApiError> {
         let url = match self.graphql_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{path}"),
             None => {
@@ -257,11 +258,47 @@ impl AdminApi {
         };
         let url = reqwest::Url::parse_with_params(&url, query)
             .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))?;
-        self.get(url.clone(), true)
-            .await?
+        self.rest_page(url).await
+    }
+
+    /// The page a [`RestPage::next`] links to. Shopify pages by cursor: the
+    /// link's `page_info` keeps the first request's filters and order, so a
+    /// listing is read to its end even when more than a page of its rows
+    /// share one sort value (orders changed in one second), and a row that
+    /// changes while it is read moves behind the cursor instead of shifting
+    /// the rows after it. The token goes with the request, so a link to
+    /// anywhere but the shop's own Admin API is refused.
+    pub async fn rest_next_page(&self, next: reqwest::Url) -> Result<RestPage, AdminApiError> {
+        let ours = reqwest::Url::parse(&self.graphql_url)
+            .map_err(|e| AdminApiError::Protocol(format!("admin_url {}: {e}", self.graphql_url)))?;
+        if next.origin() != ours.origin() {
+            return Err(AdminApiError::Protocol(format!(
+                "the shop linked a next page on another host ({}); not following it with the access token",
+                next.origin().ascii_serialization()
+            )));
+        }
+        self.rest_page(next).await
+    }
+
+    async fn rest_page(&self, url: reqwest::Url) -> Result<RestPage, AdminApiError> {
+        let response = self.get(url.clone(), true).await?;
+        let next = response
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_link)
+            .map(|link| {
+                reqwest::Url::parse(link).map_err(|e| {
+                    AdminApiError::Protocol(format!("{url}: a next-page link {link:?}: {e}"))
+                })
+            })
+            .transpose()?;
+        let body = response
             .json()
             .await
-            .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))
+            .map_err(|e| AdminApiError::Protocol(format!("{url}: {e}")))?;
+        Ok(RestPage { body, next })
     }
 
     /// Downloads a bulk operation's result file. Its URL is signed storage,
@@ -536,9 +573,83 @@ impl AdminApi {
     }
 }
 
+/// One page of a REST listing and where the next one is, if there is one.
+pub struct RestPage {
+    pub body: Value,
+    pub next: Option<reqwest::Url>,
+}
+
+/// The target of the `rel="next"` link in an RFC 8288 `Link` header value
+/// (`<url>; rel="next", <url>; rel="previous"`), if it has one. Total over
+/// any text: a malformed value has no next link.
+fn next_link(header: &str) -> Option<&str> {
+    let mut rest = header;
+    loop {
+        let open = rest.find('<')?;
+        let close = open + rest[open..].find('>')?;
+        let target = &rest[open + 1..close];
+        let after = &rest[close + 1..];
+        let params_end = after.find('<').unwrap_or(after.len());
+        let is_next = after[..params_end].split(';').any(|param| {
+            param.split_once('=').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("rel")
+                    && value
+                        .trim()
+                        .trim_end_matches(',')
+                        .trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|rel| rel.eq_ignore_ascii_case("next"))
+            })
+        });
+        if is_next {
+            return Some(target);
+        }
+        rest = &after[params_end..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_link_is_found_among_others_and_nothing_else_is_taken_for_it() {
+        let shop = "https://s.myshopify.com/admin/api/2026-04/orders.json";
+        let both = format!(
+            "<{shop}?page_info=p1&limit=250>; rel=\"previous\", <{shop}?page_info=n2&limit=250>; rel=\"next\""
+        );
+        assert_eq!(
+            next_link(&both),
+            Some(format!("{shop}?page_info=n2&limit=250").as_str())
+        );
+        assert_eq!(
+            next_link("<https://a/x?page_info=n>;rel=next"),
+            Some("https://a/x?page_info=n")
+        );
+        assert_eq!(
+            next_link("<https://a/x>; REL=\"prefetch next\""),
+            Some("https://a/x")
+        );
+        assert_eq!(
+            next_link(&format!("<{shop}?page_info=p1>; rel=\"previous\"")),
+            None
+        );
+        for malformed in [
+            "",
+            "<",
+            ">",
+            "<a",
+            "rel=next",
+            "<a>; rel",
+            "<a>; rel=",
+            "<a>; nextrel=x",
+            "<>>;<;rel=\"",
+            "\u{1F600}<\u{e9}>;rel=n\u{e9}xt",
+        ] {
+            assert_eq!(next_link(malformed), None, "{malformed:?}");
+        }
+    }
 
     #[test]
     fn budget_waits_for_points_and_follows_the_server() {

@@ -1,8 +1,8 @@
 //! Shopify's orders for the order poll (`shop::order_poll`): Shopify retries
 //! a failed webhook for a while, then drops it (and removes a subscription
 //! that keeps failing). The REST Admin API lists orders in the webhook's own
-//! shape (`GET orders.json?status=any&updated_at_min=…`, 250 per page), so the
-//! gateway's mapping applies unchanged; the version is the order's
+//! shape (`GET orders.json?status=any&updated_at_min=…`, 250 per page, paged
+//! by the cursor of each page's `Link`), so the gateway's mapping applies unchanged; the version is the order's
 //! `updated_at`, as its webhook's.
 
 use chrono::{DateTime, Utc};
@@ -22,33 +22,30 @@ impl OrderFeed for ShopifyOrderFeed {
     const SOURCE: &'static str = "shopify-poll";
 
     async fn changed_since(&mut self, since: DateTime<Utc>) -> Result<Vec<Value>, AdminApiError> {
+        let mut page = self
+            .0
+            .rest_get(
+                "orders.json",
+                &[
+                    ("status", "any".into()),
+                    ("updated_at_min", since.to_rfc3339()),
+                    ("order", "updated_at asc".into()),
+                    ("limit", PAGE.to_string()),
+                ],
+            )
+            .await?;
         let mut out: Vec<Value> = Vec::new();
-        let mut from = since;
         loop {
-            let page = self
-                .0
-                .rest_get(
-                    "orders.json",
-                    &[
-                        ("status", "any".into()),
-                        ("updated_at_min", from.to_rfc3339()),
-                        ("order", "updated_at asc".into()),
-                        ("limit", PAGE.to_string()),
-                    ],
-                )
-                .await?;
-            let orders = page["orders"].as_array().cloned().unwrap_or_default();
-            let full = orders.len() == PAGE;
-            let last = orders.last().and_then(Self::changed_at);
-            out.extend(orders);
-            // The next page starts at the last change seen (repeats are
-            // harmless); a full page all of one instant cannot move on.
-            match last {
-                Some(last) if full && last > from => from = last,
-                _ => break,
+            if let Some(Value::Array(orders)) = page.body.get_mut("orders").map(Value::take) {
+                out.extend(orders);
+            }
+            // The cursor, not the last `updated_at`: a page can be all of
+            // one second (a bulk edit), and the next then starts past it.
+            match page.next {
+                Some(next) => page = self.0.rest_next_page(next).await?,
+                None => return Ok(out),
             }
         }
-        Ok(out)
     }
 
     fn changed_at(order: &Value) -> Option<DateTime<Utc>> {
