@@ -153,6 +153,63 @@ async fn erp_prices_reach_woocommerce_in_batches_once_through_a_429_storm() {
     source.stop().await;
 }
 
+/// The poll reads a shop's orders page by page. More than a page of them
+/// changed in one second (a bulk edit), and one of the first page changes
+/// again while the poll reads: with pages by number the orders behind it
+/// shifted one place towards the page already read, and the one that slid
+/// onto it was never read, while the next poll starts past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poll_reads_every_order_when_one_changes_while_it_pages() {
+    use flywheel::shop::order_poll::OrderFeed;
+    use flywheel::shop::woocommerce::WooClient;
+    use flywheel::shop::woocommerce::order_poll::WooOrderFeed;
+
+    let sim = WooSim::start(
+        WooConfig {
+            seed: shopsim::state::Seed {
+                initial_available: 50,
+                ..shopsim::catalog::demo_seed(20, 1)
+            },
+            ..WooConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("the WooCommerce simulator starts");
+    let mut placed = Vec::new();
+    for i in 0..150 {
+        let sku = format!("SKU-{:06}", i % 20 + 1);
+        placed.push(sim.place_order(&sku, 1).await.expect("an order"));
+    }
+    placed.sort_unstable();
+    const BULK_EDIT: &str = "2026-03-02T10:00:00";
+    for order in sim.state().orders.values_mut() {
+        order.date_modified_gmt = BULK_EDIT.into();
+    }
+    // The lowest id sorts first in its second: it is on the first page.
+    sim.change_order_after_next_listing(placed[0]);
+
+    let client = WooClient::for_shop(&woo_shop(&sim, 1000.0), "order_poll").expect("a client");
+    let since = "2026-03-02T09:59:00Z".parse().expect("a time");
+    let mut feed = WooOrderFeed(client);
+    let read = feed.changed_since(since).await.expect("the listing");
+    let mut ids: Vec<u64> = read.iter().filter_map(|o| o["id"].as_u64()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, placed, "every order, once or more");
+    // Its change is read by the next poll, which starts 2 s before the
+    // newest change this one saw.
+    let next = feed
+        .changed_since(since + chrono::Duration::seconds(58))
+        .await
+        .expect("the next listing");
+    assert!(
+        next.iter()
+            .any(|o| o["id"].as_u64() == Some(placed[0]) && o["date_modified_gmt"] != BULK_EDIT),
+        "the order that changed during the poll, as it is now"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_whose_webhooks_are_lost_still_reach_the_erp_by_the_poll() {
     let env = TestEnv::new("woo_poll", common::small()).await;

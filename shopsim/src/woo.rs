@@ -284,6 +284,8 @@ struct WooApp {
     faults: Mutex<ApiFaults>,
     stats: Mutex<WooStats>,
     http: reqwest::Client,
+    /// An order to change right after the next order listing is answered.
+    change_after_listing: Mutex<Option<u64>>,
 }
 
 /// A running WooCommerce simulator. Dropping it stops the server.
@@ -318,6 +320,7 @@ impl WooSim {
             state: Mutex::new(state),
             faults: Mutex::default(),
             stats: Mutex::default(),
+            change_after_listing: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -373,6 +376,14 @@ impl WooSim {
 
     pub fn set_faults(&self, faults: ApiFaults) {
         *self.app.faults.lock() = faults;
+    }
+
+    /// Changes order `id` (its `date_modified_gmt` moves to now) right after
+    /// the next `GET orders` is answered: an order that changes while a
+    /// client pages through the listing, moving from a page it has read to
+    /// one it has not.
+    pub fn change_order_after_next_listing(&self, id: u64) {
+        *self.app.change_after_listing.lock() = Some(id);
     }
 
     /// SKU → stock quantity of every product or variation with a SKU.
@@ -716,19 +727,28 @@ async fn list_orders(
         return *r;
     }
     let after = q.get("modified_after").cloned().unwrap_or_default();
+    // WordPress takes an array parameter as a comma-separated list too.
+    let exclude: Vec<u64> = q
+        .get("exclude")
+        .map(|ids| {
+            ids.split(',')
+                .filter_map(|id| id.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let per_page: usize = q
         .get("per_page")
         .and_then(|p| p.parse().ok())
         .unwrap_or(10)
         .min(100);
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-    let st = app.state.lock();
+    let mut st = app.state.lock();
     // Timestamps share one format: text order is time order. Oldest change
     // first, as `orderby=modified&order=asc` asks.
     let mut matching: Vec<&WooOrder> = st
         .orders
         .values()
-        .filter(|o| o.date_modified_gmt.as_str() > after.as_str())
+        .filter(|o| o.date_modified_gmt.as_str() > after.as_str() && !exclude.contains(&o.id))
         .collect();
     matching.sort_by(|a, b| (&a.date_modified_gmt, a.id).cmp(&(&b.date_modified_gmt, b.id)));
     let found: Vec<Value> = matching
@@ -737,6 +757,12 @@ async fn list_orders(
         .take(per_page)
         .map(order_json)
         .collect();
+    if let Some(id) = app.change_after_listing.lock().take() {
+        let now = st.now();
+        if let Some(order) = st.orders.get_mut(&id) {
+            order.date_modified_gmt = now;
+        }
+    }
     ok(Value::Array(found))
 }
 

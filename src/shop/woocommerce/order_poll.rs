@@ -1,9 +1,9 @@
 //! WooCommerce's orders for the order poll (`shop::order_poll`): WooCommerce
 //! delivers a webhook once (no retries), disables it after a few failed
 //! deliveries, and builds its body at delivery time, so its orders are polled
-//! (`GET orders?modified_after=…`, oldest first, 100 per page). A polled order
-//! carries the version of its webhook (`date_modified_gmt`) and a tiebreak of
-//! that time alone, so polling one order again produces an identical version.
+//! (`GET orders?modified_after=…`, oldest first, 100 per page, each page
+//! starting where the last one ended). A polled order carries the version
+//! of its webhook (`date_modified_gmt`); the poller gives it its tiebreak.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::Method;
@@ -19,6 +19,9 @@ fn gmt(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
+/// Orders per page (WooCommerce's maximum).
+const PAGE: usize = 100;
+
 pub struct WooOrderFeed(pub WooClient);
 
 impl OrderFeed for WooOrderFeed {
@@ -26,35 +29,63 @@ impl OrderFeed for WooOrderFeed {
     const SOURCE: &'static str = "woocommerce-poll";
 
     async fn changed_since(&mut self, since: DateTime<Utc>) -> Result<Vec<Value>, WooError> {
-        // `modified_after` is exclusive: start a second earlier.
-        let after = gmt(since - chrono::Duration::seconds(1));
-        let mut out = Vec::new();
-        for page in 1.. {
-            let batch = self
-                .0
-                .request(
-                    Method::GET,
-                    "orders",
-                    &[
-                        ("modified_after", after.clone()),
-                        ("orderby", "modified".into()),
-                        ("order", "asc".into()),
-                        ("per_page", "100".into()),
-                        ("page", page.to_string()),
-                        // `modified_after` compares in the site's zone unless told.
-                        ("dates_are_gmt", "true".into()),
-                    ],
-                    None,
-                )
-                .await?;
-            let orders = batch.as_array().cloned().unwrap_or_default();
-            let full = orders.len() == 100;
+        // Paged by key, not by page number: a page number is an offset, and
+        // an order that changes while the listing is read moves from a page
+        // already read to the end, shifting an unread one onto the read page
+        // (lost, as the next poll starts past it). So each page starts at the
+        // second the last one ended in (`modified_after` is exclusive: a
+        // second earlier) without the orders of that second already read.
+        let mut after = since - chrono::Duration::seconds(1);
+        let mut read_in_last_second: Vec<u64> = Vec::new();
+        let mut out: Vec<Value> = Vec::new();
+        loop {
+            let mut query = vec![
+                ("modified_after", gmt(after)),
+                ("orderby", "modified".into()),
+                ("order", "asc".into()),
+                ("per_page", PAGE.to_string()),
+                // `modified_after` compares in the site's zone unless told.
+                ("dates_are_gmt", "true".into()),
+            ];
+            if !read_in_last_second.is_empty() {
+                let ids: Vec<String> = read_in_last_second.iter().map(u64::to_string).collect();
+                query.push(("exclude", ids.join(",")));
+            }
+            let batch = self.0.request(Method::GET, "orders", &query, None).await?;
+            let Value::Array(orders) = batch else {
+                return Ok(out);
+            };
+            let full = orders.len() == PAGE;
+            let last_second = orders.last().and_then(Self::changed_at);
+            let mut moved_on = false;
+            if let Some(last) = last_second {
+                if last - chrono::Duration::seconds(1) > after {
+                    after = last - chrono::Duration::seconds(1);
+                    read_in_last_second.clear();
+                }
+                for id in orders
+                    .iter()
+                    .filter(|o| Self::changed_at(o) == Some(last))
+                    .filter_map(|o| o["id"].as_u64())
+                {
+                    if !read_in_last_second.contains(&id) {
+                        read_in_last_second.push(id);
+                        moved_on = true;
+                    }
+                }
+            }
             out.extend(orders);
-            if !full {
-                break;
+            if !full || !moved_on {
+                // A full page of orders already read: the site ignores
+                // `exclude`, and asking again would bring the same page.
+                if full && last_second.is_some() {
+                    tracing::warn!(
+                        "the site repeats a page of orders despite `exclude`; this poll stops there"
+                    );
+                }
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     fn changed_at(order: &Value) -> Option<DateTime<Utc>> {
