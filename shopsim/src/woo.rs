@@ -742,6 +742,11 @@ async fn list_orders(
         .unwrap_or(10)
         .min(100);
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    // As WordPress: an offset replaces the page's.
+    let skip = q
+        .get("offset")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(per_page * page.saturating_sub(1));
     let mut st = app.state.lock();
     // Timestamps share one format: text order is time order. Oldest change
     // first, as `orderby=modified&order=asc` asks.
@@ -753,7 +758,7 @@ async fn list_orders(
     matching.sort_by(|a, b| (&a.date_modified_gmt, a.id).cmp(&(&b.date_modified_gmt, b.id)));
     let found: Vec<Value> = matching
         .into_iter()
-        .skip(per_page * page.saturating_sub(1))
+        .skip(skip)
         .take(per_page)
         .map(order_json)
         .collect();

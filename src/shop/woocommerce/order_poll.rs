@@ -22,6 +22,35 @@ fn gmt(t: DateTime<Utc>) -> String {
 /// Orders per page (WooCommerce's maximum).
 const PAGE: usize = 100;
 
+/// At most this many ids go in `exclude` (about 4 KB of URL; servers refuse
+/// request lines of about 8 KB).
+const MAX_EXCLUDED: usize = 500;
+
+/// The query of the page of orders changed after `after` (whole seconds),
+/// without the ones of the last second `read` already: excluded by id, and
+/// beyond [`MAX_EXCLUDED`] of them skipped by `offset` (a second with that
+/// many changed orders is paged by position past them, as all pages were
+/// before).
+fn page_query(after: DateTime<Utc>, read: &[u64]) -> Vec<(&'static str, String)> {
+    let mut query = vec![
+        ("modified_after", gmt(after)),
+        ("orderby", "modified".into()),
+        ("order", "asc".into()),
+        ("per_page", PAGE.to_string()),
+        // `modified_after` compares in the site's zone unless told.
+        ("dates_are_gmt", "true".into()),
+    ];
+    let excluded = &read[..read.len().min(MAX_EXCLUDED)];
+    if !excluded.is_empty() {
+        let ids: Vec<String> = excluded.iter().map(u64::to_string).collect();
+        query.push(("exclude", ids.join(",")));
+    }
+    if read.len() > excluded.len() {
+        query.push(("offset", (read.len() - excluded.len()).to_string()));
+    }
+    query
+}
+
 pub struct WooOrderFeed(pub WooClient);
 
 impl OrderFeed for WooOrderFeed {
@@ -39,18 +68,7 @@ impl OrderFeed for WooOrderFeed {
         let mut read_in_last_second: Vec<u64> = Vec::new();
         let mut out: Vec<Value> = Vec::new();
         loop {
-            let mut query = vec![
-                ("modified_after", gmt(after)),
-                ("orderby", "modified".into()),
-                ("order", "asc".into()),
-                ("per_page", PAGE.to_string()),
-                // `modified_after` compares in the site's zone unless told.
-                ("dates_are_gmt", "true".into()),
-            ];
-            if !read_in_last_second.is_empty() {
-                let ids: Vec<String> = read_in_last_second.iter().map(u64::to_string).collect();
-                query.push(("exclude", ids.join(",")));
-            }
+            let query = page_query(after, &read_in_last_second);
             let batch = self.0.request(Method::GET, "orders", &query, None).await?;
             let Value::Array(orders) = batch else {
                 return Ok(out);
@@ -111,5 +129,34 @@ impl OrderFeed for WooOrderFeed {
 
     fn is_transient(e: &WooError) -> bool {
         e.is_transient()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_excludes_what_was_read_of_its_second_and_skips_past_the_most_it_can_name() {
+        let after: DateTime<Utc> = "2026-03-02T09:59:59Z".parse().unwrap();
+        let param = |q: &[(&str, String)], name: &str| {
+            q.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+        };
+        let first = page_query(after, &[]);
+        assert_eq!(
+            param(&first, "modified_after").as_deref(),
+            Some("2026-03-02T09:59:59")
+        );
+        assert_eq!(param(&first, "exclude"), None);
+        assert_eq!(param(&first, "offset"), None);
+        let some = page_query(after, &[7, 9]);
+        assert_eq!(param(&some, "exclude").as_deref(), Some("7,9"));
+        assert_eq!(param(&some, "offset"), None);
+        let many: Vec<u64> = (1..=537).collect();
+        let most = page_query(after, &many);
+        let excluded = param(&most, "exclude").unwrap();
+        assert_eq!(excluded.split(',').count(), MAX_EXCLUDED);
+        assert!(excluded.starts_with("1,2,") && excluded.ends_with(",500"));
+        assert_eq!(param(&most, "offset").as_deref(), Some("37"));
     }
 }
