@@ -1,9 +1,21 @@
 //! Webhook ids already put in Kafka, remembered for a window across restarts.
 //!
-//! An append-only file of `unix_seconds id` lines, loaded (and compacted to
-//! the window) at start. An id is recorded only after Kafka acknowledged the
-//! webhook, so a crash between the two produces a duplicate (harmless: events
-//! are versioned), never a loss.
+//! On disk, append-only files of `unix_seconds id` lines: the current file
+//! (the configured path) and the one before it (`<path>.prev`). Every window
+//! the current file becomes the previous one and the previous one is deleted,
+//! so an id is kept on disk at least a window and at most two, and nothing
+//! is ever copied while webhooks wait. At start both are loaded and the live
+//! entries written to a fresh current file. An id is recorded only after
+//! Kafka acknowledged the webhook, so a crash between the two produces a
+//! duplicate (harmless: events are versioned), never a loss.
+//!
+//! In memory an id is its SHA-256 cut to 128 bits, and entries past the
+//! window are dropped hourly: every webhook of the window is held (a day of
+//! a busy shop's inventory webhooks is a million), and with a `String` key
+//! an entry cost about 100 bytes, with the digest about 30 (the map's spare
+//! room included). Before, nothing was ever dropped while the gateway ran.
+//! Two ids sharing a digest (odds of about 10⁻²⁷ at a million) would answer
+//! the second 200 unproduced.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -12,98 +24,162 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+/// How often entries past the window are dropped from memory (at most).
+const SWEEP_EVERY_SECS: u32 = 3600;
 
 pub struct DedupeStore {
-    window: Duration,
+    window: u32,
     path: PathBuf,
     inner: Mutex<Inner>,
 }
 
+/// A webhook id as it is held in memory.
+type IdDigest = [u8; 16];
+
 struct Inner {
-    seen: HashMap<String, u64>,
+    /// Id digest → when it was recorded (unix seconds; `u32` lasts to 2106).
+    seen: HashMap<IdDigest, u32>,
     file: File,
-    appended: usize,
+    /// When the current file was started.
+    file_since: u32,
+    /// When entries past the window were last dropped from `seen`.
+    swept: u32,
 }
 
-fn now_secs() -> u64 {
+fn digest(id: &str) -> IdDigest {
+    let full = Sha256::digest(id.as_bytes());
+    let mut cut = [0u8; 16];
+    cut.copy_from_slice(&full[..16]);
+    cut
+}
+
+fn now_secs() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+fn previous(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".prev");
+    PathBuf::from(name)
+}
+
+fn append_to(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl DedupeStore {
     pub fn open(path: &Path, window: Duration) -> std::io::Result<DedupeStore> {
+        Self::open_at(path, window, now_secs())
+    }
+
+    fn open_at(path: &Path, window: Duration, now: u32) -> std::io::Result<DedupeStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let cutoff = now_secs().saturating_sub(window.as_secs());
-        let mut seen = HashMap::new();
-        if let Ok(f) = File::open(path) {
+        let window = u32::try_from(window.as_secs()).unwrap_or(u32::MAX);
+        let cutoff = now.saturating_sub(window);
+        // Id → time, as text: the files keep ids, not digests.
+        let mut live: HashMap<String, u32> = HashMap::new();
+        for file in [previous(path), path.to_path_buf()] {
+            let Ok(f) = File::open(&file) else { continue };
             for line in BufReader::new(f).lines() {
                 let line = line?;
                 // A torn last line after a crash is skipped, not fatal.
                 if let Some((ts, id)) = line.split_once(' ')
-                    && let Ok(ts) = ts.parse::<u64>()
+                    && let Ok(ts) = ts.parse::<u32>()
                     && ts >= cutoff
                 {
-                    seen.insert(id.to_owned(), ts);
+                    let kept = live.entry(id.to_owned()).or_insert(ts);
+                    *kept = (*kept).max(ts);
                 }
             }
         }
-        let file = Self::rewrite(path, &seen)?;
+        let file = Self::rewrite(path, &live)?;
+        match std::fs::remove_file(previous(path)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let seen = live.iter().map(|(id, ts)| (digest(id), *ts)).collect();
         Ok(DedupeStore {
             window,
             path: path.to_path_buf(),
             inner: Mutex::new(Inner {
                 seen,
                 file,
-                appended: 0,
+                file_since: now,
+                swept: now,
             }),
         })
     }
 
     /// Writes the live entries to a fresh file and swaps it in.
-    fn rewrite(path: &Path, seen: &HashMap<String, u64>) -> std::io::Result<File> {
+    fn rewrite(path: &Path, seen: &HashMap<String, u32>) -> std::io::Result<File> {
         let tmp = path.with_extension("compacting");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = std::io::BufWriter::new(File::create(&tmp)?);
             for (id, ts) in seen {
                 writeln!(f, "{ts} {id}")?;
             }
-            f.sync_all()?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         std::fs::rename(&tmp, path)?;
-        OpenOptions::new().append(true).open(path)
+        append_to(path)
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        let cutoff = now_secs().saturating_sub(self.window.as_secs());
+        self.contains_at(id, now_secs())
+    }
+
+    fn contains_at(&self, id: &str, now: u32) -> bool {
+        let cutoff = now.saturating_sub(self.window);
+        let id = digest(id);
         self.inner
             .lock()
             .seen
-            .get(id)
+            .get(&id)
             .is_some_and(|ts| *ts >= cutoff)
     }
 
     /// Remembers `id` (after its webhook is durable in Kafka).
     pub fn record(&self, id: &str) -> std::io::Result<()> {
-        let ts = now_secs();
+        self.record_at(id, now_secs())
+    }
+
+    fn record_at(&self, id: &str, now: u32) -> std::io::Result<()> {
         // One write per id: a formatted `writeln!` on an unbuffered file is a
         // system call per piece, under the lock every webhook takes.
-        let line = format!("{ts} {id}\n");
+        let line = format!("{now} {id}\n");
+        let key = digest(id);
         let mut inner = self.inner.lock();
+        if now.saturating_sub(inner.file_since) >= self.window {
+            // Everything in the previous file is past the window now.
+            let prev = previous(&self.path);
+            match std::fs::remove_file(&prev) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            std::fs::rename(&self.path, &prev)?;
+            inner.file = append_to(&self.path)?;
+            inner.file_since = now;
+        }
         inner.file.write_all(line.as_bytes())?;
-        inner.seen.insert(id.to_owned(), ts);
-        inner.appended += 1;
-        // Keep the file near the window's size.
-        if inner.appended > 10_000 && inner.appended > inner.seen.len() {
-            let cutoff = ts.saturating_sub(self.window.as_secs());
+        inner.seen.insert(key, now);
+        if now.saturating_sub(inner.swept) >= SWEEP_EVERY_SECS.min(self.window.max(1)) {
+            let cutoff = now.saturating_sub(self.window);
             inner.seen.retain(|_, t| *t >= cutoff);
-            inner.file = Self::rewrite(&self.path, &inner.seen)?;
-            inner.appended = 0;
+            inner.swept = now;
         }
         Ok(())
+    }
+
+    /// Ids held in memory (live or not yet swept).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.inner.lock().seen.len()
     }
 }
 
@@ -130,5 +206,47 @@ mod tests {
         assert!(s.contains("shop/a"), "survives a restart");
         assert!(!s.contains("shop/ancient"), "outside the window");
         assert!(!s.contains("shop/b"));
+    }
+
+    /// A gateway that runs for days holds one window of ids, in memory and
+    /// on disk, yet never forgets one inside the window, running or restarted.
+    #[test]
+    fn a_long_running_store_keeps_one_window_and_forgets_nothing_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen.log");
+        let day = 86_400u32;
+        let t0 = 1_800_000_000u32;
+        let s = DedupeStore::open_at(&path, Duration::from_secs(day.into()), t0).unwrap();
+        // Three days of one id a minute.
+        let id = |t: u32| format!("shop/{t}");
+        for t in (t0..t0 + 3 * day).step_by(60) {
+            s.record_at(&id(t), t).unwrap();
+        }
+        let now = t0 + 3 * day - 60;
+        for t in [now, now - day + 60] {
+            assert!(s.contains_at(&id(t), now), "{t}: inside the window");
+        }
+        assert!(!s.contains_at(&id(now - day - 60), now), "past the window");
+        let per_day = (day / 60) as usize;
+        assert!(
+            s.held() <= per_day + (SWEEP_EVERY_SECS / 60) as usize + 1,
+            "a window and an hour held, not three days: {}",
+            s.held()
+        );
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        let on_disk = lines(&path) + lines(&previous(&path));
+        assert!(
+            (per_day..=2 * per_day).contains(&on_disk),
+            "one to two windows on disk, not three: {on_disk}"
+        );
+        drop(s);
+        let s = DedupeStore::open_at(&path, Duration::from_secs(day.into()), now).unwrap();
+        assert!(
+            s.contains_at(&id(now - day + 60), now),
+            "kept across a restart"
+        );
+        assert!(!s.contains_at(&id(now - day - 60), now));
+        assert!(!previous(&path).exists(), "folded into one file at start");
+        assert!(s.held() <= per_day + 1);
     }
 }
