@@ -2,8 +2,8 @@
 //! a failed webhook for a while, then drops it (and removes a subscription
 //! that keeps failing). The REST Admin API lists orders in the webhook's own
 //! shape (`GET orders.json?status=any&updated_at_min=…`, 250 per page, paged
-//! by the cursor of each page's `Link`), so the gateway's mapping applies unchanged; the version is the order's
-//! `updated_at`, as its webhook's.
+//! by the cursor of each page's `Link`), so the gateway's mapping applies
+//! unchanged; the version is the order's `updated_at`, as its webhook's.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
