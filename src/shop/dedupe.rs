@@ -155,6 +155,9 @@ impl DedupeStore {
         let line = format!("{now} {id}\n");
         let key = digest(id);
         let mut inner = self.inner.lock();
+        // Held first: a file that cannot be written to loses the id for a
+        // restart, not for this run.
+        inner.seen.insert(key, now);
         if now.saturating_sub(inner.file_since) >= self.window {
             // Everything in the previous file is past the window now.
             let prev = previous(&self.path);
@@ -162,12 +165,15 @@ impl DedupeStore {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            std::fs::rename(&self.path, &prev)?;
+            match std::fs::rename(&self.path, &prev) {
+                // Removed from under us: the fresh file below starts over.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             inner.file = append_to(&self.path)?;
             inner.file_since = now;
         }
         inner.file.write_all(line.as_bytes())?;
-        inner.seen.insert(key, now);
         if now.saturating_sub(inner.swept) >= SWEEP_EVERY_SECS.min(self.window.max(1)) {
             let cutoff = now.saturating_sub(self.window);
             inner.seen.retain(|_, t| *t >= cutoff);
@@ -206,6 +212,23 @@ mod tests {
         assert!(s.contains("shop/a"), "survives a restart");
         assert!(!s.contains("shop/ancient"), "outside the window");
         assert!(!s.contains("shop/b"));
+    }
+
+    /// The file removed from under a running gateway: the turn-over starts a
+    /// fresh one instead of failing every webhook after it.
+    #[test]
+    fn a_file_removed_while_running_is_started_afresh_at_the_turn_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen.log");
+        let t0 = 1_800_000_000u32;
+        let s = DedupeStore::open_at(&path, Duration::from_secs(60), t0).unwrap();
+        s.record_at("shop/a", t0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        s.record_at("shop/b", t0 + 60).unwrap();
+        s.record_at("shop/c", t0 + 61).unwrap();
+        assert!(s.contains_at("shop/b", t0 + 61) && s.contains_at("shop/c", t0 + 61));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{} shop/b\n{} shop/c\n", t0 + 60, t0 + 61));
     }
 
     /// A gateway that runs for days holds one window of ids, in memory and
