@@ -73,6 +73,15 @@ impl OrderFeed for WooOrderFeed {
             let Value::Array(orders) = batch else {
                 return Ok(out);
             };
+            // Paging by key rests on the order asked for: a site that lists
+            // orders another way would have later pages skipped silently.
+            if !oldest_change_first(&orders) {
+                return Err(WooError::Protocol {
+                    shop: self.0.shop.clone(),
+                    what: "GET orders?orderby=modified&order=asc".into(),
+                    detail: "the orders are not listed oldest change first, which the order poll pages by".into(),
+                });
+            }
             let full = orders.len() == PAGE;
             let last_second = orders.last().and_then(Self::changed_at);
             let mut moved_on = false;
@@ -132,9 +141,37 @@ impl OrderFeed for WooOrderFeed {
     }
 }
 
+/// Whether `orders` are listed oldest change first (an order without a
+/// readable change time is passed over).
+fn oldest_change_first(orders: &[Value]) -> bool {
+    let times: Vec<DateTime<Utc>> = orders.iter().filter_map(WooOrderFeed::changed_at).collect();
+    times.windows(2).all(|t| t[0] <= t[1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_sorted_some_other_way_is_told_apart() {
+        let at = |t: &str| serde_json::json!({"date_modified_gmt": t});
+        let sorted = [
+            at("2026-03-02T10:00:00"),
+            at("2026-03-02T10:00:00"),
+            at("2026-03-02T10:00:01"),
+        ];
+        assert!(oldest_change_first(&sorted));
+        assert!(oldest_change_first(&[
+            at("2026-03-02T10:00:01"),
+            at("not a time"),
+            at("2026-03-02T10:00:02")
+        ]));
+        assert!(!oldest_change_first(&[
+            at("2026-03-02T10:00:01"),
+            at("2026-03-02T10:00:00")
+        ]));
+        assert!(oldest_change_first(&[]));
+    }
 
     #[test]
     fn a_page_excludes_what_was_read_of_its_second_and_skips_past_the_most_it_can_name() {
