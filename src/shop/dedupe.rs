@@ -67,6 +67,14 @@ fn previous(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Removes `path`; one already gone is fine.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn append_to(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
@@ -99,10 +107,7 @@ impl DedupeStore {
             }
         }
         let file = Self::rewrite(path, &live)?;
-        match std::fs::remove_file(previous(path)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_there(&previous(path))?;
         let seen = live.iter().map(|(id, ts)| (digest(id), *ts)).collect();
         Ok(DedupeStore {
             window,
@@ -161,10 +166,7 @@ impl DedupeStore {
         if now.saturating_sub(inner.file_since) >= self.window {
             // Everything in the previous file is past the window now.
             let prev = previous(&self.path);
-            match std::fs::remove_file(&prev) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            remove_if_there(&prev)?;
             match std::fs::rename(&self.path, &prev) {
                 // Removed from under us: the fresh file below starts over.
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

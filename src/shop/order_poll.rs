@@ -37,8 +37,10 @@ const OVERLAP: Duration = Duration::from_secs(2);
 ///
 /// Contract:
 /// - `changed_since` reads (never writes) every order changed at or after
-///   `since`, oldest change first, across all pages, each in the shape of the
-///   platform's order webhook body, so `map` is the gateway's own mapping.
+///   `since`, across all pages (none skipped when orders change while it
+///   pages; repeats are harmless, the order among them is not relied on),
+///   each in the shape of the platform's order webhook body, so `map` is the
+///   gateway's own mapping.
 /// - `changed_at` is the change time `map` takes the version from.
 pub trait OrderFeed: Send {
     type Error: std::error::Error + Send + Sync + 'static;
@@ -155,14 +157,14 @@ pub async fn run<F: OrderFeed>(
 
 /// `order` as `F` maps it, read at `read_at` (an [`mapping::event_time`]
 /// taken before the read): what the poller and reconciliation feed into
-/// `shop.orders.v1`. Its version is its change time,
-/// which platforms stamp in whole seconds; two changes of one second differ
-/// only in the tiebreak, which for a webhook is when it was sent. What a read
-/// returns is newer than every webhook sent before it and older than any sent
-/// after it, so the read's time is its tiebreak. With the change time there (as before), a poll in the second of
-/// two changes could outrank the second one's webhook (WooCommerce: always),
-/// and that change never reached the ERP. The price: an order polled again is
-/// applied again, a no-op.
+/// `shop.orders.v1`. Its version is its change time, which platforms stamp
+/// in whole seconds; two changes of one second differ only in the tiebreak,
+/// which for a webhook is when it was sent. What a read returns is newer
+/// than every webhook sent before it and older than any sent after it, so
+/// the read's time is its tiebreak. With the change time there (as before),
+/// a poll in the second of two changes could outrank the second one's
+/// webhook (WooCommerce: always), and that change never reached the ERP.
+/// The price: an order polled again is applied again, a no-op.
 pub fn polled<F: OrderFeed>(
     order: &Value,
     shop: &str,
