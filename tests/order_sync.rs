@@ -251,7 +251,6 @@ async fn a_shopify_order_whose_webhooks_were_lost_reaches_the_erp_through_the_po
 /// cannot move past a full page of one second, and the rest went unread.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shopify_poll_reads_past_a_full_page_of_orders_changed_in_one_second() {
-    use flywheel::shop::order_poll::OrderFeed;
     use flywheel::shop::shopify::admin_api::AdminApi;
     use flywheel::shop::shopify::order_poll::ShopifyOrderFeed;
 
@@ -269,13 +268,69 @@ async fn the_shopify_poll_reads_past_a_full_page_of_orders_changed_in_one_second
     shop.access_token = flywheel::config::Secret(sim.config.access_token.clone());
     let api = AdminApi::for_shop(&shop, "order_poll").expect("a client");
     let since = "2026-03-02T08:59:00Z".parse().expect("a time");
-    let read = ShopifyOrderFeed(api)
-        .changed_since(since)
-        .await
-        .expect("the listing");
+    let (read, pages) = common::read_listing(&mut ShopifyOrderFeed(api), since).await;
+    assert_eq!(pages, 2, "250 and 50");
     let mut ids: Vec<u64> = read.iter().filter_map(|o| o["id"].as_u64()).collect();
     ids.sort_unstable();
     assert_eq!(ids, placed, "every order, each once");
+}
+
+/// The poll feeds each page of the listing before it reads the next: a shop
+/// that fails part-way through a long listing has still had the pages before
+/// the failure fed (collected first, they were all dropped with the error,
+/// poll after poll, and a day's lookback over a busy shop was held in memory
+/// at once), and the next poll reads the rest from where the cursor was.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poll_feeds_each_page_before_it_reads_the_next() {
+    let env = TestEnv::new("order_poll_pages", small()).await;
+    let sim = common::start_shop(20).await;
+    sim.stock_every_level(1_000);
+    let mut placed = sim.place_orders(300, true);
+    assert_eq!(placed.len(), 300, "the shop takes every order");
+    placed.sort_unstable();
+    // One second for all: the listing's pages go by id, 250 and then 50.
+    let edited = (chrono::Utc::now() - chrono::Duration::seconds(30)).to_rfc3339();
+    for order in sim.shop().state.lock().orders.values_mut() {
+        order.updated_at = edited.clone();
+    }
+    flywheel::bus::topics::ensure_topics(&env.config.kafka, &["shop.orders.v1"])
+        .await
+        .expect("the orders topic");
+    let config = common::processor_config(&env, &sim, "order_poll_pages");
+    sim.set_faults(
+        ApiFaults {
+            later_pages_unavailable: true,
+            ..Default::default()
+        },
+        WebhookFaults::default(),
+    );
+    let polled_ids = |records: &[common::Rec]| -> std::collections::BTreeSet<u64> {
+        records
+            .iter()
+            .filter_map(|r| r.key.rsplit_once('/')?.1.parse().ok())
+            .collect()
+    };
+    // It retries the second page (the shop says 503) until stopped.
+    let failing = common::RunningProcessor::order_poll(&config);
+    let mut orders = env.reader("shop.orders.v1");
+    let read = orders.read_until(T, |r| polled_ids(r).len() >= 250).await;
+    let first_page: std::collections::BTreeSet<u64> = placed[..250].iter().copied().collect();
+    assert_eq!(polled_ids(read), first_page, "the first page, and only it");
+    wait_for("the second page refused", T, || async {
+        sim.stats()["api"]["injected_errors"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    failing.stop().await;
+
+    sim.set_faults(ApiFaults::default(), WebhookFaults::default());
+    let poll = common::RunningProcessor::order_poll(&config);
+    let read = orders.read_until(T, |r| polled_ids(r).len() >= 300).await;
+    assert_eq!(
+        polled_ids(read),
+        placed.iter().copied().collect(),
+        "the rest, read again from the old cursor"
+    );
+    poll.stop().await;
 }
 
 /// A crash can leave two fulfilments of one level done before either's

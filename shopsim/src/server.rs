@@ -77,6 +77,9 @@ pub struct ApiFaults {
     pub bulk_latency_ms: u64,
     /// Answer as API versions before 2026-01 do: no `bulkOperation(id:)`.
     pub no_bulk_operation_by_id: bool,
+    /// Answer 503 to every page of a REST listing after the first (a
+    /// request with `page_info`): a shop that fails part-way through.
+    pub later_pages_unavailable: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -693,6 +696,14 @@ async fn rest_orders(
         .unwrap_or("localhost")
         .to_owned();
     rest_paged(app, headers, move |app| {
+        if q.page_info.is_some() && app.faults.lock().later_pages_unavailable {
+            app.stats.lock().injected_errors += 1;
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"errors": "Service Unavailable"}),
+                None,
+            );
+        }
         let after = match q.page_info.as_deref().map(parse_orders_cursor) {
             None => None,
             Some(Some(_)) if q.updated_at_min.is_some() => {

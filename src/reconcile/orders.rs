@@ -38,24 +38,26 @@ where
     SyncError: From<F::Error>,
 {
     let read_at = event_time(Utc::now());
-    let orders = feed
-        .changed_since(since)
-        .await
-        .map_err(|e| ReconcileError::shop(shop, SyncError::from(e)))?;
+    let shop_error = |e| ReconcileError::shop(shop, SyncError::from(e));
+    // Mapped page by page: the events are what is compared and fed again,
+    // the orders' bodies need not outlive their page.
+    let mut listing = feed.changed_since(since);
     let mut events: BTreeMap<String, ShopOrderEvent> = BTreeMap::new();
-    for order in &orders {
-        match polled::<F>(order, &shop.name, &read_at) {
-            // The newest change of an order listed twice (paging overlap).
-            Ok(e) => {
-                if events
-                    .get(&e.key)
-                    .is_none_or(|have| have.version < e.version)
-                {
-                    events.insert(e.key.clone(), e);
+    while let Some(orders) = feed.next_page(&mut listing).await.map_err(shop_error)? {
+        for order in &orders {
+            match polled::<F>(order, &shop.name, &read_at) {
+                // The newest change of an order listed twice (paging overlap).
+                Ok(e) => {
+                    if events
+                        .get(&e.key)
+                        .is_none_or(|have| have.version < e.version)
+                    {
+                        events.insert(e.key.clone(), e);
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "an order does not map; left out of the comparison");
+                Err(e) => {
+                    tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "an order does not map; left out of the comparison");
+                }
             }
         }
     }

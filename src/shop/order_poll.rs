@@ -36,21 +36,29 @@ const OVERLAP: Duration = Duration::from_secs(2);
 /// A shop's orders as its platform lists them.
 ///
 /// Contract:
-/// - `changed_since` reads (never writes) every order changed at or after
-///   `since`, across all pages (none skipped when orders change while it
-///   pages; repeats are harmless, the order among them is not relied on),
-///   each in the shape of the platform's order webhook body, so `map` is the
-///   gateway's own mapping.
+/// - `changed_since` starts a listing (it sends nothing) of every order
+///   changed at or after `since`; `next_page` reads (never writes) its next
+///   page, `None` past the last. Across its pages the listing holds every
+///   such order (none skipped when orders change while it pages; repeats
+///   are harmless, the order among them is not relied on), each in the shape
+///   of the platform's order webhook body, so `map` is the gateway's own
+///   mapping. A page at a time, so a long lookback over a busy shop holds one
+///   page in memory, not the shop's day. After an error, the listing is
+///   started again.
 /// - `changed_at` is the change time `map` takes the version from.
 pub trait OrderFeed: Send {
     type Error: std::error::Error + Send + Sync + 'static;
+    /// Where a listing stands between pages.
+    type Listing: Send;
     /// The `flywheel.source` header of polled records.
     const SOURCE: &'static str;
 
-    fn changed_since(
+    fn changed_since(&self, since: DateTime<Utc>) -> Self::Listing;
+
+    fn next_page(
         &mut self,
-        since: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<Value>, Self::Error>> + Send;
+        listing: &mut Self::Listing,
+    ) -> impl Future<Output = Result<Option<Vec<Value>>, Self::Error>> + Send;
 
     fn changed_at(order: &Value) -> Option<DateTime<Utc>>;
 
@@ -125,34 +133,56 @@ pub async fn run<F: OrderFeed>(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let read_at = mapping::event_time(Utc::now());
-        let orders = feed
-            .changed_since(cursor)
-            .await
-            .map_err(|e| PollError::Shop {
-                transient: F::is_transient(&e),
-                source: Box::new(e),
-            })?;
-        let mut newest: Option<DateTime<Utc>> = None;
-        for order in &orders {
-            let Some(changed) = F::changed_at(order) else {
-                continue;
-            };
-            match polled::<F>(order, &shop.name, &read_at) {
-                Ok(event) => produce(&producer, codec, &event, F::SOURCE).await?,
-                Err(e) => {
-                    tracing::warn!(shop = %shop.name, order = %order["id"], error = %e, "a polled order does not map; left out");
-                }
-            }
-            newest = newest.max(Some(changed));
-        }
+        // Stopping drops a poll part-way: what it fed is fed again by the
+        // next one, from the same cursor.
+        let newest = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            newest = poll_once(&producer, codec, &mut feed, &shop.name, cursor) => newest?,
+        };
         if let Some(n) = newest
             && n - overlap > cursor
         {
             cursor = n - overlap;
         }
-        tracing::debug!(shop = %shop.name, found = orders.len(), %cursor, "polled the shop's orders");
     }
+}
+
+/// Feeds every order of `feed` changed since `cursor`, a page at a time,
+/// each page before the next is read; returns the newest change among them.
+/// The caller moves the cursor only once all are fed, since a platform's
+/// pages need not follow change time.
+async fn poll_once<F: OrderFeed>(
+    producer: &EventProducer,
+    codec: &AvroCodec,
+    feed: &mut F,
+    shop: &str,
+    cursor: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, PollError> {
+    let read_at = mapping::event_time(Utc::now());
+    let shop_error = |e: F::Error| PollError::Shop {
+        transient: F::is_transient(&e),
+        source: Box::new(e),
+    };
+    let mut listing = feed.changed_since(cursor);
+    let mut found = 0;
+    let mut newest: Option<DateTime<Utc>> = None;
+    while let Some(orders) = feed.next_page(&mut listing).await.map_err(shop_error)? {
+        found += orders.len();
+        for order in &orders {
+            let Some(changed) = F::changed_at(order) else {
+                continue;
+            };
+            match polled::<F>(order, shop, &read_at) {
+                Ok(event) => produce(producer, codec, &event, F::SOURCE).await?,
+                Err(e) => {
+                    tracing::warn!(shop, order = %order["id"], error = %e, "a polled order does not map; left out");
+                }
+            }
+            newest = newest.max(Some(changed));
+        }
+    }
+    tracing::debug!(shop, found, %cursor, "polled the shop's orders");
+    Ok(newest)
 }
 
 /// `order` as `F` maps it, read at `read_at` (an [`mapping::event_time`]

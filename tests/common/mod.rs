@@ -1210,3 +1210,19 @@ pub async fn check_catalogue_mapping(state: &mut flywheel::sync::state::StateDb)
         [pair("SKU-a", "6")]
     );
 }
+
+/// Every page of `feed`'s listing of the orders changed since `since`, and
+/// how many pages it took.
+#[allow(dead_code)]
+pub async fn read_listing<F: flywheel::shop::order_poll::OrderFeed>(
+    feed: &mut F,
+    since: chrono::DateTime<chrono::Utc>,
+) -> (Vec<serde_json::Value>, usize) {
+    let mut listing = feed.changed_since(since);
+    let (mut orders, mut pages) = (Vec::new(), 0);
+    while let Some(page) = feed.next_page(&mut listing).await.expect("a page") {
+        orders.extend(page);
+        pages += 1;
+    }
+    (orders, pages)
+}

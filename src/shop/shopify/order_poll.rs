@@ -17,34 +17,50 @@ const PAGE: usize = 250;
 
 pub struct ShopifyOrderFeed(pub AdminApi);
 
+/// Where a listing of Shopify's orders stands between pages.
+pub enum ShopifyListing {
+    First(DateTime<Utc>),
+    /// The cursor of the last page's `Link`, not its last `updated_at`: a
+    /// page can be all of one second (a bulk edit), and the next would then
+    /// start past it.
+    Next(reqwest::Url),
+    Done,
+}
+
 impl OrderFeed for ShopifyOrderFeed {
     type Error = AdminApiError;
+    type Listing = ShopifyListing;
     const SOURCE: &'static str = "shopify-poll";
 
-    async fn changed_since(&mut self, since: DateTime<Utc>) -> Result<Vec<Value>, AdminApiError> {
-        let mut page = self
-            .0
-            .rest_get(
-                "orders.json",
-                &[
+    fn changed_since(&self, since: DateTime<Utc>) -> ShopifyListing {
+        ShopifyListing::First(since)
+    }
+
+    async fn next_page(
+        &mut self,
+        listing: &mut ShopifyListing,
+    ) -> Result<Option<Vec<Value>>, AdminApiError> {
+        let mut page = match std::mem::replace(listing, ShopifyListing::Done) {
+            ShopifyListing::First(since) => {
+                let query = [
                     ("status", "any".into()),
                     ("updated_at_min", since.to_rfc3339()),
                     ("order", "updated_at asc".into()),
                     ("limit", PAGE.to_string()),
-                ],
-            )
-            .await?;
-        let mut out: Vec<Value> = Vec::new();
-        loop {
-            if let Some(Value::Array(orders)) = page.body.get_mut("orders").map(Value::take) {
-                out.extend(orders);
+                ];
+                self.0.rest_get("orders.json", &query).await?
             }
-            // The cursor, not the last `updated_at`: a page can be all of
-            // one second (a bulk edit), and the next then starts past it.
-            match page.next {
-                Some(next) => page = self.0.rest_next_page(next).await?,
-                None => return Ok(out),
-            }
+            ShopifyListing::Next(url) => self.0.rest_next_page(url).await?,
+            ShopifyListing::Done => return Ok(None),
+        };
+        if let Some(next) = page.next {
+            *listing = ShopifyListing::Next(next);
+        }
+        match page.body.get_mut("orders").map(Value::take) {
+            Some(Value::Array(orders)) => Ok(Some(orders)),
+            _ => Err(AdminApiError::Protocol(
+                "GET orders.json answered without an `orders` list".into(),
+            )),
         }
     }
 

@@ -53,66 +53,83 @@ fn page_query(after: DateTime<Utc>, read: &[u64]) -> Vec<(&'static str, String)>
 
 pub struct WooOrderFeed(pub WooClient);
 
+/// Where a listing of WooCommerce's orders stands between pages.
+///
+/// Paged by key, not by page number: a page number is an offset, and an
+/// order that changes while the listing is read moves from a page already
+/// read to the end, shifting an unread one onto the read page (lost, as the
+/// next poll starts past it). So each page starts at the second the last one
+/// ended in (`modified_after` is exclusive: a second earlier) without the
+/// orders of that second already read.
+pub struct WooListing {
+    after: DateTime<Utc>,
+    read_in_last_second: Vec<u64>,
+    done: bool,
+}
+
 impl OrderFeed for WooOrderFeed {
     type Error = WooError;
+    type Listing = WooListing;
     const SOURCE: &'static str = "woocommerce-poll";
 
-    async fn changed_since(&mut self, since: DateTime<Utc>) -> Result<Vec<Value>, WooError> {
-        // Paged by key, not by page number: a page number is an offset, and
-        // an order that changes while the listing is read moves from a page
-        // already read to the end, shifting an unread one onto the read page
-        // (lost, as the next poll starts past it). So each page starts at the
-        // second the last one ended in (`modified_after` is exclusive: a
-        // second earlier) without the orders of that second already read.
-        let mut after = since - chrono::Duration::seconds(1);
-        let mut read_in_last_second: Vec<u64> = Vec::new();
-        let mut out: Vec<Value> = Vec::new();
-        loop {
-            let query = page_query(after, &read_in_last_second);
-            let batch = self.0.request(Method::GET, "orders", &query, None).await?;
-            let Value::Array(orders) = batch else {
-                return Ok(out);
-            };
-            // Paging by key rests on the order asked for: a site that lists
-            // orders another way would have later pages skipped silently.
-            if !oldest_change_first(&orders) {
-                return Err(WooError::Protocol {
-                    shop: self.0.shop.clone(),
-                    what: "GET orders?orderby=modified&order=asc".into(),
-                    detail: "the orders are not listed oldest change first, which the order poll pages by".into(),
-                });
+    fn changed_since(&self, since: DateTime<Utc>) -> WooListing {
+        WooListing {
+            after: since - chrono::Duration::seconds(1),
+            read_in_last_second: Vec::new(),
+            done: false,
+        }
+    }
+
+    async fn next_page(
+        &mut self,
+        listing: &mut WooListing,
+    ) -> Result<Option<Vec<Value>>, WooError> {
+        if listing.done {
+            return Ok(None);
+        }
+        listing.done = true;
+        let query = page_query(listing.after, &listing.read_in_last_second);
+        let Value::Array(orders) = self.0.request(Method::GET, "orders", &query, None).await?
+        else {
+            return Err(self.protocol("the answer is not a list of orders"));
+        };
+        // Paging by key rests on the order asked for: a site that lists
+        // orders another way would have later pages skipped silently.
+        if !oldest_change_first(&orders) {
+            return Err(self.protocol(
+                "the orders are not listed oldest change first, which the order poll pages by",
+            ));
+        }
+        let full = orders.len() == PAGE;
+        let last_second = orders.last().and_then(Self::changed_at);
+        let mut moved_on = false;
+        if let Some(last) = last_second {
+            if last - chrono::Duration::seconds(1) > listing.after {
+                listing.after = last - chrono::Duration::seconds(1);
+                listing.read_in_last_second.clear();
             }
-            let full = orders.len() == PAGE;
-            let last_second = orders.last().and_then(Self::changed_at);
-            let mut moved_on = false;
-            if let Some(last) = last_second {
-                if last - chrono::Duration::seconds(1) > after {
-                    after = last - chrono::Duration::seconds(1);
-                    read_in_last_second.clear();
+            for id in orders
+                .iter()
+                .filter(|o| Self::changed_at(o) == Some(last))
+                .filter_map(|o| o["id"].as_u64())
+            {
+                if !listing.read_in_last_second.contains(&id) {
+                    listing.read_in_last_second.push(id);
+                    moved_on = true;
                 }
-                for id in orders
-                    .iter()
-                    .filter(|o| Self::changed_at(o) == Some(last))
-                    .filter_map(|o| o["id"].as_u64())
-                {
-                    if !read_in_last_second.contains(&id) {
-                        read_in_last_second.push(id);
-                        moved_on = true;
-                    }
-                }
-            }
-            out.extend(orders);
-            if !full || !moved_on {
-                // A full page of orders already read: the site ignores
-                // `exclude`, and asking again would bring the same page.
-                if full && last_second.is_some() {
-                    tracing::warn!(
-                        "the site repeats a page of orders despite `exclude`; this poll stops there"
-                    );
-                }
-                return Ok(out);
             }
         }
+        if full && moved_on {
+            listing.done = false;
+        } else if full && last_second.is_some() {
+            // A full page of orders already read: the site ignores
+            // `exclude`, and asking again would bring the same page.
+            tracing::warn!(
+                shop = %self.0.shop,
+                "the site repeats a page of orders despite `exclude`; this poll stops there"
+            );
+        }
+        Ok(Some(orders))
     }
 
     fn changed_at(order: &Value) -> Option<DateTime<Utc>> {
@@ -138,6 +155,16 @@ impl OrderFeed for WooOrderFeed {
 
     fn is_transient(e: &WooError) -> bool {
         e.is_transient()
+    }
+}
+
+impl WooOrderFeed {
+    fn protocol(&self, detail: &str) -> WooError {
+        WooError::Protocol {
+            shop: self.0.shop.clone(),
+            what: "GET orders?orderby=modified&order=asc".into(),
+            detail: detail.into(),
+        }
     }
 }
 
