@@ -211,10 +211,9 @@ pub async fn reconcile(
             if let Some(producer) = &producer {
                 let codec = AvroCodec::for_topic(crate::shop::mapping::SHOP_ORDERS)
                     .map_err(BusError::from)?;
-                for order in &again {
-                    crate::shop::order_poll::produce(producer, codec, order, "reconcile").await?;
-                    report.repaired += 1;
-                }
+                report.repaired +=
+                    crate::shop::order_poll::produce_all(producer, codec, &again, "reconcile")
+                        .await?;
             }
             reports.push(report);
         }

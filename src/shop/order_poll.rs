@@ -168,18 +168,20 @@ async fn poll_once<F: OrderFeed>(
     let mut newest: Option<DateTime<Utc>> = None;
     while let Some(orders) = feed.next_page(&mut listing).await.map_err(shop_error)? {
         found += orders.len();
+        let mut events = Vec::with_capacity(orders.len());
         for order in &orders {
             let Some(changed) = F::changed_at(order) else {
                 continue;
             };
             match polled::<F>(order, shop, &read_at) {
-                Ok(event) => produce(producer, codec, &event, F::SOURCE).await?,
+                Ok(event) => events.push(event),
                 Err(e) => {
                     tracing::warn!(shop, order = %order["id"], error = %e, "a polled order does not map; left out");
                 }
             }
             newest = newest.max(Some(changed));
         }
+        produce_all(producer, codec, &events, F::SOURCE).await?;
     }
     tracing::debug!(shop, found, %cursor, "polled the shop's orders");
     Ok(newest)
@@ -205,23 +207,34 @@ pub fn polled<F: OrderFeed>(
     Ok(event)
 }
 
-/// Feeds one shop order into `shop.orders.v1` as the gateway would.
-pub async fn produce(
+/// Feeds shop orders into `shop.orders.v1` as the gateway would: all
+/// enqueued, then every acknowledgement awaited (one batch, not a round
+/// trip each); returns how many.
+pub async fn produce_all<'a>(
     producer: &EventProducer,
     codec: &AvroCodec,
-    event: &ShopOrderEvent,
+    events: impl IntoIterator<Item = &'a ShopOrderEvent>,
     source: &'static str,
-) -> Result<(), BusError> {
-    let payload = codec.encode_serde(event).map_err(BusError::from)?;
-    producer
-        .send(OutRecord {
-            topic: SHOP_ORDERS,
-            key: event.key.clone(),
-            payload: payload.into(),
-            headers: vec![("flywheel.source", source.into())],
-        })
-        .await?;
-    Ok(())
+) -> Result<usize, BusError> {
+    let mut acks = Vec::new();
+    for event in events {
+        let payload = codec.encode_serde(event).map_err(BusError::from)?;
+        acks.push(
+            producer
+                .enqueue(OutRecord {
+                    topic: SHOP_ORDERS,
+                    key: event.key.clone(),
+                    payload: payload.into(),
+                    headers: vec![("flywheel.source", source.into())],
+                })
+                .await?,
+        );
+    }
+    let produced = acks.len();
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(produced)
 }
 
 #[cfg(test)]
