@@ -296,7 +296,10 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
     flywheel::bus::topics::ensure_topics(&env.config.kafka, &["shop.orders.v1"])
         .await
         .expect("the orders topic");
-    let config = common::processor_config(&env, &sim, "order_poll_pages");
+    let mut config = common::processor_config(&env, &sim, "order_poll_pages");
+    // A shop name of its own: the poll's metrics are per shop.
+    config.shops[0].name = "paging".into();
+    let polled_metric = |name: &str| common::metric(name, &[("shop", "paging")]);
     sim.set_faults(
         ApiFaults {
             later_pages_unavailable: true,
@@ -320,6 +323,12 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
         sim.stats()["api"]["injected_errors"].as_u64().unwrap_or(0) > 0
     })
     .await;
+    assert_eq!(polled_metric("flywheel_order_poll_orders_total"), 250.0);
+    assert_eq!(
+        polled_metric("flywheel_order_poll_last_success_timestamp_seconds"),
+        0.0,
+        "no poll has read the listing to the end"
+    );
     failing.stop().await;
 
     sim.set_faults(ApiFaults::default(), WebhookFaults::default());
@@ -330,6 +339,10 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
         placed.iter().copied().collect(),
         "the rest, read again from the old cursor"
     );
+    wait_for("a poll read to the end", T, || async {
+        polled_metric("flywheel_order_poll_last_success_timestamp_seconds") > 0.0
+    })
+    .await;
     poll.stop().await;
 }
 

@@ -14,9 +14,11 @@
 //! change it saw (`OVERLAP`), since several orders can share a timestamp.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus::{GaugeVec, IntCounterVec, Opts, register_gauge_vec, register_int_counter_vec};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,35 @@ use crate::shop::woocommerce::order_poll::WooOrderFeed;
 
 /// How much before the newest seen change each poll starts again.
 const OVERLAP: Duration = Duration::from_secs(2);
+
+struct Metrics {
+    /// When a poll of the shop last read its listing to the end: the net
+    /// under lost webhooks holds while this keeps moving.
+    last_success: GaugeVec,
+    fed: IntCounterVec,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        last_success: register_gauge_vec!(
+            Opts::new(
+                "flywheel_order_poll_last_success_timestamp_seconds",
+                "When the last poll of a shop's changed orders read them all (Unix seconds)"
+            ),
+            &["shop"]
+        )
+        .expect("registering flywheel_order_poll_last_success_timestamp_seconds"),
+        fed: register_int_counter_vec!(
+            Opts::new(
+                "flywheel_order_poll_orders_total",
+                "Orders the poll fed into shop.orders.v1 (most are found again, a no-op there)"
+            ),
+            &["shop"]
+        )
+        .expect("registering flywheel_order_poll_orders_total"),
+    })
+}
 
 /// A shop's orders as its platform lists them.
 ///
@@ -126,6 +157,8 @@ pub async fn run<F: OrderFeed>(
     let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
     let lookback = Duration::from_secs(config.reconcile.orders_lookback_secs);
     let mut cursor = Utc::now() - chrono::Duration::from_std(lookback).unwrap_or_default();
+    // Exported from the start, so an alert on its age sees a shop never polled.
+    let last_success = metrics().last_success.with_label_values(&[&shop.name]);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,6 +177,7 @@ pub async fn run<F: OrderFeed>(
         {
             cursor = n - overlap;
         }
+        last_success.set(Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 }
 
@@ -181,7 +215,8 @@ async fn poll_once<F: OrderFeed>(
             }
             newest = newest.max(Some(changed));
         }
-        produce_all(producer, codec, &events, F::SOURCE).await?;
+        let fed = produce_all(producer, codec, &events, F::SOURCE).await?;
+        metrics().fed.with_label_values(&[shop]).inc_by(fed as u64);
     }
     tracing::debug!(shop, found, %cursor, "polled the shop's orders");
     Ok(newest)

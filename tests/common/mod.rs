@@ -694,6 +694,25 @@ pub fn processor_events(labels: &[(&str, &str)]) -> u64 {
         .sum()
 }
 
+/// The value of this test binary's metric `name` (a counter or a gauge),
+/// summed over the series with these labels.
+#[allow(dead_code)]
+pub fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            labels.iter().all(|(name, value)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *name && l.value() == *value)
+            })
+        })
+        .map(|m| m.get_counter().value() + m.get_gauge().value())
+        .sum()
+}
+
 /// The processors' outcome counters of this test binary, summed over entities.
 pub fn processor_outcomes() -> HashMap<String, u64> {
     let mut out = HashMap::new();
