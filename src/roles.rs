@@ -122,6 +122,7 @@ pub async fn start(
                 tasks.spawn(async move { running.done.await.context("gateway") });
             }
             Role::Processors => {
+                use flywheel::shop::order_poll;
                 use flywheel::sync::{
                     lanes, orders_to_erp, price_to_shop, shop_catalog, shop_inventory,
                     status_to_shop, stock_to_shop,
@@ -162,9 +163,8 @@ pub async fn start(
                                     .map_err(anyhow::Error::from)
                                 };
                                 let poll = async {
-                                    order_poll(&config, &shop, &token)
-                                        .await
-                                        .map_err(anyhow::Error::from)
+                                    order_poll::run_supervised(&config, &shop, token.clone()).await;
+                                    Ok(())
                                 };
                                 let ended = tokio::try_join!(sync, poll)
                                     .with_context(|| format!("processors of shop `{}`", shop.name));
@@ -176,7 +176,8 @@ pub async fn start(
                         }
                         flywheel::config::Platform::Woocommerce => {
                             tasks.spawn(async move {
-                                let poll = order_poll(&config, &shop, &token);
+                                let poll =
+                                    order_poll::run_supervised(&config, &shop, token.clone());
                                 let stock = async {
                                     stock_to_shop::run(&config, &shop, token.clone())
                                         .await
@@ -193,7 +194,8 @@ pub async fn start(
                                         .map_err(anyhow::Error::from)
                                 };
                                 let ended = tokio::try_join!(stock, prices, status, async {
-                                    poll.await.map_err(anyhow::Error::from)
+                                    poll.await;
+                                    Ok(())
                                 })
                                 .with_context(|| format!("processors of shop `{}`", shop.name));
                                 this_shop_only(&shop.name, &token, ended).await
@@ -216,18 +218,4 @@ pub async fn start(
         expected: tasks.len(),
         tasks,
     })
-}
-
-/// `shop`'s order poll (`shop::order_poll`), restarted after transient failures.
-async fn order_poll(
-    config: &Config,
-    shop: &flywheel::config::ShopConfig,
-    token: &CancellationToken,
-) -> Result<(), flywheel::shop::order_poll::PollError> {
-    use flywheel::shop::order_poll::{PollError, run_for_shop};
-    let role = format!("order_poll.{}", shop.name);
-    flywheel::supervise::with_restarts(&role, token, PollError::is_retryable, || {
-        run_for_shop(config, shop, token.clone())
-    })
-    .await
 }

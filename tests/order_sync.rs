@@ -346,6 +346,46 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
     poll.stop().await;
 }
 
+/// A poll that cannot succeed as configured (here the shop refuses its
+/// token) is a net that failed, never a reason to stop the shop's
+/// processors: it does not end, tries again every ten intervals, and its
+/// last-success metric stays where it was (the alert's cue).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_poll_the_shop_refuses_tries_again_later_and_does_not_end() {
+    let sim = common::start_shop(20).await;
+    let mut config = common::kafka_only_config("order_poll_refused").await;
+    let mut shop = flywheel::config::ShopConfig::local_default();
+    shop.name = "refused".into();
+    shop.admin_url = sim.graphql_url();
+    shop.access_token = flywheel::config::Secret("not-the-token".into());
+    shop.order_poll_secs = 1;
+    config.shops = vec![shop.clone()];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poll = tokio::spawn({
+        let stop = stop.clone();
+        async move { flywheel::shop::order_poll::run_supervised(&config, &shop, stop).await }
+    });
+    let refused = || sim.stats()["api"]["unauthorized"].as_u64().unwrap_or(0);
+    wait_for("the first poll refused", T, || async { refused() >= 1 }).await;
+    wait_for("a poll tried again after the refusal", T, || async {
+        refused() >= 2
+    })
+    .await;
+    assert!(!poll.is_finished(), "the poll goes on");
+    assert_eq!(
+        common::metric(
+            "flywheel_order_poll_last_success_timestamp_seconds",
+            &[("shop", "refused")]
+        ),
+        0.0
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll stops when told")
+        .expect("the poll's task");
+}
+
 /// A crash can leave two fulfilments of one level done before either's
 /// repair: the shop then counts both shipments twice (the stock processor had
 /// written the ERP's value after both). The repair puts the level back to

@@ -120,6 +120,41 @@ impl PollError {
     }
 }
 
+/// How many poll intervals a poll that failed for good waits before trying
+/// again.
+const AFTER_DEFINITE_FAILURE: u32 = 10;
+
+/// `shop`'s order poll as the processors role runs it, until `shutdown`:
+/// restarted after transient failures (`supervise::with_restarts`), and after
+/// one that cannot succeed as configured (credentials refused, a site whose
+/// listing it cannot page) logged and tried again every
+/// [`AFTER_DEFINITE_FAILURE`] intervals. The poll is a net under lost
+/// webhooks, never a reason to stop the shop's stock, prices and statuses;
+/// `flywheel_order_poll_last_success_timestamp_seconds` stops moving, and
+/// its alert says so.
+pub async fn run_supervised(config: &Config, shop: &ShopConfig, shutdown: CancellationToken) {
+    let role = format!("order_poll.{}", shop.name);
+    let wait = Duration::from_secs(shop.order_poll_secs.max(1)) * AFTER_DEFINITE_FAILURE;
+    loop {
+        let ended =
+            crate::supervise::with_restarts(&role, &shutdown, PollError::is_retryable, || {
+                run_for_shop(config, shop, shutdown.clone())
+            })
+            .await;
+        let Err(e) = ended else { return };
+        tracing::error!(
+            shop = %shop.name,
+            error = %e,
+            retry_in_s = wait.as_secs(),
+            "the order poll cannot succeed as configured: orders whose webhooks are lost do not reach the ERP until what the error names is fixed; the shop's other processors go on"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 /// Polls `shop` (its platform's feed) every `order_poll_secs` until `shutdown`.
 pub async fn run_for_shop(
     config: &Config,
