@@ -209,6 +209,48 @@ async fn the_poll_reads_every_order_when_one_changes_while_it_pages() {
     );
 }
 
+/// A site that ignores `exclude` answers the same full page of one second's
+/// orders again: the poll cannot read past it, and says so as an error (the
+/// poll has not succeeded) rather than ending as if it had read them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_that_ignores_exclude_fails_the_poll_instead_of_ending_it_short() {
+    use flywheel::shop::order_poll::OrderFeed;
+    use flywheel::shop::woocommerce::WooClient;
+    use flywheel::shop::woocommerce::order_poll::WooOrderFeed;
+
+    let sim = WooSim::start(
+        WooConfig {
+            seed: shopsim::state::Seed {
+                initial_available: 50,
+                ..shopsim::catalog::demo_seed(20, 1)
+            },
+            ..WooConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("the WooCommerce simulator starts");
+    for i in 0..150 {
+        let sku = format!("SKU-{:06}", i % 20 + 1);
+        sim.place_order(&sku, 1).await.expect("an order");
+    }
+    for order in sim.state().orders.values_mut() {
+        order.date_modified_gmt = "2026-03-02T10:00:00".into();
+    }
+    sim.set_faults(shopsim::ApiFaults {
+        ignore_exclude: true,
+        ..Default::default()
+    });
+    let client = WooClient::for_shop(&woo_shop(&sim, 1000.0), "order_poll").expect("a client");
+    let mut feed = WooOrderFeed(client);
+    let mut listing = feed.changed_since("2026-03-02T09:59:00Z".parse().expect("a time"));
+    let first = feed.next_page(&mut listing).await.expect("the first page");
+    assert_eq!(first.map(|p| p.len()), Some(100));
+    let again = feed.next_page(&mut listing).await;
+    let e = again.expect_err("the same page again is an error");
+    assert!(e.to_string().contains("despite `exclude`"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_whose_webhooks_are_lost_still_reach_the_erp_by_the_poll() {
     let env = TestEnv::new("woo_poll", common::small()).await;

@@ -80,6 +80,9 @@ pub struct ApiFaults {
     /// Answer 503 to every page of a REST listing after the first (a
     /// request with `page_info`): a shop that fails part-way through.
     pub later_pages_unavailable: bool,
+    /// WooCommerce: list orders ignoring `exclude`, as a site whose plugin
+    /// rewrites the query might.
+    pub ignore_exclude: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -728,8 +728,10 @@ async fn list_orders(
     }
     let after = q.get("modified_after").cloned().unwrap_or_default();
     // WordPress takes an array parameter as a comma-separated list too.
+    let ignored = app.faults.lock().ignore_exclude;
     let exclude: Vec<u64> = q
         .get("exclude")
+        .filter(|_| !ignored)
         .map(|ids| {
             ids.split(',')
                 .filter_map(|id| id.trim().parse().ok())

@@ -123,11 +123,11 @@ impl OrderFeed for WooOrderFeed {
             listing.done = false;
         } else if full && last_second.is_some() {
             // A full page of orders already read: the site ignores
-            // `exclude`, and asking again would bring the same page.
-            tracing::warn!(
-                shop = %self.0.shop,
-                "the site repeats a page of orders despite `exclude`; this poll stops there"
-            );
+            // `exclude`, and asking again would bring the same page. What
+            // lies past it is not read, so the poll has not succeeded.
+            return Err(self.protocol(
+                "a full page of orders already read came again despite `exclude`, so the poll cannot page past one second's orders",
+            ));
         }
         Ok(Some(orders))
     }
