@@ -386,6 +386,79 @@ async fn an_order_poll_the_shop_refuses_tries_again_later_and_does_not_end() {
         .expect("the poll's task");
 }
 
+/// A poll restarted after a transient failure reads on from where the last
+/// complete poll ended. Before, each restart started from the whole lookback
+/// (24 h), so a shop failing now and then had its day of orders read and fed
+/// again at every failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_restarted_after_a_failure_reads_on_from_the_last_complete_one() {
+    let sim = common::start_shop(20).await;
+    sim.stock_every_level(1_000);
+    assert_eq!(sim.place_orders(300, true).len(), 300);
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    for order in sim.shop().state.lock().orders.values_mut() {
+        order.updated_at = two_hours_ago.clone();
+    }
+    sim.place_order_for("SKU-000004", 1)
+        .expect("a recent order");
+    let mut config = common::kafka_only_config("order_poll_restart").await;
+    flywheel::bus::topics::ensure_topics(&config.kafka, &["shop.orders.v1"])
+        .await
+        .expect("the orders topic");
+    let mut shop = flywheel::config::ShopConfig::local_default();
+    shop.name = "restarted".into();
+    shop.admin_url = sim.graphql_url();
+    shop.access_token = flywheel::config::Secret(sim.config.access_token.clone());
+    shop.order_poll_secs = 1;
+    config.shops = vec![shop.clone()];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poll = tokio::spawn({
+        let stop = stop.clone();
+        async move { flywheel::shop::order_poll::run_supervised(&config, &shop, stop).await }
+    });
+    let labels = [("shop", "restarted")];
+    let fed = || common::metric("flywheel_order_poll_orders_total", &labels);
+    let last_success = || {
+        common::metric(
+            "flywheel_order_poll_last_success_timestamp_seconds",
+            &labels,
+        )
+    };
+    wait_for("the lookback read", T, || async { fed() >= 301.0 }).await;
+
+    // The shop answers 503 until the poll gives up and its role restarts.
+    sim.set_faults(
+        ApiFaults {
+            error_probability: 1.0,
+            ..Default::default()
+        },
+        WebhookFaults::default(),
+    );
+    wait_for("the poll restarted", T, || async {
+        common::metric(
+            "flywheel_role_restarts_total",
+            &[("role", "order_poll.restarted")],
+        ) >= 1.0
+    })
+    .await;
+    sim.set_faults(ApiFaults::default(), WebhookFaults::default());
+    let (before, since) = (fed(), last_success());
+    wait_for("a complete poll after the restart", T, || async {
+        last_success() > since
+    })
+    .await;
+    assert!(
+        fed() - before < 300.0,
+        "read on from the cursor, not the lookback: {} fed after the restart",
+        fed() - before
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll stops when told")
+        .expect("the poll's task");
+}
+
 /// A crash can leave two fulfilments of one level done before either's
 /// repair: the shop then counts both shipments twice (the stock processor had
 /// written the ERP's value after both). The repair puts the level back to

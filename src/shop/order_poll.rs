@@ -9,12 +9,14 @@
 //! A polled order carries the version its webhook carries (its last change
 //! time), so finding it again — or after its webhook — is harmless: the order
 //! processor's version guard and its forward-only, idempotent ERP writes make
-//! a repeat a no-op. The cursor is kept in memory: after a restart the poller
-//! looks back `reconcile.orders_lookback_secs`. Each poll starts a little before the newest
-//! change it saw (`OVERLAP`), since several orders can share a timestamp.
+//! a repeat a no-op. The cursor is kept in memory, across the poll's own
+//! restarts after a failure: after the process starts, the poller looks back
+//! `reconcile.orders_lookback_secs`. Each poll starts a little before the
+//! newest change it saw (`OVERLAP`), since several orders can share a
+//! timestamp.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -135,10 +137,13 @@ const AFTER_DEFINITE_FAILURE: u32 = 10;
 pub async fn run_supervised(config: &Config, shop: &ShopConfig, shutdown: CancellationToken) {
     let role = format!("order_poll.{}", shop.name);
     let wait = Duration::from_secs(shop.order_poll_secs.max(1)) * AFTER_DEFINITE_FAILURE;
+    // Kept across restarts: a failed poll is read again from where the last
+    // complete one ended, not the whole lookback.
+    let cursor = Mutex::new(start_of_lookback(config));
     loop {
         let ended =
             crate::supervise::with_restarts(&role, &shutdown, PollError::is_retryable, || {
-                run_for_shop(config, shop, shutdown.clone())
+                run_from(config, shop, &cursor, shutdown.clone())
             })
             .await;
         let Err(e) = ended else { return };
@@ -155,10 +160,33 @@ pub async fn run_supervised(config: &Config, shop: &ShopConfig, shutdown: Cancel
     }
 }
 
-/// Polls `shop` (its platform's feed) every `order_poll_secs` until `shutdown`.
+/// Polls `shop` (its platform's feed) every `order_poll_secs` until
+/// `shutdown`, from `reconcile.orders_lookback_secs` back.
 pub async fn run_for_shop(
     config: &Config,
     shop: &ShopConfig,
+    shutdown: CancellationToken,
+) -> Result<(), PollError> {
+    run_from(
+        config,
+        shop,
+        &Mutex::new(start_of_lookback(config)),
+        shutdown,
+    )
+    .await
+}
+
+fn start_of_lookback(config: &Config) -> DateTime<Utc> {
+    let lookback = Duration::from_secs(config.reconcile.orders_lookback_secs);
+    Utc::now() - chrono::Duration::from_std(lookback).unwrap_or_default()
+}
+
+/// Polls `shop` every `order_poll_secs` until `shutdown`, from `cursor`,
+/// which it moves past each complete poll.
+async fn run_from(
+    config: &Config,
+    shop: &ShopConfig,
+    cursor: &Mutex<DateTime<Utc>>,
     shutdown: CancellationToken,
 ) -> Result<(), PollError> {
     let every = Duration::from_secs(shop.order_poll_secs);
@@ -169,29 +197,28 @@ pub async fn run_for_shop(
     match shop.platform {
         Platform::Shopify => {
             let api = AdminApi::for_shop(shop, "order_poll").map_err(|e| setup(Box::new(e)))?;
-            run(config, shop, ShopifyOrderFeed(api), every, shutdown).await
+            run(config, shop, ShopifyOrderFeed(api), every, cursor, shutdown).await
         }
         Platform::Woocommerce => {
             let client = WooClient::for_shop(shop, "order_poll").map_err(|e| setup(Box::new(e)))?;
-            run(config, shop, WooOrderFeed(client), every, shutdown).await
+            run(config, shop, WooOrderFeed(client), every, cursor, shutdown).await
         }
     }
 }
 
 /// Polls `shop` through `feed` every `every` until `shutdown`, producing what
-/// it finds.
-pub async fn run<F: OrderFeed>(
+/// it finds from `cursor` on.
+async fn run<F: OrderFeed>(
     config: &Config,
     shop: &ShopConfig,
     mut feed: F,
     every: Duration,
+    cursor: &Mutex<DateTime<Utc>>,
     shutdown: CancellationToken,
 ) -> Result<(), PollError> {
     let producer = EventProducer::new(&config.kafka, "order-poll")?;
     let codec = AvroCodec::for_topic(SHOP_ORDERS).map_err(BusError::from)?;
     let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
-    let lookback = Duration::from_secs(config.reconcile.orders_lookback_secs);
-    let mut cursor = Utc::now() - chrono::Duration::from_std(lookback).unwrap_or_default();
     // Exported from the start, so an alert on its age sees a shop never polled.
     let last_success = metrics().last_success.with_label_values(&[&shop.name]);
     let mut tick = tokio::time::interval(every);
@@ -203,14 +230,15 @@ pub async fn run<F: OrderFeed>(
         }
         // Stopping drops a poll part-way: what it fed is fed again by the
         // next one, from the same cursor.
+        let from = *cursor.lock().unwrap_or_else(PoisonError::into_inner);
         let newest = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            newest = poll_once(&producer, codec, &mut feed, &shop.name, cursor) => newest?,
+            newest = poll_once(&producer, codec, &mut feed, &shop.name, from) => newest?,
         };
         if let Some(n) = newest
-            && n - overlap > cursor
+            && n - overlap > from
         {
-            cursor = n - overlap;
+            *cursor.lock().unwrap_or_else(PoisonError::into_inner) = n - overlap;
         }
         last_success.set(Utc::now().timestamp_millis() as f64 / 1000.0);
     }
