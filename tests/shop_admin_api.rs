@@ -1,9 +1,14 @@
 //! The Admin API client against the shop simulator: the rate limit is a wait,
 //! transient failures are retried, a bad token fails at once.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use flywheel::shop::admin_api::{AdminApi, AdminApiError};
+use flywheel::shop::shopify::catalog::{
+    CatalogStore, CatalogStoreError, MemoryCatalog, VariantRef,
+};
 use serde_json::{Value, json};
 use shopsim::{ApiFaults, ShopSim, SimConfig, WebhookFaults};
 
@@ -579,4 +584,77 @@ async fn bulk_operations_work_without_bulk_operation_by_id() {
         .price
         .clone();
     assert_eq!(price, "14.00");
+}
+
+/// A store that keeps a SKU's gone variant through `forget`, as when a stale
+/// `products/*` webhook stored it again right after the forget.
+#[derive(Default)]
+struct StaleStore(MemoryCatalog);
+
+impl CatalogStore for StaleStore {
+    fn load<'a>(
+        &'a mut self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, VariantRef>, CatalogStoreError>> {
+        self.0.load(skus)
+    }
+    fn store<'a>(
+        &'a mut self,
+        version: i64,
+        variants: &'a [(String, VariantRef)],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        self.0.store(version, variants)
+    }
+    fn forget<'a>(
+        &'a mut self,
+        _version: i64,
+        _skus: &'a [String],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn exported(&mut self) -> BoxFuture<'_, Result<bool, CatalogStoreError>> {
+        self.0.exported()
+    }
+    fn mark_exported(&mut self) -> BoxFuture<'_, Result<(), CatalogStoreError>> {
+        self.0.mark_exported()
+    }
+}
+
+/// A price write to a product replaced in the shop goes again to the variant
+/// the shop has now, read from the shop itself: a store that still maps the
+/// gone one after the forget (a stale webhook in between) had the retry find
+/// it gone again, and the price was dead-lettered.
+#[tokio::test]
+async fn a_price_write_to_a_replaced_product_lands_even_if_the_gone_mapping_comes_back() {
+    use flywheel::shop::platform::{PricePlatform, PriceWrite};
+    use flywheel::shop::shopify::catalog::ShopCatalog;
+    use flywheel::shop::shopify::prices::ShopifyPrices;
+
+    let sim = sim(1000.0, 100.0).await;
+    let mut prices = ShopifyPrices {
+        catalog: ShopCatalog::new(client(&sim), Box::<StaleStore>::default()),
+    };
+    let write = |amount: &str| PriceWrite {
+        sku: "SKU-000006".into(),
+        amount: amount.into(),
+        compare_at: None,
+    };
+    let first = prices
+        .set(&[write("10.00")])
+        .await
+        .expect("the first write");
+    assert_eq!(first, vec![Ok(())]);
+    sim.replace_product("SKU-000006", 0).expect("SKU-000006");
+    let again = prices
+        .set(&[write("66.60")])
+        .await
+        .expect("the second write");
+    assert_eq!(again, vec![Ok(())], "written to the new variant");
+    let shown = sim
+        .shop()
+        .state
+        .lock()
+        .variant_by_sku("SKU-000006")
+        .map(|v| v.price.clone());
+    assert_eq!(shown.as_deref(), Some("66.60"));
 }

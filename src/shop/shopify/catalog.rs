@@ -263,6 +263,25 @@ impl ShopCatalog {
         Ok(self.store.forget(read_version(), &skus).await?)
     }
 
+    /// [`forget`](Self::forget)s these SKUs and reads their variants from the
+    /// shop itself, never the store: a stale `products/*` webhook stamped
+    /// within the read margin can store the gone mapping again in between,
+    /// and a write retried through the store would find it gone once more.
+    /// What the shop says is stored too; SKUs it lacks are absent.
+    pub async fn look_up_again(
+        &mut self,
+        skus: &[&str],
+    ) -> Result<HashMap<String, VariantRef>, AdminApiError> {
+        self.forget(skus).await?;
+        let version = read_version();
+        let nodes = self
+            .by_sku(skus, "id sku product { id } inventoryItem { id }", 3.0)
+            .await?;
+        let found: Vec<(String, VariantRef)> = nodes.iter().filter_map(variant_of).collect();
+        self.store.store(version, &found).await?;
+        Ok(found.into_iter().collect())
+    }
+
     /// The shop's current (price, compare-at price) of each SKU, read now (not
     /// cached: a merchant may have edited prices). Scalar fields cost nothing,
     /// so this costs about one point per SKU, a tenth of a mutation; as many

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::{Value, json};
 
 use super::admin_api::{AdminApi, AdminApiError};
-use super::catalog::ShopCatalog;
+use super::catalog::{ShopCatalog, VariantRef};
 use crate::shop::platform::{PricePlatform, PriceReader, PriceWrite, ShownPrice};
 
 pub struct ShopifyPrices {
@@ -62,21 +62,25 @@ impl PricePlatform for ShopifyPrices {
     }
 
     /// A write whose mapped variant or product is gone from the shop (the
-    /// product was replaced before its webhook was applied) forgets the SKU
-    /// and goes once more, which looks it up anew.
+    /// product was replaced before its webhook was applied) goes once more
+    /// with the SKU looked up in the shop anew.
     async fn set(
         &mut self,
         prices: &[PriceWrite],
     ) -> Result<Vec<Result<(), String>>, AdminApiError> {
         let all: Vec<usize> = (0..prices.len()).collect();
-        let mut outcomes = self.write(prices, &all).await?;
+        let variants = self
+            .catalog
+            .variants(prices.iter().map(|p| p.sku.as_str()))
+            .await?;
+        let mut outcomes = self.write(prices, &all, &variants).await?;
         let gone: Vec<usize> = (0..prices.len())
             .filter(|i| matches!(outcomes[*i], Written::Gone(_)))
             .collect();
         if !gone.is_empty() {
             let skus: Vec<&str> = gone.iter().map(|i| prices[*i].sku.as_str()).collect();
-            self.catalog.forget(&skus).await?;
-            for (i, again) in gone.iter().zip(self.write(prices, &gone).await?) {
+            let variants = self.catalog.look_up_again(&skus).await?;
+            for (i, again) in gone.iter().zip(self.write(prices, &gone, &variants).await?) {
                 outcomes[*i] = again;
             }
         }
@@ -103,16 +107,14 @@ enum Written {
 const GONE_CODES: [&str; 2] = ["PRODUCT_DOES_NOT_EXIST", "PRODUCT_VARIANT_DOES_NOT_EXIST"];
 
 impl ShopifyPrices {
-    /// Writes `prices[i]` for each `i` of `which`; one outcome per `which`.
+    /// Writes `prices[i]` for each `i` of `which` to its variant in
+    /// `variants`; one outcome per `which`.
     async fn write(
         &mut self,
         prices: &[PriceWrite],
         which: &[usize],
+        variants: &HashMap<String, VariantRef>,
     ) -> Result<Vec<Written>, AdminApiError> {
-        let variants = self
-            .catalog
-            .variants(which.iter().map(|i| prices[*i].sku.as_str()))
-            .await?;
         let mut outcomes: Vec<Written> = which
             .iter()
             .map(|i| {
