@@ -209,6 +209,40 @@ async fn the_poll_reads_every_order_when_one_changes_while_it_pages() {
     );
 }
 
+/// A product deleted and created again under its SKU (a re-import) has a new
+/// id: a write to the id the SKU was mapped to is refused as invalid, and goes
+/// again to the new one. Before, the mapping was kept for the worker's life
+/// and every later write of the SKU was dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_to_a_product_created_again_under_its_sku_finds_the_new_one() {
+    use flywheel::shop::woocommerce::WooClient;
+
+    let sim = WooSim::start(
+        WooConfig {
+            seed: shopsim::catalog::demo_seed(20, 1),
+            ..WooConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("the WooCommerce simulator starts");
+    let mut client = WooClient::for_shop(&woo_shop(&sim, 1000.0), "prices").expect("a client");
+    let price = |amount: &str| [("SKU-000003", serde_json::json!({"regular_price": amount}))];
+    let first = client
+        .update_by_sku(&price("12.50"))
+        .await
+        .expect("a write");
+    assert_eq!(first, vec![Ok(())]);
+    let (old, new) = sim.state().replace_product("SKU-000003").expect("the SKU");
+    assert_ne!(old, new);
+    let again = client
+        .update_by_sku(&price("13.75"))
+        .await
+        .expect("a write");
+    assert_eq!(again, vec![Ok(())], "written to the product's new id");
+    assert_eq!(sim.prices()["SKU-000003"].0, "13.75");
+}
+
 /// A site that ignores `exclude` answers the same full page of one second's
 /// orders again: the poll cannot read past it, and says so as an error (the
 /// poll has not succeeded) rather than ending as if it had read them all.

@@ -217,6 +217,20 @@ impl WooState {
             .values()
             .find(|p| !p.sku.is_empty() && p.sku == sku)
     }
+
+    /// Deletes the product or variation with `sku` for good and creates it
+    /// again under a new id (a merchant's re-import): a client that mapped
+    /// the SKU to the old id is refused with `…_invalid_id`. Returns (old id,
+    /// new id).
+    pub fn replace_product(&mut self, sku: &str) -> Option<(u64, u64)> {
+        let old = self.product_by_sku(sku)?.id;
+        let mut product = self.products.remove(&old)?;
+        product.id = self.new_id();
+        product.date_modified_gmt = self.now();
+        let new = product.id;
+        self.products.insert(new, product);
+        Some((old, new))
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch (UTC; Howard Hinnant's

@@ -77,27 +77,64 @@ impl WooClient {
 
     /// Applies `changes` (SKU, fields to set) through the batch endpoints;
     /// one outcome per change, in order: `Err(reason)` for a SKU the shop
-    /// lacks or an item the shop refused.
+    /// lacks or an item the shop refused. An item refused as an invalid id
+    /// (deleted, and maybe created again under its SKU since it was looked
+    /// up) has its SKU looked up anew and goes once more.
     pub async fn update_by_sku(
         &mut self,
         changes: &[(&str, Value)],
     ) -> Result<Vec<Result<(), String>>, WooError> {
-        let skus: Vec<&str> = changes.iter().map(|(sku, _)| *sku).collect();
+        let all: Vec<usize> = (0..changes.len()).collect();
+        let mut outcomes = self.update_once(changes, &all).await?;
+        let gone: Vec<usize> = all
+            .into_iter()
+            .filter(|i| matches!(outcomes[*i], Updated::Gone(_)))
+            .collect();
+        if !gone.is_empty() {
+            for i in &gone {
+                self.ids.remove(changes[*i].0);
+            }
+            tracing::info!(
+                shop = %self.shop,
+                skus = ?gone.iter().map(|i| changes[*i].0).collect::<Vec<_>>(),
+                "the shop no longer has the products these SKUs were mapped to; looking them up again"
+            );
+            for (i, again) in gone.iter().zip(self.update_once(changes, &gone).await?) {
+                outcomes[*i] = again;
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|u| match u {
+                Updated::Done => Ok(()),
+                Updated::Gone(reason) | Updated::Refused(reason) => Err(reason),
+            })
+            .collect())
+    }
+
+    /// Applies `changes[i]` for each `i` of `which`; one outcome per `which`.
+    async fn update_once(
+        &mut self,
+        changes: &[(&str, Value)],
+        which: &[usize],
+    ) -> Result<Vec<Updated>, WooError> {
+        let skus: Vec<&str> = which.iter().map(|i| changes[*i].0).collect();
         let refs = self.product_refs(&skus).await?;
-        let mut outcomes: Vec<Result<(), String>> = changes
+        let mut outcomes: Vec<Updated> = skus
             .iter()
-            .map(|(sku, _)| Err(format!("no product with SKU `{sku}`")))
+            .map(|sku| Updated::Refused(format!("no product with SKU `{sku}`")))
             .collect();
         // One batch endpoint per parent; BTreeMap for a stable call order.
         let mut by_endpoint: BTreeMap<String, Vec<(usize, u64, Value)>> = BTreeMap::new();
-        for (i, (sku, fields)) in changes.iter().enumerate() {
+        for (n, i) in which.iter().enumerate() {
+            let (sku, fields) = &changes[*i];
             let Some(r) = refs.get(*sku) else { continue };
             let mut item = fields.clone();
             item["id"] = json!(r.id);
             by_endpoint
                 .entry(r.batch_path())
                 .or_default()
-                .push((i, r.id, item));
+                .push((n, r.id, item));
         }
         for (path, items) in by_endpoint {
             for chunk in items.chunks(BATCH_LIMIT) {
@@ -105,18 +142,37 @@ impl WooClient {
                     json!({"update": chunk.iter().map(|(_, _, v)| v.clone()).collect::<Vec<_>>()});
                 let answer = self.request(Method::POST, &path, &[], Some(&body)).await?;
                 let updated = answer["update"].as_array().cloned().unwrap_or_default();
-                for (i, id, _) in chunk {
+                for (n, id, _) in chunk {
                     let item = updated.iter().find(|u| u["id"].as_u64() == Some(*id));
-                    outcomes[*i] = match item {
-                        Some(u) if u.get("error").is_none() => Ok(()),
-                        Some(u) => Err(format!("{path} refused it: {}", u["error"])),
-                        None => Err(format!("{path} did not answer for it")),
+                    outcomes[*n] = match item {
+                        Some(u) if u.get("error").is_none() => Updated::Done,
+                        Some(u) => {
+                            let reason = format!("{path} refused it: {}", u["error"]);
+                            // `woocommerce_rest_{product,product_variation}_invalid_id`
+                            let gone = u["error"]["code"]
+                                .as_str()
+                                .is_some_and(|c| c.ends_with("_invalid_id"));
+                            if gone {
+                                Updated::Gone(reason)
+                            } else {
+                                Updated::Refused(reason)
+                            }
+                        }
+                        None => Updated::Refused(format!("{path} did not answer for it")),
                     };
                 }
             }
         }
         Ok(outcomes)
     }
+}
+
+/// What became of one item of a batch update.
+enum Updated {
+    Done,
+    /// The shop has no item with the id the SKU was mapped to.
+    Gone(String),
+    Refused(String),
 }
 
 #[cfg(test)]
