@@ -65,6 +65,9 @@ enum Command {
     /// SKU-000042/list/EUR`): the ERP now, its events in Kafka, what each shop's
     /// processor applied, what the shop shows, dead letters, and a verdict per
     /// shop; exits 0 in sync everywhere, 1 if not, 2 when it could not trace.
+    /// `order main-shop/1234`: the order's events in Kafka and who fed each
+    /// (a webhook, the poll, reconciliation), what the order processor
+    /// applied; exits 0 when the ERP has it at its latest version.
     Trace {
         #[arg(value_enum)]
         entity: TraceEntity,
@@ -123,6 +126,8 @@ enum EntityArg {
 enum TraceEntity {
     Stock,
     Price,
+    /// A shop order (`<shop>/<order id>`), shop → ERP.
+    Order,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -355,15 +360,36 @@ async fn reconcile(config: &Config, args: &ReconcileArgs) -> ExitCode {
     ExitCode::from(reconcile::exit_status(&reports))
 }
 
-/// Exits 0 when every shop is in sync for the key, 1 if not, 2 when it
-/// could not trace.
+/// Exits 0 when every shop is in sync for the key (an order: the ERP has
+/// it at its latest version), 1 if not, 2 when it could not trace.
 async fn trace(config: &Config, entity: TraceEntity, key: &str, format: Format) -> ExitCode {
     use flywheel::reconcile::{Entity, trace};
     let entity = match entity {
         TraceEntity::Stock => Entity::Stock,
         TraceEntity::Price => Entity::Price,
+        TraceEntity::Order => {
+            let traced = trace::trace_order(config, key).await;
+            return tell(traced, trace::render_order, |t| t.in_erp, format);
+        }
     };
-    let story = match trace::trace(config, entity, key).await {
+    let traced = trace::trace(config, entity, key).await;
+    tell(
+        traced,
+        trace::render,
+        |t| t.shops.iter().all(|s| s.in_sync),
+        format,
+    )
+}
+
+/// Prints a trace as a table or JSON; exits 0 when `fine` says so, 1 if
+/// not, 2 when it could not trace or print.
+fn tell<T: serde::Serialize>(
+    traced: Result<T, flywheel::reconcile::ReconcileError>,
+    table: fn(&T) -> String,
+    fine: fn(&T) -> bool,
+    format: Format,
+) -> ExitCode {
+    let story = match traced {
         Ok(t) => t,
         Err(e) => {
             eprintln!("flywheel: could not trace: {}", error_chain(&e.into()));
@@ -371,7 +397,7 @@ async fn trace(config: &Config, entity: TraceEntity, key: &str, format: Format) 
         }
     };
     match format {
-        Format::Table => print!("{}", trace::render(&story)),
+        Format::Table => print!("{}", table(&story)),
         Format::Json => match serde_json::to_string_pretty(&story) {
             Ok(text) => println!("{text}"),
             Err(e) => {
@@ -380,7 +406,7 @@ async fn trace(config: &Config, entity: TraceEntity, key: &str, format: Format) 
             }
         },
     }
-    ExitCode::from(u8::from(!story.shops.iter().all(|s| s.in_sync)))
+    ExitCode::from(u8::from(!fine(&story)))
 }
 
 async fn dlq(config: &Config, action: DlqAction) -> anyhow::Result<()> {

@@ -593,6 +593,16 @@ async fn shop_orders_the_erp_lacks_are_reported_and_fed_again() {
     assert_eq!(missing, want);
     assert!(keys(orders, "drifted").is_empty());
     assert_eq!(env.order_states("demo", first).await.len(), 0);
+    // Its trace says why: no webhook, no poll yet.
+    let first_key = format!("demo/{first}");
+    let (code, story) = trace(&config, "order", &first_key).await;
+    assert_eq!(code, 1, "{story}");
+    assert!(
+        story["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("not in Kafka")),
+        "{story}"
+    );
 
     let orders_in = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::orders_to_erp::run(&c, t).await
@@ -613,5 +623,11 @@ async fn shop_orders_the_erp_lacks_are_reported_and_fed_again() {
         },
     )
     .await;
+    // Now in the ERP, fed by the repair.
+    let (code, story) = trace(&config, "order", &first_key).await;
+    assert_eq!(code, 0, "{story}");
+    assert_eq!(story["in_erp"], true, "{story}");
+    assert_eq!(story["events"][0]["source"], "reconcile", "{story}");
+    assert!(story["applied_version"].as_i64().is_some(), "{story}");
     orders_in.stop().await;
 }

@@ -21,6 +21,10 @@ pub struct EventSeen {
     pub version: i64,
     /// When the change happened at the source (µs since the Unix epoch).
     pub source_ts_micros: i64,
+    /// Who produced it, where its headers say: `webhook <id>` (the gateway),
+    /// or the order poll or reconciliation that fed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub value: serde_json::Value,
 }
 
@@ -99,38 +103,7 @@ pub async fn trace(config: &Config, entity: Entity, key: &str) -> Result<Trace, 
         .first()
         .and_then(|r| serde_json::Value::try_from(r.value.clone()).ok());
 
-    let kafka = config.kafka.clone();
-    let wanted = key.to_owned();
-    let (mut events, letters) = tokio::task::spawn_blocking(move || {
-        let codec = AvroCodec::for_topic(topic)?;
-        let events = crate::bus::scan::read_topic(&kafka, topic, "trace", |m| {
-            use rdkafka::message::Message;
-            (m.key() == Some(wanted.as_bytes())).then_some(())?;
-            let value = codec.decode(m.payload().unwrap_or_default()).ok()?;
-            Some(EventSeen {
-                partition: m.partition(),
-                offset: m.offset(),
-                version: field_i64(&value, "version").unwrap_or_default(),
-                source_ts_micros: field_i64(&value, "source_ts").unwrap_or_default(),
-                value: serde_json::Value::try_from(value).unwrap_or_default(),
-            })
-        })
-        .map_err(|e| crate::bus::BusError::Scan(Box::new(e)))?;
-        let letters = crate::ops::dlq::read_all(&kafka)
-            .map_err(|e| crate::bus::BusError::Scan(Box::new(e)))?
-            .into_iter()
-            .filter(|p| p.letter.key == wanted)
-            .map(|p| LetterSeen {
-                id: p.id(),
-                stage: p.letter.stage.clone(),
-                error_class: p.letter.error_class.clone(),
-                reason: p.letter.reason.clone(),
-            })
-            .collect::<Vec<_>>();
-        Ok::<_, crate::bus::BusError>((events, letters))
-    })
-    .await
-    .map_err(|e| ReconcileError::Task(e.to_string()))??;
+    let (mut events, letters) = scan_key(config, topic, key).await?;
     events.sort_by_key(|e| std::cmp::Reverse((e.version, e.offset)));
     let latest = events.first().map(|e| e.version);
     let captured = match (&erp_now, events.first()) {
@@ -185,6 +158,182 @@ pub async fn trace(config: &Config, entity: Entity, key: &str) -> Result<Trace, 
         dead_letters: letters,
         shops,
     })
+}
+
+/// Every event of `key` in `topic` (oldest first) and every dead letter of
+/// the key.
+async fn scan_key(
+    config: &Config,
+    topic: &'static str,
+    key: &str,
+) -> Result<(Vec<EventSeen>, Vec<LetterSeen>), ReconcileError> {
+    let kafka = config.kafka.clone();
+    let wanted = key.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let codec = AvroCodec::for_topic(topic)?;
+        let events = crate::bus::scan::read_topic(&kafka, topic, "trace", |m| {
+            use rdkafka::message::{Headers, Message};
+            (m.key() == Some(wanted.as_bytes())).then_some(())?;
+            let value = codec.decode(m.payload().unwrap_or_default()).ok()?;
+            let header = |name: &str| {
+                m.headers()?
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let source = header("flywheel.source")
+                .or_else(|| header("flywheel.webhook.id").map(|id| format!("webhook {id}")));
+            Some(EventSeen {
+                partition: m.partition(),
+                offset: m.offset(),
+                version: field_i64(&value, "version").unwrap_or_default(),
+                source_ts_micros: field_i64(&value, "source_ts").unwrap_or_default(),
+                source,
+                value: serde_json::Value::try_from(value).unwrap_or_default(),
+            })
+        })
+        .map_err(|e| crate::bus::BusError::Scan(Box::new(e)))?;
+        let letters = crate::ops::dlq::read_all(&kafka)
+            .map_err(|e| crate::bus::BusError::Scan(Box::new(e)))?
+            .into_iter()
+            .filter(|p| p.letter.key == wanted)
+            .map(|p| LetterSeen {
+                id: p.id(),
+                stage: p.letter.stage.clone(),
+                error_class: p.letter.error_class.clone(),
+                reason: p.letter.reason.clone(),
+            })
+            .collect::<Vec<_>>();
+        Ok::<_, crate::bus::BusError>((events, letters))
+    })
+    .await
+    .map_err(|e| ReconcileError::Task(e.to_string()))?
+    .map_err(ReconcileError::from)
+}
+
+/// One shop order's story, shop → ERP: its events in `shop.orders.v1` and
+/// who fed each, what the order processor applied and when, any dead letter,
+/// and a verdict.
+#[derive(Debug, Serialize)]
+pub struct OrderTrace {
+    pub key: String,
+    /// Newest first.
+    pub events: Vec<EventSeen>,
+    pub dead_letters: Vec<LetterSeen>,
+    /// The version the order processor applied (absent: never), and when:
+    /// stored after the ERP transaction committed.
+    pub applied_version: Option<i64>,
+    pub applied_at: Option<String>,
+    pub in_erp: bool,
+    pub verdict: String,
+}
+
+/// Tells the story of shop order `key` (`<shop>/<order id>`, as in Kafka).
+pub async fn trace_order(config: &Config, key: &str) -> Result<OrderTrace, ReconcileError> {
+    let (mut events, dead_letters) =
+        scan_key(config, crate::shop::mapping::SHOP_ORDERS, key).await?;
+    events.sort_by_key(|e| std::cmp::Reverse((e.version, e.offset)));
+    let lane = Lane::orders_in().name();
+    let mut db = StateDb::connect(config)
+        .await
+        .map_err(ReconcileError::State)?;
+    let applied_version = db
+        .load_versions(&lane, &[key.to_owned()])
+        .await?
+        .get(key)
+        .map(|v| v.0);
+    let applied_at = db
+        .applied_at(&lane, key)
+        .await?
+        .and_then(|micros| chrono::DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339()));
+    let latest = events.first().map(|e| e.version);
+    let (in_erp, verdict) = order_verdict(applied_version, latest, dead_letters.first());
+    Ok(OrderTrace {
+        key: key.to_owned(),
+        events,
+        dead_letters,
+        applied_version,
+        applied_at,
+        in_erp,
+        verdict,
+    })
+}
+
+/// Pure: whether the order is in the ERP as the shop last said, and why not.
+fn order_verdict(
+    applied: Option<i64>,
+    latest: Option<i64>,
+    letter: Option<&LetterSeen>,
+) -> (bool, String) {
+    match (applied, latest, letter) {
+        (Some(a), Some(l), _) if a >= l => (true, "in the ERP at its latest version".to_owned()),
+        (_, _, Some(l)) => (
+            false,
+            format!("dead letter {} ({}): {}", l.id, l.error_class, l.reason),
+        ),
+        (Some(_), None, None) => (
+            true,
+            "in the ERP; Kafka no longer holds its events (retention)".to_owned(),
+        ),
+        (None, None, None) => (
+            false,
+            "not in Kafka: no webhook reached the gateway and no poll found it yet (is the order poll running? `flywheel_order_poll_last_success_timestamp_seconds`)".to_owned(),
+        ),
+        (applied, Some(l), None) => (
+            false,
+            format!(
+                "not yet applied: the order processor applied {}, Kafka holds version {l}",
+                applied.map_or("nothing".to_owned(), |v| format!("version {v}"))
+            ),
+        ),
+    }
+}
+
+/// As `flywheel trace order` prints it.
+pub fn render_order(t: &OrderTrace) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "order {}", t.key);
+    write_events(&mut out, &t.events, &t.dead_letters);
+    let _ = writeln!(
+        out,
+        "ERP:          applied {}{}",
+        t.applied_version
+            .map_or("nothing".to_owned(), |v| format!("version {v}")),
+        t.applied_at
+            .as_ref()
+            .map_or(String::new(), |at| format!(" at {at}"))
+    );
+    let _ = writeln!(out, "verdict: {}", t.verdict);
+    out
+}
+
+fn write_events(out: &mut String, events: &[EventSeen], letters: &[LetterSeen]) {
+    use std::fmt::Write;
+    for e in events {
+        let at = chrono::DateTime::from_timestamp_micros(e.source_ts_micros)
+            .map_or("?".into(), |t| t.to_rfc3339());
+        let by = e
+            .source
+            .as_ref()
+            .map_or(String::new(), |s| format!(" by {s}"));
+        let _ = writeln!(
+            out,
+            "event:        version {} at {at}{by} (partition {} offset {}): {}",
+            e.version, e.partition, e.offset, e.value
+        );
+    }
+    if events.is_empty() {
+        let _ = writeln!(out, "event:        none in Kafka");
+    }
+    for l in letters {
+        let _ = writeln!(
+            out,
+            "dead letter:  {} {} {}: {}",
+            l.id, l.stage, l.error_class, l.reason
+        );
+    }
 }
 
 /// The stock processor's last write for `key` (`SKU/warehouse`) to `shop`:
@@ -298,25 +447,7 @@ pub fn render(t: &Trace) -> String {
             let _ = writeln!(out, "ERP now:      no such key");
         }
     }
-    for e in &t.events {
-        let at = chrono::DateTime::from_timestamp_micros(e.source_ts_micros)
-            .map_or("?".into(), |t| t.to_rfc3339());
-        let _ = writeln!(
-            out,
-            "event:        version {} at {at} (partition {} offset {}): {}",
-            e.version, e.partition, e.offset, e.value
-        );
-    }
-    if t.events.is_empty() {
-        let _ = writeln!(out, "event:        none in Kafka");
-    }
-    for l in &t.dead_letters {
-        let _ = writeln!(
-            out,
-            "dead letter:  {} {} {}: {}",
-            l.id, l.stage, l.error_class, l.reason
-        );
-    }
+    write_events(&mut out, &t.events, &t.dead_letters);
     for s in &t.shops {
         let _ = writeln!(
             out,
@@ -350,4 +481,33 @@ pub fn render(t: &Trace) -> String {
         let _ = writeln!(out, "verdict {}: {}", s.shop, s.verdict);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_is_in_the_erp_once_its_latest_version_is_applied() {
+        let letter = LetterSeen {
+            id: "0:7".into(),
+            stage: "processor:order_in".into(),
+            error_class: "erp_refused".into(),
+            reason: "no such product".into(),
+        };
+        assert!(order_verdict(Some(5), Some(5), None).0);
+        // An older version's letter does not matter once a newer one landed.
+        assert!(order_verdict(Some(6), Some(5), Some(&letter)).0);
+        let (in_erp, why) = order_verdict(Some(4), Some(5), None);
+        assert!(!in_erp);
+        assert!(
+            why.contains("applied version 4, Kafka holds version 5"),
+            "{why}"
+        );
+        let (in_erp, why) = order_verdict(None, Some(5), Some(&letter));
+        assert!(!in_erp && why.starts_with("dead letter 0:7"), "{why}");
+        let (in_erp, why) = order_verdict(None, None, None);
+        assert!(!in_erp && why.starts_with("not in Kafka"), "{why}");
+        assert!(order_verdict(Some(5), None, None).0);
+    }
 }
