@@ -510,4 +510,36 @@ mod tests {
         assert!(!in_erp && why.starts_with("not in Kafka"), "{why}");
         assert!(order_verdict(Some(5), None, None).0);
     }
+
+    #[test]
+    fn an_order_trace_prints_who_fed_each_event() {
+        let t = OrderTrace {
+            key: "demo/7".into(),
+            events: vec![EventSeen {
+                partition: 1,
+                offset: 42,
+                version: 1_700_000_000_000_000,
+                source_ts_micros: 1_700_000_000_000_000,
+                source: Some("webhook b54557e4".into()),
+                value: serde_json::json!({"order_id": "7"}),
+            }],
+            dead_letters: Vec::new(),
+            applied_version: Some(1_700_000_000_000_000),
+            applied_at: Some("2023-11-14T22:13:21+00:00".into()),
+            in_erp: true,
+            verdict: "in the ERP at its latest version".into(),
+        };
+        let text = render_order(&t);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "order demo/7");
+        assert!(
+            lines[1].contains(" by webhook b54557e4 (partition 1 offset 42)"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2],
+            "ERP:          applied version 1700000000000000 at 2023-11-14T22:13:21+00:00"
+        );
+        assert_eq!(lines[3], "verdict: in the ERP at its latest version");
+    }
 }
