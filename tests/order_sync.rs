@@ -85,6 +85,16 @@ async fn orders_flow_both_ways_once_and_without_echoes() {
         })
         .await;
     }
+    // Its trace names the webhooks that fed it.
+    let (_, story) = common::trace(config, "order", &format!("demo/{shipped}")).await;
+    assert!(
+        story["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("webhook ")))),
+        "{story}"
+    );
     let rows = order_state(shipped).await;
     assert_eq!(rows.len(), 1, "one sale_order for one shop order");
     assert_eq!(

@@ -441,30 +441,6 @@ async fn continuous_reconciliation_repairs_drift_within_its_budget_share() {
     source.stop().await;
 }
 
-/// Runs `flywheel trace <entity> <key> --format json`; returns its exit
-/// status and story.
-async fn trace(config: &Config, entity: &str, key: &str) -> (i32, Value) {
-    let dir = tempfile::tempdir().expect("a directory");
-    let file = dir.path().join("flywheel.toml");
-    std::fs::write(&file, toml::to_string(config).expect("TOML")).expect("writing");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
-        .arg("--config")
-        .arg(&file)
-        .args(["trace", entity, key, "--format", "json"])
-        .env("FLYWHEEL_METRICS__LISTEN", "")
-        .output()
-        .await
-        .expect("running flywheel trace");
-    let code = out.status.code().expect("an exit status");
-    let story = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "trace printed no JSON ({e}), exit {code}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, story)
-}
-
 fn verdict(story: &Value) -> String {
     story["shops"][0]["verdict"]
         .as_str()
@@ -491,7 +467,7 @@ async fn trace_tells_why_a_key_is_or_is_not_in_sync() {
     .await;
 
     // In sync: the events, the version applied, the verdict.
-    let (code, story) = trace(&config, "stock", "SKU-000001/WH1").await;
+    let (code, story) = common::trace(&config, "stock", "SKU-000001/WH1").await;
     assert_eq!(code, 0, "{story}");
     assert_eq!(verdict(&story), "in sync");
     let newest = story["events"][0]["version"].as_i64().expect("an event");
@@ -528,7 +504,7 @@ async fn trace_tells_why_a_key_is_or_is_not_in_sync() {
         let wh2 = st.location_by_name("WH2").expect("WH2").id;
         st.levels.get_mut(&(item, wh2)).expect("level").available += 5;
     }
-    let (code, story) = trace(&config, "stock", "SKU-000003/WH2").await;
+    let (code, story) = common::trace(&config, "stock", "SKU-000003/WH2").await;
     assert_eq!(code, 1);
     assert!(
         verdict(&story).starts_with("the shop changed it"),
@@ -539,12 +515,12 @@ async fn trace_tells_why_a_key_is_or_is_not_in_sync() {
     stock.stop().await;
     env.set_stock(2, "WH1", 777).await;
     wait_for("the change in Kafka", T, || async {
-        let (_, story) = trace(&config, "stock", "SKU-000002/WH1").await;
+        let (_, story) = common::trace(&config, "stock", "SKU-000002/WH1").await;
         story["events"][0]["value"]["on_hand"] == story["erp_now"]["on_hand"]
             && story["events"].as_array().is_some_and(|e| e.len() > 1)
     })
     .await;
-    let (code, story) = trace(&config, "stock", "SKU-000002/WH1").await;
+    let (code, story) = common::trace(&config, "stock", "SKU-000002/WH1").await;
     assert_eq!(code, 1);
     assert!(verdict(&story).starts_with("not yet applied"), "{story}");
 
@@ -557,7 +533,7 @@ async fn trace_tells_why_a_key_is_or_is_not_in_sync() {
     let stock = spawn_stock();
     env.set_stock(7, "WH1", 55).await;
     wait_for("the dead letter in the trace", T, || async {
-        let (_, story) = trace(&config, "stock", "SKU-000007/WH1").await;
+        let (_, story) = common::trace(&config, "stock", "SKU-000007/WH1").await;
         verdict(&story).starts_with("dead letter") && verdict(&story).contains("unknown_sku")
     })
     .await;
@@ -595,7 +571,7 @@ async fn shop_orders_the_erp_lacks_are_reported_and_fed_again() {
     assert_eq!(env.order_states("demo", first).await.len(), 0);
     // Its trace says why: no webhook, no poll yet.
     let first_key = format!("demo/{first}");
-    let (code, story) = trace(&config, "order", &first_key).await;
+    let (code, story) = common::trace(&config, "order", &first_key).await;
     assert_eq!(code, 1, "{story}");
     assert!(
         story["verdict"]
@@ -624,7 +600,7 @@ async fn shop_orders_the_erp_lacks_are_reported_and_fed_again() {
     )
     .await;
     // Now in the ERP, fed by the repair.
-    let (code, story) = trace(&config, "order", &first_key).await;
+    let (code, story) = common::trace(&config, "order", &first_key).await;
     assert_eq!(code, 0, "{story}");
     assert_eq!(story["in_erp"], true, "{story}");
     assert_eq!(story["events"][0]["source"], "reconcile", "{story}");

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use flywheel::shop::admin_api::{AdminApi, AdminApiError};
 use flywheel::shop::shopify::catalog::{
     CatalogStore, CatalogStoreError, MemoryCatalog, VariantRef,
 };
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use shopsim::{ApiFaults, ShopSim, SimConfig, WebhookFaults};
 

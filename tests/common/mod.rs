@@ -1245,3 +1245,28 @@ pub async fn read_listing<F: flywheel::shop::order_poll::OrderFeed>(
     }
     (orders, pages)
 }
+
+/// Runs `flywheel trace <entity> <key> --format json`; returns its exit
+/// status and story.
+#[allow(dead_code)]
+pub async fn trace(config: &Config, entity: &str, key: &str) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("flywheel.toml");
+    std::fs::write(&file, toml::to_string(config).expect("TOML")).expect("writing");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .arg("--config")
+        .arg(&file)
+        .args(["trace", entity, key, "--format", "json"])
+        .env("FLYWHEEL_METRICS__LISTEN", "")
+        .output()
+        .await
+        .expect("running flywheel trace");
+    let code = out.status.code().expect("an exit status");
+    let story = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "trace printed no JSON ({e}), exit {code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, story)
+}
