@@ -2,7 +2,9 @@
 //! question "why is SKU X wrong in the shop?" — the ERP's value now, the
 //! events Kafka holds for the key, what each shop's processor applied and
 //! when, what it last wrote (and whether the shop confirmed it), what
-//! the shop shows now, any dead letter, and one verdict per shop.
+//! the shop shows now, any dead letter, and one verdict per shop. For a
+//! shop order (`trace_order`), the other way round: "did order X reach the
+//! ERP?" — its events and who fed each, what the order processor applied.
 
 use serde::Serialize;
 
