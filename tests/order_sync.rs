@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::WIRED_SECRET as SECRET;
 use common::{TestEnv, small, wait_for};
+use flywheel::config::Config;
 use serde_json::json;
 use shopsim::{ApiFaults, Topic, WebhookFaults};
 
@@ -325,11 +326,7 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
     };
     // It retries the second page (the shop says 503), and after giving up
     // restarts from its cursor, until stopped.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let failing = tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move { flywheel::shop::order_poll::run_supervised(&config, &config.shops[0], stop).await }
-    });
+    let failing = common::RunningProcessor::supervised_order_poll(&config);
     let mut orders = env.reader("shop.orders.v1");
     let read = orders.read_until(T, |r| polled_ids(r).len() >= 250).await;
     let first_page: std::collections::BTreeSet<u64> = placed[..250].iter().copied().collect();
@@ -344,11 +341,7 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
         0.0,
         "no poll has read the listing to the end"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), failing)
-        .await
-        .expect("the poll stops when told")
-        .expect("the poll's task");
+    failing.stop().await;
 
     sim.set_faults(ApiFaults::default(), WebhookFaults::default());
     let poll = common::RunningProcessor::order_poll(&config);
@@ -372,25 +365,14 @@ async fn the_poll_feeds_each_page_before_it_reads_the_next() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_poll_the_shop_refuses_tries_again_later_and_does_not_end() {
     let sim = common::start_shop(20).await;
-    let mut config = common::kafka_only_config("order_poll_refused").await;
-    let mut shop = flywheel::config::ShopConfig::local_default();
-    shop.name = "refused".into();
-    shop.admin_url = sim.graphql_url();
-    shop.access_token = flywheel::config::Secret("not-the-token".into());
-    shop.order_poll_secs = 1;
-    config.shops = vec![shop.clone()];
-    let stop = tokio_util::sync::CancellationToken::new();
-    let poll = tokio::spawn({
-        let stop = stop.clone();
-        async move { flywheel::shop::order_poll::run_supervised(&config, &shop, stop).await }
-    });
+    let config = polled_shop_config(&sim, "refused", "not-the-token").await;
+    let poll = common::RunningProcessor::supervised_order_poll(&config);
     let refused = || sim.stats()["api"]["unauthorized"].as_u64().unwrap_or(0);
     wait_for("the first poll refused", T, || async { refused() >= 1 }).await;
     wait_for("a poll tried again after the refusal", T, || async {
         refused() >= 2
     })
     .await;
-    assert!(!poll.is_finished(), "the poll goes on");
     assert_eq!(
         common::metric(
             "flywheel_order_poll_last_success_timestamp_seconds",
@@ -398,11 +380,8 @@ async fn an_order_poll_the_shop_refuses_tries_again_later_and_does_not_end() {
         ),
         0.0
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), poll)
-        .await
-        .expect("the poll stops when told")
-        .expect("the poll's task");
+    // Panics if the poll had ended on its own.
+    poll.stop().await;
 }
 
 /// A poll restarted after a transient failure reads on from where the last
@@ -420,21 +399,8 @@ async fn a_poll_restarted_after_a_failure_reads_on_from_the_last_complete_one() 
     }
     sim.place_order_for("SKU-000004", 1)
         .expect("a recent order");
-    let mut config = common::kafka_only_config("order_poll_restart").await;
-    flywheel::bus::topics::ensure_topics(&config.kafka, &["shop.orders.v1"])
-        .await
-        .expect("the orders topic");
-    let mut shop = flywheel::config::ShopConfig::local_default();
-    shop.name = "restarted".into();
-    shop.admin_url = sim.graphql_url();
-    shop.access_token = flywheel::config::Secret(sim.config.access_token.clone());
-    shop.order_poll_secs = 1;
-    config.shops = vec![shop.clone()];
-    let stop = tokio_util::sync::CancellationToken::new();
-    let poll = tokio::spawn({
-        let stop = stop.clone();
-        async move { flywheel::shop::order_poll::run_supervised(&config, &shop, stop).await }
-    });
+    let config = polled_shop_config(&sim, "restarted", &sim.config.access_token).await;
+    let poll = common::RunningProcessor::supervised_order_poll(&config);
     let labels = [("shop", "restarted")];
     let fed = || common::metric("flywheel_order_poll_orders_total", &labels);
     let last_success = || {
@@ -471,11 +437,22 @@ async fn a_poll_restarted_after_a_failure_reads_on_from_the_last_complete_one() 
         "read on from the cursor, not the lookback: {} fed after the restart",
         fed() - before
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), poll)
+    poll.stop().await;
+}
+
+/// Kafka only (its own topic prefix, the orders topic made), and one shop:
+/// `sim`, named `name`, reached with `token`.
+async fn polled_shop_config(sim: &shopsim::ShopSim, name: &str, token: &str) -> Config {
+    let mut config = common::kafka_only_config(&format!("order_poll_{name}")).await;
+    flywheel::bus::topics::ensure_topics(&config.kafka, &["shop.orders.v1"])
         .await
-        .expect("the poll stops when told")
-        .expect("the poll's task");
+        .expect("the orders topic");
+    let mut shop = flywheel::config::ShopConfig::local_default();
+    shop.name = name.into();
+    shop.admin_url = sim.graphql_url();
+    shop.access_token = flywheel::config::Secret(token.into());
+    config.shops = vec![shop];
+    config
 }
 
 /// A crash can leave two fulfilments of one level done before either's

@@ -34,6 +34,24 @@ fn woo_shop(sim: &WooSim, requests_per_second: f64) -> ShopConfig {
     }
 }
 
+/// A WooCommerce simulator of 20 SKUs with 50 of each in stock, sending its
+/// order webhooks to `order_webhooks`.
+async fn small_woo_sim(order_webhooks: Vec<String>) -> WooSim {
+    WooSim::start(
+        WooConfig {
+            seed: shopsim::state::Seed {
+                initial_available: 50,
+                ..shopsim::catalog::demo_seed(20, 1)
+            },
+            order_webhooks,
+            ..WooConfig::default()
+        },
+        "127.0.0.1:0".parse().expect("an address"),
+    )
+    .await
+    .expect("the WooCommerce simulator starts")
+}
+
 /// Awaits the dead letter of `SKU-NOT-IN-WOO`, checks it is an
 /// `unknown_sku` naming `shop`, and returns how many letters there are.
 async fn unknown_sku_letters(env: &TestEnv, shop: &str) -> usize {
@@ -163,18 +181,7 @@ async fn the_poll_reads_every_order_when_one_changes_while_it_pages() {
     use flywheel::shop::woocommerce::WooClient;
     use flywheel::shop::woocommerce::order_poll::WooOrderFeed;
 
-    let sim = WooSim::start(
-        WooConfig {
-            seed: shopsim::state::Seed {
-                initial_available: 50,
-                ..shopsim::catalog::demo_seed(20, 1)
-            },
-            ..WooConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("an address"),
-    )
-    .await
-    .expect("the WooCommerce simulator starts");
+    let sim = small_woo_sim(Vec::new()).await;
     let mut placed = Vec::new();
     // More than the feed names in `exclude` (500): the rest of the second is
     // skipped past by offset.
@@ -217,15 +224,7 @@ async fn the_poll_reads_every_order_when_one_changes_while_it_pages() {
 async fn a_write_to_a_product_created_again_under_its_sku_finds_the_new_one() {
     use flywheel::shop::woocommerce::WooClient;
 
-    let sim = WooSim::start(
-        WooConfig {
-            seed: shopsim::catalog::demo_seed(20, 1),
-            ..WooConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("an address"),
-    )
-    .await
-    .expect("the WooCommerce simulator starts");
+    let sim = small_woo_sim(Vec::new()).await;
     let mut client = WooClient::for_shop(&woo_shop(&sim, 1000.0), "prices").expect("a client");
     let price = |amount: &str| [("SKU-000003", serde_json::json!({"regular_price": amount}))];
     let first = client
@@ -252,18 +251,7 @@ async fn a_site_that_ignores_exclude_fails_the_poll_instead_of_ending_it_short()
     use flywheel::shop::woocommerce::WooClient;
     use flywheel::shop::woocommerce::order_poll::WooOrderFeed;
 
-    let sim = WooSim::start(
-        WooConfig {
-            seed: shopsim::state::Seed {
-                initial_available: 50,
-                ..shopsim::catalog::demo_seed(20, 1)
-            },
-            ..WooConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("an address"),
-    )
-    .await
-    .expect("the WooCommerce simulator starts");
+    let sim = small_woo_sim(Vec::new()).await;
     for i in 0..150 {
         let sku = format!("SKU-{:06}", i % 20 + 1);
         sim.place_order(&sku, 1).await.expect("an order");
@@ -298,19 +286,7 @@ async fn orders_whose_webhooks_are_lost_still_reach_the_erp_by_the_poll() {
         "http://127.0.0.1:{}/webhooks/woocommerce/woo",
         flywheel::local_infra::free_port().expect("a free port")
     );
-    let sim = WooSim::start(
-        WooConfig {
-            seed: shopsim::state::Seed {
-                initial_available: 50,
-                ..shopsim::catalog::demo_seed(20, 1)
-            },
-            order_webhooks: vec![nowhere],
-            ..WooConfig::default()
-        },
-        "127.0.0.1:0".parse().expect("an address"),
-    )
-    .await
-    .expect("the WooCommerce simulator starts");
+    let sim = small_woo_sim(vec![nowhere]).await;
     let mut config = env.config.clone();
     config.shops = vec![woo_shop(&sim, 50.0)];
     config.processors.group_id = "woo_poll".into();

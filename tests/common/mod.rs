@@ -679,19 +679,7 @@ async fn shop_levels(sim: &shopsim::ShopSim, quantity: &str) -> HashMap<(String,
 /// `flywheel_processor_events_total` of this test binary, summed over the
 /// series whose labels include every (name, value) of `labels`.
 pub fn processor_events(labels: &[(&str, &str)]) -> u64 {
-    prometheus::gather()
-        .iter()
-        .filter(|f| f.name() == "flywheel_processor_events_total")
-        .flat_map(|f| f.get_metric())
-        .filter(|m| {
-            labels.iter().all(|(name, value)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *name && l.value() == *value)
-            })
-        })
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
+    metric("flywheel_processor_events_total", labels) as u64
 }
 
 /// The value of this test binary's metric `name` (a counter or a gauge),
@@ -840,6 +828,18 @@ impl RunningProcessor {
         config.shops[0].order_poll_secs = 1;
         RunningProcessor::spawn(&config, |c, t| async move {
             flywheel::shop::order_poll::run_for_shop(&c, &c.shops[0].clone(), t).await
+        })
+    }
+
+    /// The configuration's first shop's order poll as the processors role
+    /// runs it (`order_poll::run_supervised`: restarted, never ending on
+    /// its own), every second.
+    pub fn supervised_order_poll(config: &Config) -> RunningProcessor {
+        let mut config = config.clone();
+        config.shops[0].order_poll_secs = 1;
+        RunningProcessor::spawn(&config, |c, t| async move {
+            flywheel::shop::order_poll::run_supervised(&c, &c.shops[0].clone(), t).await;
+            Ok::<(), std::io::Error>(())
         })
     }
 
