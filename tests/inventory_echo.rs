@@ -225,11 +225,12 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     );
 
     // Replaced again while the catalogue processor is behind (stopped): the
-    // stock write finds the mapped item gone, forgets it, looks the SKU up
-    // and writes to the new item; nothing is dead-lettered.
+    // stock write finds the mapped item gone, looks the SKU up in the shop
+    // and writes to the new item at once; nothing is dead-lettered.
     catalog.stop().await;
     let (_, newest_item) = sim.replace_product("SKU-000005", 0).expect("SKU-000005");
     let lookups = operations(sim, "productVariants");
+    let looked_up_from = chrono::Utc::now().timestamp_micros();
     let dead_letters = processor_outcomes().get("dead_lettered").copied();
     env.set_stock(5, "WH2", 64).await;
     let want = env.shop_should_show("SKU-000005", "WH2", 0).await;
@@ -242,9 +243,13 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
         operations(sim, "productVariants") > lookups,
         "the stale item was looked up again"
     );
-    assert_eq!(
-        mapped(&env, "SKU-000005").await.and_then(|m| m.1),
-        Some(newest_item.to_string())
+    // The lookup is stored too, unless the mapping holds a webhook stamped
+    // within the read margin (2 s) of it: a read does not outrank a webhook
+    // that may be for a later change; the next write looks up again.
+    let (_, item, version) = mapped(&env, "SKU-000005").await.expect("SKU-000005 mapped");
+    assert!(
+        item == Some(newest_item.to_string()) || version > looked_up_from - 2_000_000,
+        "the lookup was not stored though nothing newer was: {item:?} at {version}"
     );
     assert_eq!(
         processor_outcomes().get("dead_lettered").copied(),

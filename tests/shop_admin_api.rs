@@ -658,3 +658,67 @@ async fn a_price_write_to_a_replaced_product_lands_even_if_the_gone_mapping_come
         .map(|v| v.price.clone());
     assert_eq!(shown.as_deref(), Some("66.60"));
 }
+
+/// The same for stock: a level refused for an inventory item the shop no
+/// longer has is written to the item looked up in the shop itself. Through
+/// the store, a gone mapping a stale webhook put back made every retry find
+/// the gone item again, and the level waited.
+#[tokio::test]
+async fn a_stock_write_to_a_replaced_item_finds_the_new_one_even_if_the_gone_mapping_comes_back() {
+    use flywheel::shop::platform::{OnHandWrite, SetOnHand, StockLevelPlatform, StockLevelReader};
+    use flywheel::shop::shopify::catalog::ShopCatalog;
+    use flywheel::shop::shopify::inventory::ShopifyInventory;
+
+    let sim = sim(1000.0, 100.0).await;
+    let mut inventory = ShopifyInventory {
+        catalog: ShopCatalog::new(client(&sim), Box::<StaleStore>::default()),
+    };
+    let mapped = inventory.items(&["SKU-000006"]).await.expect("items");
+    let location = inventory
+        .location("WH1")
+        .await
+        .expect("locations")
+        .expect("WH1");
+    let (old, new) = sim.replace_product("SKU-000006", 0).expect("SKU-000006");
+    assert_eq!(
+        mapped["SKU-000006"],
+        format!("gid://shopify/InventoryItem/{old}")
+    );
+    let write = |item: &str| {
+        [OnHandWrite {
+            item: item.to_owned(),
+            location: location.clone(),
+            on_hand: 17,
+            compare: None,
+        }]
+    };
+    assert_eq!(
+        inventory
+            .set_on_hand(&write(&mapped["SKU-000006"]), "flywheel-stock-test-gone")
+            .await
+            .expect("an answer"),
+        SetOnHand::UnknownItem
+    );
+    let found = inventory
+        .look_up_again(&["SKU-000006"])
+        .await
+        .expect("a lookup");
+    assert_eq!(
+        found.get("SKU-000006").map(String::as_str),
+        Some(format!("gid://shopify/InventoryItem/{new}").as_str()),
+        "the shop's item, not the gone one the store kept"
+    );
+    assert_eq!(
+        inventory
+            .set_on_hand(&write(&found["SKU-000006"]), "flywheel-stock-test-found")
+            .await
+            .expect("an answer"),
+        SetOnHand::Done
+    );
+    let pair = (found["SKU-000006"].clone(), location.clone());
+    let shown = inventory
+        .on_hand(std::slice::from_ref(&pair))
+        .await
+        .expect("level");
+    assert_eq!(shown.get(&pair), Some(&17));
+}

@@ -227,9 +227,14 @@ pub trait StockLevelPlatform: StockLevelReader {
         key: &str,
     ) -> impl Future<Output = Result<SetOnHand, Self::Error>> + Send;
 
-    /// The items `items` gave for these SKUs are gone from the shop: the next
-    /// `items` looks them up again.
-    fn forget(&mut self, skus: &[&str]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The items `items` gave for these SKUs are gone from the shop (the
+    /// products were replaced): reads these SKUs' items from the shop itself,
+    /// never from a mapping that may still hold the gone ones, and keeps them
+    /// for later `items`. SKU → item, of those the shop has now.
+    fn look_up_again(
+        &mut self,
+        skus: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, String>, Self::Error>> + Send;
 }
 
 /// The reading half of [`StockLevelPlatform`] (its contract for `items`,

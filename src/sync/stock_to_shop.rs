@@ -245,30 +245,34 @@ where
                 if settled.contains(&(w.1.to_owned(), w.2.to_owned())) {
                     continue;
                 }
-                match self
+                let set = self
                     .set_quantities(std::slice::from_ref(w), &mut settled)
-                    .await?
-                {
-                    SetOutcome::Done => {}
-                    SetOutcome::Contended => outcomes[*i] = Outcome::Contended,
-                    // Mapped before the variant was replaced in the shop:
-                    // looked up again when the event goes again.
+                    .await?;
+                outcomes[*i] = match set {
+                    // Mapped before the variant was replaced in the shop.
                     SetOutcome::UnknownItem => {
-                        self.platform
-                            .forget(&[events[*i].event.sku.as_str()])
-                            .await?;
-                        outcomes[*i] = Outcome::Contended;
+                        self.write_to_item_found_again(w, &mut settled).await?
                     }
-                    SetOutcome::Refused(reason) => {
-                        outcomes[*i] = Outcome::DeadLetter {
-                            class: "shop_refused",
-                            reason,
-                        }
-                    }
-                }
+                    other => level_outcome(other),
+                };
             }
         }
         Ok(outcomes)
+    }
+}
+
+/// What a level's event became, from its own `set_quantities` call.
+fn level_outcome(set: SetOutcome) -> Outcome {
+    match set {
+        SetOutcome::Done => Outcome::Applied,
+        SetOutcome::Contended => Outcome::Contended,
+        // Still gone after a fresh lookup (replaced once more in between):
+        // the event goes again, and looks up again.
+        SetOutcome::UnknownItem => Outcome::Contended,
+        SetOutcome::Refused(reason) => Outcome::DeadLetter {
+            class: "shop_refused",
+            reason,
+        },
     }
 }
 
@@ -440,6 +444,33 @@ where
             }
         }
         Ok(SetOutcome::Contended)
+    }
+
+    /// A level refused for an unknown item: its SKU is read from the shop
+    /// anew, not from the mapping (which a stale `products/*` webhook may
+    /// have filled with the gone item again), and the level written to the
+    /// item the shop has now, right away.
+    async fn write_to_item_found_again(
+        &mut self,
+        (event, gone, location, quantity): &Write<'_>,
+        settled: &mut HashSet<(String, String)>,
+    ) -> Result<Outcome, SyncError> {
+        let sku = event.event.sku.as_str();
+        let found = self.platform.look_up_again(&[sku]).await?;
+        let Some(item) = found.get(sku) else {
+            return Ok(Outcome::DeadLetter {
+                class: "unknown_sku",
+                reason: format!("the shop has no variant with SKU `{sku}` any more"),
+            });
+        };
+        if item.as_str() == *gone {
+            return Ok(Outcome::Contended);
+        }
+        let write: Write = (*event, item.as_str(), *location, *quantity);
+        let set = self
+            .set_quantities(std::slice::from_ref(&write), settled)
+            .await?;
+        Ok(level_outcome(set))
     }
 
     /// Drops the levels just read (`fresh`) that the shop already shows at

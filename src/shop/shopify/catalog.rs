@@ -254,7 +254,7 @@ impl ShopCatalog {
 
     /// These SKUs' variants are gone from the shop (a write was refused for
     /// an unknown item): they are looked up again when next wanted.
-    pub async fn forget(&mut self, skus: &[&str]) -> Result<(), AdminApiError> {
+    async fn forget(&mut self, skus: &[&str]) -> Result<(), AdminApiError> {
         let skus: Vec<String> = skus.iter().map(|s| s.to_string()).collect();
         tracing::info!(
             ?skus,

@@ -66,8 +66,17 @@ impl StockLevelReader for ShopifyInventory {
 }
 
 impl StockLevelPlatform for ShopifyInventory {
-    async fn forget(&mut self, skus: &[&str]) -> Result<(), AdminApiError> {
-        self.catalog.forget(skus).await
+    async fn look_up_again(
+        &mut self,
+        skus: &[&str],
+    ) -> Result<HashMap<String, String>, AdminApiError> {
+        Ok(self
+            .catalog
+            .look_up_again(skus)
+            .await?
+            .into_iter()
+            .map(|(sku, v)| (sku, v.inventory_item))
+            .collect())
     }
 
     fn ready_in(&self) -> std::time::Duration {
