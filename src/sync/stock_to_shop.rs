@@ -227,6 +227,8 @@ where
             let quantity = e.event.shop_on_hand(self.safety_stock);
             writes.push((i, item.clone(), location, quantity));
         }
+        // SKU → the item the shop has now, for levels refused as gone.
+        let mut found_again: HashMap<String, Option<String>> = HashMap::new();
         for chunk in writes.chunks(250) {
             let keyed: Vec<Write> = chunk
                 .iter()
@@ -245,13 +247,24 @@ where
                 if settled.contains(&(w.1.to_owned(), w.2.to_owned())) {
                     continue;
                 }
+                let sku = events[*i].event.sku.as_str();
+                if let Some(found) = found_again.get(sku).cloned() {
+                    // Another warehouse of this SKU found its item gone.
+                    outcomes[*i] = self.write_to_found(w, found, &mut settled).await?;
+                    continue;
+                }
                 let set = self
                     .set_quantities(std::slice::from_ref(w), &mut settled)
                     .await?;
                 outcomes[*i] = match set {
-                    // Mapped before the variant was replaced in the shop.
+                    // Mapped before the variant was replaced in the shop: read
+                    // from the shop anew, not from the mapping (which a stale
+                    // `products/*` webhook may have filled with the gone item
+                    // again), and written to the item it has now, right away.
                     SetOutcome::UnknownItem => {
-                        self.write_to_item_found_again(w, &mut settled).await?
+                        let found = self.platform.look_up_again(&[sku]).await?.remove(sku);
+                        found_again.insert(sku.to_owned(), found.clone());
+                        self.write_to_found(w, found, &mut settled).await?
                     }
                     other => level_outcome(other),
                 };
@@ -446,24 +459,22 @@ where
         Ok(SetOutcome::Contended)
     }
 
-    /// A level refused for an unknown item: its SKU is read from the shop
-    /// anew, not from the mapping (which a stale `products/*` webhook may
-    /// have filled with the gone item again), and the level written to the
-    /// item the shop has now, right away.
-    async fn write_to_item_found_again(
+    /// A level refused for an unknown item, written to the item its SKU has
+    /// in the shop now (`found`, from `look_up_again`).
+    async fn write_to_found(
         &mut self,
         (event, gone, location, quantity): &Write<'_>,
+        found: Option<String>,
         settled: &mut HashSet<(String, String)>,
     ) -> Result<Outcome, SyncError> {
         let sku = event.event.sku.as_str();
-        let found = self.platform.look_up_again(&[sku]).await?;
-        let Some(item) = found.get(sku) else {
+        let Some(item) = found else {
             return Ok(Outcome::DeadLetter {
                 class: "unknown_sku",
                 reason: format!("the shop has no variant with SKU `{sku}` any more"),
             });
         };
-        if item.as_str() == *gone {
+        if item == *gone {
             return Ok(Outcome::Contended);
         }
         let write: Write = (*event, item.as_str(), *location, *quantity);

@@ -862,10 +862,16 @@ impl RunningProcessor {
 
 /// The stock processor group's total lag (records not yet committed).
 pub fn stock_lag(config: &Config) -> i64 {
+    group_lag(config, "stock")
+}
+
+/// Shop `demo`'s `entity` processor group's total lag.
+pub fn group_lag(config: &Config, entity: &str) -> i64 {
+    let suffix = format!(".{entity}.demo");
     flywheel::ops::lag::consumer_lag(config)
         .expect("reading the lag")
         .iter()
-        .filter(|l| l.group.ends_with(".stock.demo"))
+        .filter(|l| l.group.ends_with(&suffix))
         .map(|l| l.lag)
         .sum()
 }
