@@ -230,7 +230,9 @@ pub trait StockLevelPlatform: StockLevelReader {
     /// The items `items` gave for these SKUs are gone from the shop (the
     /// products were replaced): reads these SKUs' items from the shop itself,
     /// never from a mapping that may still hold the gone ones, and keeps them
-    /// for later `items`. SKU → item, of those the shop has now.
+    /// for later `items` (unless the mapping holds something that may be
+    /// newer, which then costs the next write the same lookup). SKU → item,
+    /// of those the shop has now.
     fn look_up_again(
         &mut self,
         skus: &[&str],

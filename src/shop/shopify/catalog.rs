@@ -267,7 +267,9 @@ impl ShopCatalog {
     /// shop itself, never the store: a stale `products/*` webhook stamped
     /// within the read margin can store the gone mapping again in between,
     /// and a write retried through the store would find it gone once more.
-    /// What the shop says is stored too; SKUs it lacks are absent.
+    /// What the shop says is stored too, under the store's version guard (an
+    /// entry from a webhook stamped within the read margin stays); SKUs the
+    /// shop lacks are absent.
     pub async fn look_up_again(
         &mut self,
         skus: &[&str],
