@@ -722,3 +722,67 @@ async fn a_stock_write_to_a_replaced_item_finds_the_new_one_even_if_the_gone_map
         .expect("level");
     assert_eq!(shown.get(&pair), Some(&17));
 }
+
+fn operations(sim: &ShopSim, name: &str) -> u64 {
+    sim.stats()["api"]["operations"][name].as_u64().unwrap_or(0)
+}
+
+/// A catalogue whose store never held an export exports the shop's catalogue
+/// on its first miss, even of one SKU, and reads later misses from it: a
+/// processor joining with a new state database paid a lookup (3 points and a
+/// round trip) on every SKU's first change, and its writes waited for the
+/// budget. An export that fails does not hold a few misses back: they are
+/// looked up one by one, and no export is tried again for a while.
+#[tokio::test]
+async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_lookups() {
+    use flywheel::shop::shopify::catalog::ShopCatalog;
+    let counts = |sim: &ShopSim| {
+        (
+            operations(sim, "bulkOperationRunQuery"),
+            operations(sim, "productVariants"),
+        )
+    };
+
+    let shop = sim(1000.0, 100.0).await;
+    let mut catalog = ShopCatalog::in_memory(client(&shop));
+    let first = catalog.variants(["SKU-000001"]).await.expect("a miss");
+    assert!(first.contains_key("SKU-000001"), "{first:?}");
+    assert_eq!(
+        counts(&shop),
+        (1, 0),
+        "(exports, lookups) of the first miss"
+    );
+    let later = catalog
+        .variants(["SKU-000002", "SKU-000077"])
+        .await
+        .expect("later misses");
+    assert_eq!(later.len(), 2, "{later:?}");
+    assert_eq!(counts(&shop), (1, 0), "later misses read the export");
+
+    let failing = sim(1000.0, 100.0).await;
+    failing.set_faults(
+        ApiFaults {
+            bulk_failure: true,
+            ..ApiFaults::default()
+        },
+        WebhookFaults::default(),
+    );
+    let mut catalog = ShopCatalog::in_memory(client(&failing));
+    let first = catalog
+        .variants(["SKU-000001"])
+        .await
+        .expect("looked up after the failed export");
+    assert!(first.contains_key("SKU-000001"), "{first:?}");
+    assert_eq!(
+        counts(&failing),
+        (1, 1),
+        "(exports, lookups) of the first miss"
+    );
+    let next = catalog.variants(["SKU-000002"]).await.expect("a lookup");
+    assert!(next.contains_key("SKU-000002"), "{next:?}");
+    assert_eq!(
+        counts(&failing),
+        (1, 2),
+        "an export was tried again right after one failed"
+    );
+}

@@ -88,6 +88,8 @@ pub struct BulkOps {
     jobs: mpsc::UnboundedSender<u64>,
     base_url: Mutex<String>,
     latency: Mutex<std::time::Duration>,
+    /// Every operation ends FAILED (fault injection).
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl BulkOps {
@@ -101,6 +103,7 @@ impl BulkOps {
             jobs,
             base_url: Mutex::default(),
             latency: Mutex::default(),
+            failing: Default::default(),
         };
         (ops, rx)
     }
@@ -108,6 +111,13 @@ impl BulkOps {
     /// How long each operation runs before its result is ready (fault injection).
     pub fn set_latency(&self, latency: std::time::Duration) {
         *self.latency.lock() = latency;
+    }
+
+    /// Whether every operation ends FAILED, as Shopify's now and then do
+    /// (fault injection).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where result files are served (`http://host:port`).
@@ -227,6 +237,9 @@ pub async fn run(
             tokio::time::sleep(latency).await;
         }
         let result = match op.kind {
+            _ if bulk.failing.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err("injected failure".to_owned())
+            }
             OpKind::Query => run_query(&schema, &op.query).await,
             OpKind::Mutation => {
                 let file = op.staged_path.as_deref().and_then(|p| bulk.upload(p));

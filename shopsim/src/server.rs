@@ -77,6 +77,8 @@ pub struct ApiFaults {
     pub bulk_latency_ms: u64,
     /// Answer as API versions before 2026-01 do: no `bulkOperation(id:)`.
     pub no_bulk_operation_by_id: bool,
+    /// Every bulk operation ends FAILED (`INTERNAL_SERVER_ERROR`).
+    pub bulk_failure: bool,
     /// Answer 503 to every page of a REST listing after the first (a
     /// request with `page_info`): a shop that fails part-way through.
     pub later_pages_unavailable: bool,
@@ -240,6 +242,7 @@ impl ShopSim {
             .shop
             .bulk
             .set_latency(Duration::from_millis(api.bulk_latency_ms));
+        self.app.shop.bulk.set_failing(api.bulk_failure);
         *self.app.faults.lock() = api;
         *self.app.shop.webhooks.faults.lock() = webhooks;
     }
@@ -819,6 +822,7 @@ async fn sim_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
             app.shop
                 .bulk
                 .set_latency(Duration::from_millis(f.api.bulk_latency_ms));
+            app.shop.bulk.set_failing(f.api.bulk_failure);
             *app.faults.lock() = f.api;
             *app.shop.webhooks.faults.lock() = f.webhooks;
             json_response(StatusCode::OK, json!({"ok": true}))

@@ -4,11 +4,14 @@
 //! The SKU → variant mapping is kept in a [`CatalogStore`]: in the state
 //! database, it is one mapping shared by every processor of the shop and kept
 //! across restarts, which `products/*` webhooks keep current
-//! (`sync::shop_catalog`). A SKU the store lacks is looked up in the shop and
-//! stored. A miss of many SKUs at once (a first full sync) exports the whole
-//! catalogue with one bulk query instead: a few points, where looking up
-//! 10,000 SKUs costs 30,000 and five minutes of the shop's budget; the store
-//! remembers the export, so no other processor and no restart repeats it.
+//! (`sync::shop_catalog`). The first miss of a store that never held an
+//! export (a first full sync, or a processor joining with a new state
+//! database) exports the whole catalogue with one bulk query: a few points,
+//! where looking up 10,000 SKUs one by one as they first change costs 30,000
+//! and five minutes of the shop's budget, and a round trip on each first
+//! write. The store remembers the export, so no other processor and no
+//! restart repeats it; after it, a SKU the store lacks (created since) is
+//! looked up in the shop and stored.
 
 use std::collections::HashMap;
 
@@ -47,7 +50,7 @@ pub struct CatalogStoreError {
 ///   the shop), unless an entry newer than `version` says otherwise; they
 ///   read as unknown until stored again.
 /// - `exported` says whether `mark_exported` was ever called: the whole
-///   catalogue is in the store, and a mass miss is not worth another export.
+///   catalogue is in the store, and a miss is not worth another export.
 ///   A store that forgets it only costs another export.
 /// - An error says whether trying again may help; nothing is half-stored
 ///   that a retry would not store again.
@@ -154,8 +157,14 @@ fn read_version() -> i64 {
     chrono::Utc::now().timestamp_micros() - READ_MARGIN_MICROS
 }
 
-/// Misses of at least this many SKUs in one lookup export the catalogue.
+/// Misses of at least this many SKUs in one lookup wait for the export even
+/// when the last one failed (looking them up would take the shop's budget for
+/// a while); as many prices are read with one bulk query.
 const EXPORT_FROM_MISSES: usize = 100;
+/// After an export failed, fewer misses are looked up one by one for this
+/// long before an export is tried again, so a shop that refuses bulk queries
+/// does not hold every first write for a failed export.
+const EXPORT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 /// How long an export may take (Shopify exports a large catalogue in minutes).
 const EXPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 /// The variants' fields the catalogue keeps, as one bulk query.
@@ -169,6 +178,11 @@ pub struct ShopCatalog {
     pub api: AdminApi,
     store: Box<dyn CatalogStore>,
     locations: HashMap<String, String>,
+    /// The store holds an export (it is never taken back, so once seen, the
+    /// store need not be asked again).
+    exported: bool,
+    /// An export failed: until then, a few misses are looked up instead.
+    export_paused_until: Option<std::time::Instant>,
 }
 
 /// (SKU, variant) of a variant node with every field the mapping keeps.
@@ -190,6 +204,8 @@ impl ShopCatalog {
             api,
             store,
             locations: HashMap::new(),
+            exported: false,
+            export_paused_until: None,
         }
     }
 
@@ -205,6 +221,7 @@ impl ShopCatalog {
         let variants: Vec<(String, VariantRef)> = lines.iter().filter_map(variant_of).collect();
         self.store.store(version, &variants).await?;
         self.store.mark_exported().await?;
+        self.exported = true;
         tracing::info!(
             variants = variants.len(),
             "exported the shop's catalogue in one bulk query"
@@ -228,12 +245,25 @@ impl ShopCatalog {
                 .filter(|s| !known.contains_key(*s))
                 .collect()
         };
-        if missing(&known).len() >= EXPORT_FROM_MISSES && !self.store.exported().await? {
-            let all = self.export().await?;
-            for s in &wanted {
-                if let Some(v) = all.get(s) {
-                    known.entry(s.clone()).or_insert_with(|| v.clone());
+        let misses = missing(&known).len();
+        if self.wants_export(misses).await? {
+            match self.export().await {
+                Ok(all) => {
+                    for s in &wanted {
+                        if let Some(v) = all.get(s) {
+                            known.entry(s.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
                 }
+                Err(e) if misses < EXPORT_FROM_MISSES => {
+                    tracing::warn!(
+                        error = %e,
+                        misses,
+                        "could not export the shop's catalogue; looking the missing SKUs up one by one"
+                    );
+                    self.export_paused_until = Some(std::time::Instant::now() + EXPORT_RETRY_PAUSE);
+                }
+                Err(e) => return Err(e),
             }
         }
         // Still missing: created since the export, or not in the shop.
@@ -250,6 +280,22 @@ impl ShopCatalog {
             }
         }
         Ok(known)
+    }
+
+    /// Whether `misses` SKUs the store lacks are read with an export: when the
+    /// store never held one (unless one failed lately and the misses are few).
+    async fn wants_export(&mut self, misses: usize) -> Result<bool, AdminApiError> {
+        if misses == 0 || self.exported {
+            return Ok(false);
+        }
+        let paused = self
+            .export_paused_until
+            .is_some_and(|until| std::time::Instant::now() < until);
+        if paused && misses < EXPORT_FROM_MISSES {
+            return Ok(false);
+        }
+        self.exported = self.store.exported().await?;
+        Ok(!self.exported)
     }
 
     /// These SKUs' variants are gone from the shop (a write was refused for
