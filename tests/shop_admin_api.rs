@@ -727,12 +727,14 @@ fn operations(sim: &ShopSim, name: &str) -> u64 {
     sim.stats()["api"]["operations"][name].as_u64().unwrap_or(0)
 }
 
-/// A catalogue whose store never held an export exports the shop's catalogue
-/// on its first miss, even of one SKU, and reads later misses from it: a
-/// processor joining with a new state database paid a lookup (3 points and a
-/// round trip) on every SKU's first change, and its writes waited for the
-/// budget. An export that fails does not hold a few misses back: they are
-/// looked up one by one, and no export is tried again for a while.
+/// A catalogue whose lasting store never held an export exports the shop's
+/// catalogue on its first miss, even of one SKU, and reads later misses from
+/// it: a processor joining with a new state database paid a lookup (3 points
+/// and a round trip) on every SKU's first change, and its writes waited for
+/// the budget. An export that fails does not hold a few misses back: they are
+/// looked up one by one, and no export is tried again for a while. A
+/// catalogue for one client's life (a trace of one key) looks a few SKUs up
+/// instead of reading the whole catalogue.
 #[tokio::test]
 async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_lookups() {
     use flywheel::shop::shopify::catalog::ShopCatalog;
@@ -744,7 +746,8 @@ async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_
     };
 
     let shop = sim(1000.0, 100.0).await;
-    let mut catalog = ShopCatalog::in_memory(client(&shop));
+    let lasting = |sim: &ShopSim| ShopCatalog::new(client(sim), Box::<MemoryCatalog>::default());
+    let mut catalog = lasting(&shop);
     let first = catalog.variants(["SKU-000001"]).await.expect("a miss");
     assert!(first.contains_key("SKU-000001"), "{first:?}");
     assert_eq!(
@@ -767,7 +770,7 @@ async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_
         },
         WebhookFaults::default(),
     );
-    let mut catalog = ShopCatalog::in_memory(client(&failing));
+    let mut catalog = lasting(&failing);
     let first = catalog
         .variants(["SKU-000001"])
         .await
@@ -784,5 +787,15 @@ async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_
         counts(&failing),
         (1, 2),
         "an export was tried again right after one failed"
+    );
+
+    let one_shot = sim(1000.0, 100.0).await;
+    let mut catalog = ShopCatalog::in_memory(client(&one_shot));
+    let first = catalog.variants(["SKU-000001"]).await.expect("a lookup");
+    assert!(first.contains_key("SKU-000001"), "{first:?}");
+    assert_eq!(
+        counts(&one_shot),
+        (0, 1),
+        "(exports, lookups) of a one-shot catalogue's miss"
     );
 }

@@ -11,7 +11,10 @@
 //! and five minutes of the shop's budget, and a round trip on each first
 //! write. The store remembers the export, so no other processor and no
 //! restart repeats it; after it, a SKU the store lacks (created since) is
-//! looked up in the shop and stored.
+//! looked up in the shop and stored. A catalogue for one client's life
+//! ([`ShopCatalog::in_memory`]: a trace of one key, a sampled
+//! reconciliation) exports only for a miss of many SKUs at once: it would
+//! read a whole catalogue to use a few entries of it.
 
 use std::collections::HashMap;
 
@@ -183,6 +186,9 @@ pub struct ShopCatalog {
     exported: bool,
     /// An export failed: until then, a few misses are looked up instead.
     export_paused_until: Option<std::time::Instant>,
+    /// The store outlives this client, so the whole catalogue will be wanted:
+    /// its first miss exports. Otherwise only a miss of many SKUs does.
+    first_miss_exports: bool,
 }
 
 /// (SKU, variant) of a variant node with every field the mapping keeps.
@@ -206,12 +212,18 @@ impl ShopCatalog {
             locations: HashMap::new(),
             exported: false,
             export_paused_until: None,
+            first_miss_exports: true,
         }
     }
 
-    /// A catalogue that keeps its mapping for its own life only.
+    /// A catalogue that keeps its mapping for its own life only: it exports
+    /// the shop's catalogue for a miss of many SKUs at once, and looks a few
+    /// up.
     pub fn in_memory(api: AdminApi) -> Self {
-        ShopCatalog::new(api, Box::<MemoryCatalog>::default())
+        ShopCatalog {
+            first_miss_exports: false,
+            ..ShopCatalog::new(api, Box::<MemoryCatalog>::default())
+        }
     }
 
     /// Every variant of the shop, from one bulk export, into the store.
@@ -283,7 +295,8 @@ impl ShopCatalog {
     }
 
     /// Whether `misses` SKUs the store lacks are read with an export: when the
-    /// store never held one (unless one failed lately and the misses are few).
+    /// store never held one, and they are many or the store lasts (and no
+    /// export failed lately).
     async fn wants_export(&mut self, misses: usize) -> Result<bool, AdminApiError> {
         if misses == 0 || self.exported {
             return Ok(false);
@@ -291,7 +304,8 @@ impl ShopCatalog {
         let paused = self
             .export_paused_until
             .is_some_and(|until| std::time::Instant::now() < until);
-        if paused && misses < EXPORT_FROM_MISSES {
+        let few = misses < EXPORT_FROM_MISSES;
+        if few && (paused || !self.first_miss_exports) {
             return Ok(false);
         }
         self.exported = self.store.exported().await?;
