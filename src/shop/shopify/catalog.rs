@@ -160,9 +160,10 @@ fn read_version() -> i64 {
     chrono::Utc::now().timestamp_micros() - READ_MARGIN_MICROS
 }
 
-/// Misses of at least this many SKUs in one lookup wait for the export even
-/// when the last one failed (looking them up would take the shop's budget for
-/// a while); as many prices are read with one bulk query.
+/// Misses of at least this many SKUs in one lookup are read with an export
+/// by a catalogue for one client's life too, and wait for it even when the
+/// last one failed (looking them up would take the shop's budget for a
+/// while); as many prices are read with one bulk query.
 const EXPORT_FROM_MISSES: usize = 100;
 /// After an export failed, fewer misses are looked up one by one for this
 /// long before an export is tried again, so a shop that refuses bulk queries
