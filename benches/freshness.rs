@@ -197,9 +197,7 @@ impl Sim {
     /// Stock writes: Shopify mutations, WooCommerce batch items.
     fn writes(&self) -> u64 {
         match self {
-            Sim::Shopify(sim) => sim.stats()["api"]["operations"]["inventorySetQuantities"]
-                .as_u64()
-                .unwrap_or(0),
+            Sim::Shopify(sim) => sim.operations("inventorySetQuantities"),
             Sim::Woocommerce(sim) => sim.stats().batch_items,
         }
     }

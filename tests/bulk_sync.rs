@@ -15,10 +15,6 @@ use flywheel::erp::demo_erp::DemoSize;
 const T: Duration = Duration::from_secs(120);
 const SKUS: u32 = 300;
 
-fn operations(sim: &shopsim::ShopSim, name: &str) -> u64 {
-    sim.stats()["api"]["operations"][name].as_u64().unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_sync_maps_the_catalogue_and_writes_prices_in_bulk() {
     let size = DemoSize {
@@ -51,15 +47,15 @@ async fn a_first_sync_maps_the_catalogue_and_writes_prices_in_bulk() {
     )
     .await;
 
-    let bulk_writes = operations(&sim, "bulkOperationRunMutation");
-    let direct_writes = operations(&sim, "productVariantsBulkUpdate");
+    let bulk_writes = sim.operations("bulkOperationRunMutation");
+    let direct_writes = sim.operations("productVariantsBulkUpdate");
     assert!(bulk_writes >= 1, "prices were written in bulk");
     assert!(
         direct_writes < u64::from(SKUS) / 2,
         "most of the {SKUS} products were written in bulk, not one call each ({direct_writes} calls)"
     );
     assert!(
-        operations(&sim, "bulkOperationRunQuery") >= 1,
+        sim.operations("bulkOperationRunQuery") >= 1,
         "the catalogue was exported in bulk"
     );
     let spent = sim.stats()["api"]["cost_used"].as_u64().unwrap_or(0);
@@ -79,12 +75,12 @@ async fn a_first_sync_maps_the_catalogue_and_writes_prices_in_bulk() {
         .expect("a price change");
     common::wait_for_shop_price("the single price change", T, &sim, "SKU-000006", "77.70").await;
     assert_eq!(
-        operations(&sim, "bulkOperationRunMutation"),
+        sim.operations("bulkOperationRunMutation"),
         bulk_writes,
         "one price is not worth a bulk operation"
     );
     assert_eq!(
-        operations(&sim, "productVariantsBulkUpdate"),
+        sim.operations("productVariantsBulkUpdate"),
         direct_writes + 1
     );
 

@@ -111,10 +111,6 @@ async fn the_catalogue_mapping_in_postgresql_keeps_its_contract() {
     common::check_catalogue_mapping(&mut state).await;
 }
 
-fn operations(sim: &shopsim::ShopSim, name: &str) -> u64 {
-    sim.stats()["api"]["operations"][name].as_u64().unwrap_or(0)
-}
-
 /// (variant, inventory item, version) the state database maps `sku` to.
 async fn mapped(env: &TestEnv, sku: &str) -> Option<(Option<String>, Option<String>, i64)> {
     env.erp
@@ -157,8 +153,8 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     wait_for_shop_stock("the first sync", T, sim, &want).await;
     // The store never held an export: the first miss exports the catalogue,
     // and no SKU is looked up one by one.
-    assert_eq!(operations(sim, "bulkOperationRunQuery"), 1);
-    let lookups = operations(sim, "productVariants");
+    assert_eq!(sim.operations("bulkOperationRunQuery"), 1);
+    let lookups = sim.operations("productVariants");
     assert_eq!(lookups, 0, "SKUs were looked up one by one, not exported");
     let stored: i64 = env
         .erp
@@ -181,8 +177,8 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     wait_for_shop_stock("a change after the restart", T, sim, &want).await;
     assert_eq!(
         (
-            operations(sim, "productVariants"),
-            operations(sim, "bulkOperationRunQuery")
+            sim.operations("productVariants"),
+            sim.operations("bulkOperationRunQuery")
         ),
         (lookups, 1),
         "the restarted stock processor read the catalogue again"
@@ -204,7 +200,7 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
         "the price processor looked the SKU up again instead of reading the shared mapping"
     );
     assert_eq!(
-        operations(sim, "bulkOperationRunQuery"),
+        sim.operations("bulkOperationRunQuery"),
         1,
         "the price processor exported the catalogue again"
     );
@@ -228,7 +224,7 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
         mapped(&env, "SKU-000003").await.and_then(|m| m.1) == Some(new_item.to_string())
     })
     .await;
-    let lookups = operations(sim, "productVariants");
+    let lookups = sim.operations("productVariants");
     env.set_stock(3, "WH1", 62).await;
     let want = env.shop_should_show("SKU-000003", "WH1", 0).await;
     let level = ("SKU-000003".to_owned(), "WH1".to_owned());
@@ -238,7 +234,7 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     .await;
     assert_ne!(old_item, new_item);
     assert_eq!(
-        operations(sim, "productVariants") - lookups,
+        sim.operations("productVariants") - lookups,
         0,
         "the new variant came from the webhooks, not a lookup"
     );
@@ -248,7 +244,7 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     // and writes to the new item at once; nothing is dead-lettered.
     catalog.stop().await;
     let (_, newest_item) = sim.replace_product("SKU-000005", 0).expect("SKU-000005");
-    let lookups = operations(sim, "productVariants");
+    let lookups = sim.operations("productVariants");
     let looked_up_from = chrono::Utc::now().timestamp_micros();
     let dead_letters = processor_outcomes().get("dead_lettered").copied();
     // Both warehouses in one transaction: the second level of the SKU goes
@@ -272,7 +268,7 @@ async fn the_catalogue_mapping_is_shared_kept_across_restarts_and_follows_produc
     })
     .await;
     assert!(
-        operations(sim, "productVariants") > lookups,
+        sim.operations("productVariants") > lookups,
         "the stale item was looked up again"
     );
     // The lookup is stored too, unless the mapping holds a webhook stamped

@@ -62,11 +62,7 @@ async fn replay_moves_a_stopped_group_back_and_nothing_is_applied_twice() {
     );
 
     let before = processor_outcomes();
-    let mutations = || {
-        sim.stats()["api"]["operations"]["inventorySetQuantities"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let mutations = || sim.operations("inventorySetQuantities");
     let writes_before = mutations();
     let again = common::RunningProcessor::spawn(&config, |c, t| async move {
         flywheel::sync::stock_to_shop::run(&c, &c.shops[0].clone(), t).await

@@ -723,10 +723,6 @@ async fn a_stock_write_to_a_replaced_item_finds_the_new_one_even_if_the_gone_map
     assert_eq!(shown.get(&pair), Some(&17));
 }
 
-fn operations(sim: &ShopSim, name: &str) -> u64 {
-    sim.stats()["api"]["operations"][name].as_u64().unwrap_or(0)
-}
-
 /// A catalogue whose lasting store never held an export exports the shop's
 /// catalogue on its first miss, even of one SKU, and reads later misses from
 /// it: a processor joining with a new state database paid a lookup (3 points
@@ -738,29 +734,27 @@ fn operations(sim: &ShopSim, name: &str) -> u64 {
 #[tokio::test]
 async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_lookups() {
     use flywheel::shop::shopify::catalog::ShopCatalog;
-    let counts = |sim: &ShopSim| {
+    // Asks `catalog` for `skus` (every one of them is in the shop, so every
+    // one must be found) and returns the sim's (exports, lookups) after it.
+    async fn miss(catalog: &mut ShopCatalog, sim: &ShopSim, skus: &[&str]) -> (u64, u64) {
+        let found = catalog
+            .variants(skus.iter().copied())
+            .await
+            .expect("variants");
+        assert_eq!(found.len(), skus.len(), "{found:?}");
         (
-            operations(sim, "bulkOperationRunQuery"),
-            operations(sim, "productVariants"),
+            sim.operations("bulkOperationRunQuery"),
+            sim.operations("productVariants"),
         )
-    };
+    }
+    let lasting = |sim: &ShopSim| ShopCatalog::new(client(sim), Box::<MemoryCatalog>::default());
 
     let shop = sim(1000.0, 100.0).await;
-    let lasting = |sim: &ShopSim| ShopCatalog::new(client(sim), Box::<MemoryCatalog>::default());
     let mut catalog = lasting(&shop);
-    let first = catalog.variants(["SKU-000001"]).await.expect("a miss");
-    assert!(first.contains_key("SKU-000001"), "{first:?}");
-    assert_eq!(
-        counts(&shop),
-        (1, 0),
-        "(exports, lookups) of the first miss"
-    );
-    let later = catalog
-        .variants(["SKU-000002", "SKU-000077"])
-        .await
-        .expect("later misses");
-    assert_eq!(later.len(), 2, "{later:?}");
-    assert_eq!(counts(&shop), (1, 0), "later misses read the export");
+    let first = miss(&mut catalog, &shop, &["SKU-000001"]).await;
+    assert_eq!(first, (1, 0), "(exports, lookups) of the first miss");
+    let later = miss(&mut catalog, &shop, &["SKU-000002", "SKU-000077"]).await;
+    assert_eq!(later, (1, 0), "later misses read the export");
 
     let failing = sim(1000.0, 100.0).await;
     failing.set_faults(
@@ -771,30 +765,20 @@ async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_
         WebhookFaults::default(),
     );
     let mut catalog = lasting(&failing);
-    let first = catalog
-        .variants(["SKU-000001"])
-        .await
-        .expect("looked up after the failed export");
-    assert!(first.contains_key("SKU-000001"), "{first:?}");
+    let first = miss(&mut catalog, &failing, &["SKU-000001"]).await;
+    assert_eq!(first, (1, 1), "(exports, lookups) of the first miss");
+    let next = miss(&mut catalog, &failing, &["SKU-000002"]).await;
     assert_eq!(
-        counts(&failing),
-        (1, 1),
-        "(exports, lookups) of the first miss"
-    );
-    let next = catalog.variants(["SKU-000002"]).await.expect("a lookup");
-    assert!(next.contains_key("SKU-000002"), "{next:?}");
-    assert_eq!(
-        counts(&failing),
+        next,
         (1, 2),
         "an export was tried again right after one failed"
     );
 
     let one_shot = sim(1000.0, 100.0).await;
     let mut catalog = ShopCatalog::in_memory(client(&one_shot));
-    let first = catalog.variants(["SKU-000001"]).await.expect("a lookup");
-    assert!(first.contains_key("SKU-000001"), "{first:?}");
+    let first = miss(&mut catalog, &one_shot, &["SKU-000001"]).await;
     assert_eq!(
-        counts(&one_shot),
+        first,
         (0, 1),
         "(exports, lookups) of a one-shot catalogue's miss"
     );

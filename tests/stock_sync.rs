@@ -81,11 +81,7 @@ async fn erp_stock_converges_in_the_shop_and_unknown_skus_are_dead_lettered() {
     // store says it was all applied, so nothing reaches the shop.
     let mut stock = env.reader("erp.stock.v1");
     let total = stock.drain(Duration::from_secs(1)).await.len() as u64;
-    let mutations = || {
-        sim.stats()["api"]["operations"]["inventorySetQuantities"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let mutations = || sim.operations("inventorySetQuantities");
     let (writes_before, before) = (mutations(), common::processor_outcomes());
     let state_before = shop_stock(&sim).await;
     config.processors.group_id = "stock_sync-replay".into();

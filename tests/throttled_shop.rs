@@ -122,9 +122,7 @@ async fn a_throttled_shop_converges_with_coalesced_writes_and_no_failures() {
 
     let outcomes = processor_outcomes();
     let events = outcomes.values().sum::<u64>();
-    let writes = sim.stats()["api"]["operations"]["inventorySetQuantities"]
-        .as_u64()
-        .unwrap_or(0);
+    let writes = sim.operations("inventorySetQuantities");
     assert!(
         outcomes.get("coalesced").copied().unwrap_or(0) > 0,
         "versions waiting for budget were coalesced: {outcomes:?}"

@@ -251,6 +251,18 @@ impl ShopSim {
         stats_json(&self.app)
     }
 
+    /// How many GraphQL operations with this root field (`productVariants`,
+    /// `inventorySetQuantities`, …) the shop answered.
+    pub fn operations(&self, name: &str) -> u64 {
+        self.app
+            .stats
+            .lock()
+            .operations
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Places `count` random orders now; returns their ids.
     pub fn place_orders(&self, count: u32, paid: bool) -> Vec<u64> {
         (0..count)
