@@ -33,8 +33,9 @@ async fn stock_change_appears_with_the_right_aggregate_and_version() {
     let source = env.start_streaming().await;
     let mut stock = env.reader("erp.stock.v1");
 
-    // SKU-000001 in WH1: 100 (10 reserved) on Stock, 5 on a shelf, and 7 at the
-    // customer location, which is not the warehouse's stock.
+    // SKU-000001 in WH1: 100 (10 reserved) on Stock, 5 on a shelf; 7 at the
+    // customer location and 11 on WH1's view location, neither of which is
+    // the warehouse's stock (the one is elsewhere, the other not internal).
     let (lo, hi) = commit_bracketed(
         &mut env,
         "DELETE FROM stock_quant WHERE product_id = 1;
@@ -42,7 +43,9 @@ async fn stock_change_appears_with_the_right_aggregate_and_version() {
          SELECT 1, w.lot_stock_id, 100, 10 FROM stock_warehouse w WHERE w.code = 'WH1';
          INSERT INTO stock_quant (product_id, location_id, quantity)
          SELECT 1, l.id, 5 FROM stock_location l WHERE l.name = 'WH1/Stock/Shelf 1';
-         INSERT INTO stock_quant (product_id, location_id, quantity) VALUES (1, 3, 7);",
+         INSERT INTO stock_quant (product_id, location_id, quantity) VALUES (1, 3, 7);
+         INSERT INTO stock_quant (product_id, location_id, quantity)
+         SELECT 1, w.view_location_id, 11 FROM stock_warehouse w WHERE w.code = 'WH1';",
     )
     .await;
 
