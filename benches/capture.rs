@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench capture` (env: BENCH_ERP = postgres | mariadb | both,
 //! default both; BENCH_SKUS, BENCH_RATE, BENCH_SECONDS, BENCH_BURST_TXNS,
-//! BENCH_QUERY_CONNECTIONS (`erp.query_connections`),
+//! BENCH_QUERY_CONNECTIONS (`erp.query_connections`), BENCH_MAX_BATCH_TXNS
+//! (`erp.max_batch_transactions`),
 //! BENCH_ROWS_PER_TXN, BENCH_ROUNDS). Starts its own PostgreSQL, MariaDB and tansu.
 //!
 //! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,
@@ -148,6 +149,8 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
     config.erp.dsn = dsn.clone();
     config.erp.status_interval_ms = 100;
     config.erp.query_connections = env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
+    config.erp.max_batch_transactions =
+        env_or("BENCH_MAX_BATCH_TXNS", config.erp.max_batch_transactions);
     config.kafka.bootstrap = broker.bootstrap();
     config.kafka.topic_prefix = "postgres.".into();
     config.metrics.listen = String::new();

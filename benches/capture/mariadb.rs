@@ -103,6 +103,8 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
     config.erp.status_interval_ms = 100;
     config.erp.query_connections =
         super::common::env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
+    config.erp.max_batch_transactions =
+        super::common::env_or("BENCH_MAX_BATCH_TXNS", config.erp.max_batch_transactions);
     config.kafka.bootstrap = broker.bootstrap();
     config.kafka.topic_prefix = "mariadb.".into();
     config.metrics.listen = String::new();
