@@ -210,7 +210,7 @@ fn main() {
         }
 
         let api = &sim.stats()["api"];
-        let ops = |name: &str| api["operations"][name].as_u64().unwrap_or(0);
+        let ops = |name: &str| sim.operations(name);
         let points = api["cost_used"].as_f64().unwrap_or_default();
         // The same sync item by item: every SKU looked up (3 points), every
         // product's price its own mutation, a stock mutation per 250 levels.
