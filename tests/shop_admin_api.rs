@@ -620,6 +620,50 @@ impl CatalogStore for StaleStore {
     }
 }
 
+/// A store whose first `store` fails as a database away would.
+#[derive(Default)]
+struct StoreFailingOnce {
+    inner: MemoryCatalog,
+    failed: bool,
+}
+
+impl CatalogStore for StoreFailingOnce {
+    fn load<'a>(
+        &'a mut self,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, VariantRef>, CatalogStoreError>> {
+        self.inner.load(skus)
+    }
+    fn store<'a>(
+        &'a mut self,
+        version: i64,
+        variants: &'a [(String, VariantRef)],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        if !std::mem::replace(&mut self.failed, true) {
+            return Box::pin(async {
+                Err(CatalogStoreError {
+                    reason: "connection refused".into(),
+                    retryable: true,
+                })
+            });
+        }
+        self.inner.store(version, variants)
+    }
+    fn forget<'a>(
+        &'a mut self,
+        version: i64,
+        skus: &'a [String],
+    ) -> BoxFuture<'a, Result<(), CatalogStoreError>> {
+        self.inner.forget(version, skus)
+    }
+    fn exported(&mut self) -> BoxFuture<'_, Result<bool, CatalogStoreError>> {
+        self.inner.exported()
+    }
+    fn mark_exported(&mut self) -> BoxFuture<'_, Result<(), CatalogStoreError>> {
+        self.inner.mark_exported()
+    }
+}
+
 /// A price write to a product replaced in the shop goes again to the variant
 /// the shop has now, read from the shop itself: a store that still maps the
 /// gone one after the forget (a stale webhook in between) had the retry find
@@ -728,8 +772,9 @@ async fn a_stock_write_to_a_replaced_item_finds_the_new_one_even_if_the_gone_map
 /// it: a processor joining with a new state database paid a lookup (3 points
 /// and a round trip) on every SKU's first change, and its writes waited for
 /// the budget. An export that fails does not hold a few misses back: they are
-/// looked up one by one, and no export is tried again for a while. A
-/// catalogue for one client's life (a trace of one key) looks a few SKUs up
+/// looked up one by one, and no export is tried again for a while; the
+/// store failing to keep an export fails the miss (to be retried) and pauses
+/// nothing. A catalogue for one client's life (a trace of one key) looks a few SKUs up
 /// instead of reading the whole catalogue.
 #[tokio::test]
 async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_lookups() {
@@ -772,6 +817,22 @@ async fn the_first_miss_exports_the_catalogue_and_a_failed_export_falls_back_to_
         next,
         (1, 2),
         "an export was tried again right after one failed"
+    );
+
+    // The store failing to keep an export is not the shop refusing one: the
+    // miss fails (to be retried), and the retry exports, not looks up.
+    let shop = sim(1000.0, 100.0).await;
+    let mut catalog = ShopCatalog::new(client(&shop), Box::<StoreFailingOnce>::default());
+    let failed = catalog.variants(["SKU-000001"]).await;
+    assert!(
+        matches!(&failed, Err(e @ AdminApiError::CatalogStore(_)) if e.is_transient()),
+        "{failed:?}"
+    );
+    let retried = miss(&mut catalog, &shop, &["SKU-000001"]).await;
+    assert_eq!(
+        retried,
+        (2, 0),
+        "(exports, lookups) after the store failed: the export was paused"
     );
 
     let one_shot = sim(1000.0, 100.0).await;

@@ -165,9 +165,9 @@ fn read_version() -> i64 {
 /// last one failed (looking them up would take the shop's budget for a
 /// while); as many prices are read with one bulk query.
 const EXPORT_FROM_MISSES: usize = 100;
-/// After an export failed, fewer misses are looked up one by one for this
-/// long before an export is tried again, so a shop that refuses bulk queries
-/// does not hold every first write for a failed export.
+/// After the shop failed an export, fewer misses are looked up one by one
+/// for this long before an export is tried again, so a shop that refuses
+/// bulk queries does not hold every first write for a failed export.
 const EXPORT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 /// How long an export may take (Shopify exports a large catalogue in minutes).
 const EXPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
@@ -268,6 +268,9 @@ impl ShopCatalog {
                         }
                     }
                 }
+                // The store failing is not the shop refusing bulk queries:
+                // the write is retried and exports then.
+                Err(e @ AdminApiError::CatalogStore(_)) => return Err(e),
                 Err(e) if misses < EXPORT_FROM_MISSES => {
                     tracing::warn!(
                         error = %e,
