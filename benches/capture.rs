@@ -151,7 +151,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
     config.erp.query_connections = env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
     config.erp.max_batch_transactions =
         env_or("BENCH_MAX_BATCH_TXNS", config.erp.max_batch_transactions);
-    config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut config.kafka);
     config.kafka.topic_prefix = "postgres.".into();
     config.metrics.listen = String::new();
     let slot = config.erp.slot.clone();

@@ -350,7 +350,7 @@ fn main() {
             .expect("demo ERP");
         let mut config = Config::default();
         config.erp.dsn = pg.dsn("erp");
-        config.kafka.bootstrap = broker.bootstrap();
+        broker.configure(&mut config.kafka);
         config.metrics.listen = String::new();
         let shutdown = CancellationToken::new();
         let source = tokio::spawn({

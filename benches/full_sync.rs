@@ -139,7 +139,7 @@ fn main() {
 
         let mut config = Config::default();
         config.erp.dsn = pg.dsn("erp");
-        config.kafka.bootstrap = broker.bootstrap();
+        broker.configure(&mut config.kafka);
         config.metrics.listen = String::new();
         config.processors.state_dsn = Some(pg.dsn("state"));
         config.processors.group_id = "full-sync".into();

@@ -264,7 +264,7 @@ async fn run(server: tokio::runtime::Handle) {
     let broker_pid = broker.pid().expect("the broker runs");
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
-    config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut config.kafka);
     for (name, value) in std::env::vars() {
         if let Some(property) = name.strip_prefix("BENCH_RDKAFKA_") {
             config

@@ -71,7 +71,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = Config::default();
     config.erp.dsn = pg.dsn("erp");
-    config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut config.kafka);
     config.metrics.listen = String::new();
     config.gateway.listen = "127.0.0.1:0".into();
     config.gateway.dedupe_path = dir.path().join("seen.log");

@@ -83,7 +83,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut config = Config::default();
     config.erp.dsn = pg.dsn("erp");
-    config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut config.kafka);
     config.metrics.listen = format!("127.0.0.1:{metrics_port}");
     config.gateway.listen = format!("127.0.0.1:{gateway_port}");
     config.gateway.dedupe_path = dir.path().join("seen.log");

@@ -197,10 +197,11 @@ pub struct KafkaConfig {
     /// How long the producer retries one record before reporting it failed.
     pub message_timeout_ms: u64,
     /// The processors' `fetch.wait.max.ms`. Apache Kafka answers a fetch as
-    /// soon as records arrive, so there a larger value (librdkafka's 500) only
-    /// saves idle requests; the development broker (tansu 0.6) answers only
-    /// after sleeping on it, records or not, so it is added to every event's
-    /// latency: keep it small there.
+    /// soon as records arrive, so this only bounds an idle consumer's wait:
+    /// librdkafka's 500 costs no latency there, where 10 made every idle
+    /// consumer send 100 fetches a second per broker. The development broker
+    /// (tansu 0.6) answers only after sleeping on it, records or not, so
+    /// whoever starts one sets it small (`LocalBroker::configure`).
     pub fetch_wait_max_ms: u64,
     /// Entity (state) topics are created with `cleanup.policy=compact`, and
     /// existing ones without it are reported.
@@ -378,7 +379,7 @@ impl Default for KafkaConfig {
             client_id: "flywheel".into(),
             topic_prefix: String::new(),
             message_timeout_ms: 30_000,
-            fetch_wait_max_ms: 10,
+            fetch_wait_max_ms: 500,
             compact_state_topics: true,
             min_compaction_lag_ms: 3_600_000,
             event_retention_ms: 7 * 24 * 3_600_000,

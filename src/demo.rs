@@ -139,7 +139,7 @@ pub async fn run(
     if config.kafka.bootstrap == KafkaConfig::default().bootstrap {
         eprintln!("starting the development broker (tansu, built in)…");
         let broker = LocalBroker::start().await?;
-        config.kafka.bootstrap = broker.bootstrap();
+        broker.configure(&mut config.kafka);
         local_broker = Some(broker);
     }
     let workdir = tempfile::tempdir().context("a temporary directory for the gateway")?;

@@ -214,6 +214,7 @@ heartbeat_interval_ms = 500
 
 [kafka]
 bootstrap = "{bootstrap}"
+fetch_wait_max_ms = {fetch_wait}
 topic_prefix = "{prefix}"
 partitions = 3
 message_timeout_ms = 10000
@@ -241,6 +242,7 @@ shutdown_timeout_secs = 10
         dsn = c.erp.dsn,
         slot = c.erp.slot,
         bootstrap = c.kafka.bootstrap,
+        fetch_wait = c.kafka.fetch_wait_max_ms,
         prefix = c.kafka.topic_prefix,
         dedupe = dir.join("seen.log").display(),
         graphql = sim.graphql_url(),

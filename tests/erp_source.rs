@@ -308,7 +308,7 @@ async fn wal_sent_while_a_change_was_unacknowledged_is_confirmed_after_its_ack()
     let broker = flywheel::local_infra::LocalBroker::start()
         .await
         .expect("a broker of its own");
-    env.config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut env.config.kafka);
     env.config.erp.status_interval_ms = 200;
     env.config.erp.heartbeat_interval_ms = 0;
     let source = env.start_streaming().await;

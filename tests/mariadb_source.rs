@@ -91,7 +91,7 @@ impl Env {
         config.erp.state_database = format!("{name}_fw");
         config.erp.status_interval_ms = 100;
         config.erp.heartbeat_interval_ms = 500;
-        config.kafka.bootstrap = common::shared().await.broker.bootstrap();
+        common::shared().await.broker.configure(&mut config.kafka);
         config.kafka.topic_prefix = format!("my_{name}.");
         config.kafka.partitions = 3;
         config.kafka.message_timeout_ms = 10_000;

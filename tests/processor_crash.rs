@@ -67,6 +67,10 @@ impl Processors {
             .env("FLYWHEEL_ERP__DSN", &env.config.erp.dsn)
             .env("FLYWHEEL_KAFKA__BOOTSTRAP", &env.config.kafka.bootstrap)
             .env(
+                "FLYWHEEL_KAFKA__FETCH_WAIT_MAX_MS",
+                env.config.kafka.fetch_wait_max_ms.to_string(),
+            )
+            .env(
                 "FLYWHEEL_KAFKA__TOPIC_PREFIX",
                 &env.config.kafka.topic_prefix,
             )

@@ -492,7 +492,7 @@ async fn broker_away_means_503_and_not_ready_then_200_again_with_nothing_lost() 
         .expect("broker");
     let dir = tempfile::tempdir().unwrap();
     let mut config = gateway_config(Config::default(), dir.path());
-    config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut config.kafka);
     config.kafka.partitions = 1;
     let gw = start_gateway(config, Some(dir)).await;
     let body = fixture("shopify_orders_create.json");

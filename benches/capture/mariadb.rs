@@ -105,7 +105,7 @@ pub async fn run(knobs: Knobs, broker: &LocalBroker) {
         super::common::env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
     config.erp.max_batch_transactions =
         super::common::env_or("BENCH_MAX_BATCH_TXNS", config.erp.max_batch_transactions);
-    config.kafka.bootstrap = broker.bootstrap();
+    broker.configure(&mut config.kafka);
     config.kafka.topic_prefix = "mariadb.".into();
     config.metrics.listen = String::new();
 

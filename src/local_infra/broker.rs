@@ -10,6 +10,10 @@ use rdkafka::producer::{BaseProducer, Producer};
 use super::process::{log_tail, spawn_guarded, stop};
 use super::{LocalInfraError, free_port};
 
+/// The processors' `fetch.wait.max.ms` against this broker (see
+/// [`LocalBroker::configure`]).
+pub const FETCH_WAIT_MS: u64 = 10;
+
 const MISSING_HINT: &str = "this build has no development broker (built with --no-default-features): \
      build with the default features, set FLYWHEEL_BIN to a flywheel binary that has one, \
      or configure kafka.bootstrap";
@@ -159,6 +163,21 @@ impl LocalBroker {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Points `kafka` at this broker, with the fetch wait it needs: tansu
+    /// answers a fetch only after `fetch.wait.max.ms`, records or not, so
+    /// Apache Kafka's 500 ms would be added to every hop through it.
+    pub fn configure(&self, kafka: &mut crate::config::KafkaConfig) {
+        kafka.bootstrap = self.bootstrap();
+        kafka.fetch_wait_max_ms = FETCH_WAIT_MS;
+    }
+
+    /// The default Kafka settings, pointed at this broker ([`configure`](Self::configure)).
+    pub fn kafka_config(&self) -> crate::config::KafkaConfig {
+        let mut kafka = crate::config::KafkaConfig::default();
+        self.configure(&mut kafka);
+        kafka
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -81,7 +81,7 @@ impl TestEnv {
         config.erp.slot = name.to_owned();
         config.erp.status_interval_ms = 100;
         config.erp.heartbeat_interval_ms = 500;
-        config.kafka.bootstrap = shared.broker.bootstrap();
+        shared.broker.configure(&mut config.kafka);
         config.kafka.topic_prefix = format!("{name}.");
         config.kafka.partitions = 3;
         config.kafka.message_timeout_ms = 10_000;
@@ -495,7 +495,7 @@ impl TopicReader {
 pub async fn kafka_only_config(name: &str) -> Config {
     let shared = shared().await;
     let mut config = Config::default();
-    config.kafka.bootstrap = shared.broker.bootstrap();
+    shared.broker.configure(&mut config.kafka);
     config.kafka.topic_prefix = format!("{name}.");
     config.kafka.partitions = 3;
     config.metrics.listen = String::new();
