@@ -42,6 +42,11 @@ pub struct DevBrokerArgs {
     /// PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// MiB of the most recently produced batches kept to answer fetches
+    /// from, beside the storage's own copy; a consumer reading further back
+    /// is answered by the storage, which lists the partition on every fetch.
+    #[arg(long, default_value_t = 256)]
+    pub fetch_cache_mib: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +129,7 @@ pub async fn run(args: DevBrokerArgs) -> Result<(), DevBrokerError> {
         .build()
         .await
         .map_err(broker_error)?;
-    let storage = WholeBatchFetch::new(storage);
+    let storage = WholeBatchFetch::new(storage, args.fetch_cache_mib.saturating_mul(1 << 20));
     let groups = Controller::with_storage(storage.clone()).map_err(broker_error)?;
     Broker::new(
         NODE_ID,

@@ -52,13 +52,30 @@ async fn lag_counts_what_a_group_has_not_committed() {
 /// skipped. tansu 0.6.0 alone skips it (`dev_broker::whole_batch_fetch`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_group_resuming_inside_a_produced_batch_gets_the_rest_of_it() {
+    resume_inside_a_batch(common::shared().await.broker.bootstrap()).await;
+}
+
+/// The same from a batch the development broker no longer keeps for fetches
+/// (`flywheel dev-broker --fetch-cache-mib 0`): its storage answers, from the
+/// start of the batch holding the offset.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_resuming_inside_a_batch_the_broker_let_go_of_gets_the_rest_of_it() {
+    let broker = flywheel::local_infra::LocalBroker::start_with_fetch_cache(0)
+        .await
+        .expect("a development broker keeping no batches");
+    resume_inside_a_batch(broker.bootstrap()).await;
+}
+
+/// Ten records produced as one batch; a group that committed offset 4 gets
+/// 4 to 9.
+async fn resume_inside_a_batch(bootstrap: String) {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::message::Message;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::{Offset, TopicPartitionList};
 
     let kafka = flywheel::config::KafkaConfig {
-        bootstrap: common::shared().await.broker.bootstrap(),
+        bootstrap,
         topic_prefix: "mid_batch_resume.".into(),
         partitions: 1,
         ..Default::default()

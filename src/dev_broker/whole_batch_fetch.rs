@@ -17,13 +17,14 @@
 //! producers' state on every fetch): with the processors fetching every
 //! 10 ms, `flywheel run` kept the development broker busy for 57 of every 60
 //! seconds. The batches produced through this wrapper are kept here too, by
-//! partition and base offset, and fetches of a partition that has them are
-//! answered from them. A deletion of records or topics (Flywheel makes none)
-//! sends every later fetch back to the storage.
+//! partition and base offset (the newest 256 MiB of them by default), and
+//! fetches of those are answered from them; a fetch from further back, or any
+//! after a deletion of records or topics (Flywheel makes none), goes to the
+//! storage.
 //!
 //! Everything else is passed through unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -58,14 +59,31 @@ pub struct WholeBatchFetch<S> {
     produced: Arc<Mutex<Produced>>,
 }
 
-/// The batches produced through the wrapper. Memory storage lives as long as
-/// this process, and so do they.
-#[derive(Debug, Default)]
+/// The batches produced through the wrapper.
+#[derive(Debug)]
 struct Produced {
-    /// Per partition, by base offset, as the storage returns them.
-    batches: BTreeMap<Topition, BTreeMap<i64, deflated::Batch>>,
+    partitions: BTreeMap<Topition, Partition>,
+    /// The kept batches, oldest first, and their total size.
+    kept_order: VecDeque<(Topition, i64)>,
+    kept_bytes: u64,
+    /// `kept_bytes` at most (`flywheel dev-broker --fetch-cache-mib`):
+    /// memory storage keeps every batch too (it has no retention), and a long
+    /// `flywheel demo` held each twice. A consumer reading further back is
+    /// answered by the storage, slower but the same.
+    limit: u64,
     /// Records or a topic were deleted in the storage: fetches go to it.
     stale: bool,
+}
+
+/// One partition's produced batches.
+#[derive(Debug, Default)]
+struct Partition {
+    /// Every batch: base offset → last offset. Memory storage lives as long
+    /// as this process, and so does this.
+    ends: BTreeMap<i64, i64>,
+    /// The batches still kept, by base offset, as the storage returns them:
+    /// always the newest of `ends`, since the oldest are let go first.
+    kept: BTreeMap<i64, deflated::Batch>,
 }
 
 /// A batch's size as a fetch counts it: its length field does not count
@@ -75,6 +93,41 @@ fn encoded_size(batch: &deflated::Batch) -> u64 {
 }
 
 impl Produced {
+    fn with_limit(limit: u64) -> Produced {
+        Produced {
+            partitions: BTreeMap::new(),
+            kept_order: VecDeque::new(),
+            kept_bytes: 0,
+            limit,
+            stale: false,
+        }
+    }
+
+    /// Remembers a batch the storage stored (its base offset set), and lets
+    /// the oldest kept ones go past the limit.
+    fn keep(&mut self, topition: &Topition, batch: deflated::Batch) {
+        let base = batch.base_offset;
+        let partition = self.partitions.entry(topition.clone()).or_default();
+        partition
+            .ends
+            .insert(base, base + i64::from(batch.last_offset_delta));
+        self.kept_bytes += encoded_size(&batch);
+        partition.kept.insert(base, batch);
+        self.kept_order.push_back((topition.clone(), base));
+        while self.kept_bytes > self.limit {
+            let Some((topition, base)) = self.kept_order.pop_front() else {
+                break;
+            };
+            let gone = self
+                .partitions
+                .get_mut(&topition)
+                .and_then(|p| p.kept.remove(&base));
+            if let Some(gone) = gone {
+                self.kept_bytes -= encoded_size(&gone);
+            }
+        }
+    }
+
     /// The batches a fetch from `offset` returns: from the one holding
     /// `offset`, until one takes the total past `max_bytes` (at least one, as
     /// Kafka does). `None` when the storage must answer.
@@ -87,17 +140,24 @@ impl Produced {
         if self.stale {
             return None;
         }
-        let batches = self.batches.get(topition)?;
-        let from = batches
-            .range(..=offset)
-            .next_back()
-            .map_or(offset, |(base, _)| *base);
+        let partition = self.partitions.get(topition)?;
+        // The first batch ending at or after `offset`: none means `offset`
+        // is past the end, and the answer is empty.
+        let Some(first) = partition
+            .ends
+            .range(self.batch_start(topition, offset)..)
+            .find(|(_, end)| **end >= offset)
+            .map(|(base, _)| *base)
+        else {
+            return Some(vec![]);
+        };
+        // Let go of: the storage still has it.
+        if !partition.kept.contains_key(&first) {
+            return None;
+        }
         let mut left = u64::from(max_bytes);
         let mut out = vec![];
-        for batch in batches.range(from..).map(|(_, b)| b) {
-            if batch.base_offset + i64::from(batch.last_offset_delta) < offset {
-                continue;
-            }
+        for batch in partition.kept.range(first..).map(|(_, b)| b) {
             let size = encoded_size(batch);
             out.push(batch.clone());
             if size > left {
@@ -111,18 +171,20 @@ impl Produced {
     /// Where a storage fetch from `offset` must begin so the batch holding it
     /// comes back: the greatest base ≤ `offset`, else `offset` itself.
     fn batch_start(&self, topition: &Topition, offset: i64) -> i64 {
-        self.batches
+        self.partitions
             .get(topition)
-            .and_then(|bases| bases.range(..=offset).next_back().map(|(base, _)| *base))
+            .and_then(|p| p.ends.range(..=offset).next_back().map(|(base, _)| *base))
             .unwrap_or(offset)
     }
 }
 
 impl<S> WholeBatchFetch<S> {
-    pub fn new(inner: S) -> Self {
+    /// `inner`, with the newest `kept_bytes` of produced batches kept to
+    /// answer fetches from.
+    pub fn new(inner: S, kept_bytes: u64) -> Self {
         WholeBatchFetch {
             inner,
-            produced: Arc::default(),
+            produced: Arc::new(Mutex::new(Produced::with_limit(kept_bytes))),
         }
     }
 
@@ -142,11 +204,7 @@ impl<S: Storage> Storage for WholeBatchFetch<S> {
         let mut kept = batch.clone();
         let base = self.inner.produce(transaction_id, topition, batch).await?;
         kept.base_offset = base;
-        self.produced()
-            .batches
-            .entry(topition.clone())
-            .or_default()
-            .insert(base, kept);
+        self.produced().keep(topition, kept);
         Ok(base)
     }
 
@@ -411,17 +469,20 @@ mod tests {
     /// Batches at offsets 0–4, 5–9 and 10, each 112 bytes as a fetch counts them.
     fn produced() -> (Produced, Topition) {
         let t = Topition::new("t", 0);
-        let mut p = Produced::default();
+        let mut p = Produced::with_limit(u64::MAX);
         for (base, delta) in [(0, 4), (5, 4), (10, 0)] {
-            let batch = deflated::Batch {
-                base_offset: base,
-                last_offset_delta: delta,
-                batch_length: 100,
-                ..Default::default()
-            };
-            p.batches.entry(t.clone()).or_default().insert(base, batch);
+            p.keep(&t, batch(base, delta));
         }
         (p, t)
+    }
+
+    fn batch(base: i64, last_offset_delta: i32) -> deflated::Batch {
+        deflated::Batch {
+            base_offset: base,
+            last_offset_delta,
+            batch_length: 100,
+            ..Default::default()
+        }
     }
 
     fn bases(batches: Option<Vec<deflated::Batch>>) -> Option<Vec<i64>> {
@@ -453,5 +514,36 @@ mod tests {
         assert!(p.fetch(&Topition::new("t", 1), 0, 1 << 20).is_none());
         p.stale = true;
         assert!(p.fetch(&t, 0, 1 << 20).is_none());
+    }
+
+    /// Past the limit the oldest batches, of any partition, are let go: a
+    /// fetch from one of them goes to the storage, from the base of the
+    /// batch holding the offset, which is still known.
+    #[test]
+    fn the_oldest_batches_are_let_go_past_the_limit_and_the_storage_answers_for_them() {
+        let (t0, t1) = (Topition::new("t", 0), Topition::new("t", 1));
+        // Room for two 112-byte batches.
+        let mut p = Produced::with_limit(224);
+        p.keep(&t0, batch(0, 4));
+        p.keep(&t1, batch(0, 0));
+        assert_eq!(bases(p.fetch(&t0, 2, 1 << 20)), Some(vec![0]));
+        p.keep(&t0, batch(5, 4));
+        assert_eq!(p.kept_bytes, 224);
+        assert!(
+            p.fetch(&t0, 2, 1 << 20).is_none(),
+            "let go: the storage answers"
+        );
+        assert_eq!(p.batch_start(&t0, 2), 0);
+        assert_eq!(bases(p.fetch(&t0, 5, 1 << 20)), Some(vec![5]));
+        assert_eq!(bases(p.fetch(&t1, 0, 1 << 20)), Some(vec![0]));
+        p.keep(&t1, batch(1, 0));
+        assert!(p.fetch(&t1, 0, 1 << 20).is_none());
+        assert_eq!(bases(p.fetch(&t1, 1, 1 << 20)), Some(vec![1]));
+        assert_eq!(
+            bases(p.fetch(&t0, 10, 1 << 20)),
+            Some(vec![]),
+            "past the end"
+        );
+        assert_eq!(p.kept_bytes, 224);
     }
 }

@@ -23,6 +23,8 @@ pub struct LocalBroker {
     dir: tempfile::TempDir,
     child: Option<Child>,
     security: BrokerSecurity,
+    /// `flywheel dev-broker --fetch-cache-mib`, when not its default.
+    fetch_cache_mib: Option<u64>,
 }
 
 /// How a broker started for tests of secured clients is reached.
@@ -52,7 +54,22 @@ impl LocalBroker {
         Self::start_with(free_port()?, security).await
     }
 
+    /// Starts a broker that keeps `mib` MiB of recent batches to answer
+    /// fetches from (`flywheel dev-broker --fetch-cache-mib`): with 0, every
+    /// fetch is answered by its storage.
+    pub async fn start_with_fetch_cache(mib: u64) -> Result<Self, LocalInfraError> {
+        Self::start_configured(free_port()?, BrokerSecurity::default(), Some(mib)).await
+    }
+
     async fn start_with(port: u16, security: BrokerSecurity) -> Result<Self, LocalInfraError> {
+        Self::start_configured(port, security, None).await
+    }
+
+    async fn start_configured(
+        port: u16,
+        security: BrokerSecurity,
+        fetch_cache_mib: Option<u64>,
+    ) -> Result<Self, LocalInfraError> {
         let bin = broker_program()?;
         let dir = tempfile::Builder::new()
             .prefix("flywheel-dev-broker-")
@@ -62,6 +79,7 @@ impl LocalBroker {
             dir,
             child: None,
             security,
+            fetch_cache_mib,
         };
         broker.spawn(&bin)?;
         broker.wait_ready().await?;
@@ -78,6 +96,12 @@ impl LocalBroker {
         cmd.arg("dev-broker")
             .args(["--listen", &listen])
             .args(self.security_args())
+            .args(
+                self.fetch_cache_mib
+                    .map(|mib| ["--fetch-cache-mib".to_owned(), mib.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .current_dir(self.dir.path())
             // Its own log level: a test's RUST_LOG=debug would drown the
             // broker's log in protocol frames.
