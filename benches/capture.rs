@@ -44,16 +44,6 @@ async fn wal_lsn(c: &Client) -> i64 {
     .get(0)
 }
 
-async fn restart_lsn(c: &Client, slot: &str) -> i64 {
-    c.query_one(
-        "SELECT coalesce((restart_lsn - '0/0'::pg_lsn)::bigint, 0) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .expect("slot")
-    .get(0)
-}
-
 /// Lets the running source's slot move its restart point up to the log's end
 /// before the source stops. PostgreSQL moves it only past a running-transactions
 /// record the walsender decoded and the client confirmed (one is logged every
@@ -65,7 +55,7 @@ async fn settle_restart_point(admin: &Client, slot: &str) {
     let before = wal_lsn(admin).await;
     admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while restart_lsn(admin, slot).await < before {
+    while slot_lsns(admin, slot).await.restart < before {
         if Instant::now() > deadline {
             println!("  (the source's slot did not move its restart point within 10 s)");
             return;
@@ -74,14 +64,27 @@ async fn settle_restart_point(admin: &Client, slot: &str) {
     }
 }
 
-async fn confirmed(c: &Client, slot: &str) -> i64 {
-    c.query_one(
-        "SELECT coalesce((confirmed_flush_lsn - '0/0'::pg_lsn)::bigint, 0) FROM pg_replication_slots WHERE slot_name = $1",
-        &[&slot],
-    )
-    .await
-    .expect("slot")
-    .get(0)
+/// A slot's positions in the WAL: where a restart decodes from, and what its
+/// client confirmed.
+struct SlotLsns {
+    restart: i64,
+    confirmed: i64,
+}
+
+async fn slot_lsns(c: &Client, slot: &str) -> SlotLsns {
+    let row = c
+        .query_one(
+            "SELECT coalesce((restart_lsn - '0/0'::pg_lsn)::bigint, 0),
+                    coalesce((confirmed_flush_lsn - '0/0'::pg_lsn)::bigint, 0)
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("slot");
+    SlotLsns {
+        restart: row.get(0),
+        confirmed: row.get(1),
+    }
 }
 
 /// One stock transaction: `rows` quants of random SKUs in random warehouses.
@@ -230,7 +233,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         sent += 1;
     }
     let end_lsn = wal_lsn(&admin).await;
-    while confirmed(&admin, &slot).await < end_lsn {
+    while slot_lsns(&admin, &slot).await.confirmed < end_lsn {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -313,7 +316,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
             (end_lsn - from_lsn) as f64 / 1e6
         );
 
-        let restart = restart_lsn(&admin, &slot).await;
+        let restart = slot_lsns(&admin, &slot).await.restart;
         println!(
             "  the source's slot restarts {:.2} MB before the burst (pg_recvlogical's new slot: at it)",
             (from_lsn - restart) as f64 / 1e6
@@ -325,7 +328,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
         // catching up, but reported apart: it does not grow with the WAL.
         let txns0 = m.transactions.get();
         let mut first_txn = None;
-        while confirmed(&admin, &slot).await < end_lsn {
+        while slot_lsns(&admin, &slot).await.confirmed < end_lsn {
             if first_txn.is_none() && m.transactions.get() > txns0 {
                 first_txn = Some(start.elapsed().as_secs_f64());
             }
