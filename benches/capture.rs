@@ -5,7 +5,8 @@
 //! default both; BENCH_SKUS, BENCH_RATE, BENCH_SECONDS, BENCH_BURST_TXNS,
 //! BENCH_QUERY_CONNECTIONS (`erp.query_connections`), BENCH_MAX_BATCH_TXNS
 //! (`erp.max_batch_transactions`),
-//! BENCH_ROWS_PER_TXN, BENCH_ROUNDS). Starts its own PostgreSQL, MariaDB and tansu.
+//! BENCH_ROWS_PER_TXN, BENCH_ROUNDS, BENCH_CONNECTOR (`erp.connector`, to try a
+//! connector's SQL)). Starts its own PostgreSQL, MariaDB and tansu.
 //!
 //! Phase A, fixed offered load: BENCH_RATE transactions/s for BENCH_SECONDS,
 //! each changing BENCH_ROWS_PER_TXN stock rows of random SKUs; reports achieved
@@ -17,13 +18,16 @@
 //! decodes the very same WAL range from its own slot (to /dev/null). Reported
 //! as rates and the ratio of the two, because the machine is shared and noisy;
 //! BENCH_ROUNDS times (default 5), each with a new burst, and the rounds'
-//! median ratio with their range.
+//! median ratio with their range. Each round also says when the burst's last
+//! transaction reached the source, and the CPU time PostgreSQL, this process
+//! (the source), the broker and `pg_recvlogical` spent: whether a catch-up
+//! waited on the walsender, on the queries or on Flywheel's own work.
 
 mod common;
 #[path = "capture/mariadb.rs"]
 mod mariadb;
 
-use common::{connect, env_or};
+use common::{connect, cpu, env_or};
 use std::time::{Duration, Instant};
 
 use flywheel::config::Config;
@@ -101,6 +105,39 @@ async fn stock_txn(c: &Client, rng: &mut SplitMix64, size: DemoSize, rows: u32) 
     )
     .await
     .expect("stock transaction");
+}
+
+/// CPU time spent so far, by who spent it: on two shared cores, whether a
+/// catch-up was short of CPU or waiting on something.
+struct CpuSample {
+    /// The postmaster and every backend, walsenders included.
+    postgres: Duration,
+    /// The benchmark's own process, which runs the source.
+    this: Duration,
+    broker: Duration,
+    /// Commands this process ran to completion (`pg_recvlogical`).
+    commands: Duration,
+}
+
+impl CpuSample {
+    fn take(pg: &LocalPostgres, broker: &LocalBroker) -> CpuSample {
+        let me = std::process::id();
+        CpuSample {
+            postgres: pg.pid().map_or(Duration::ZERO, cpu::process_tree),
+            this: cpu::process(me),
+            broker: broker.pid().map_or(Duration::ZERO, cpu::process),
+            commands: cpu::reaped_children(me),
+        }
+    }
+
+    fn since(&self, before: &CpuSample) -> CpuSample {
+        CpuSample {
+            postgres: self.postgres.saturating_sub(before.postgres),
+            this: self.this.saturating_sub(before.this),
+            broker: self.broker.saturating_sub(before.broker),
+            commands: self.commands.saturating_sub(before.commands),
+        }
+    }
 }
 
 fn events_total() -> u64 {
@@ -181,6 +218,7 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
     let mut config = Config::default();
     config.erp.dsn = dsn.clone();
     config.erp.status_interval_ms = 100;
+    config.erp.connector = std::env::var_os("BENCH_CONNECTOR").map(Into::into);
     config.erp.query_connections = env_or("BENCH_QUERY_CONNECTIONS", config.erp.query_connections);
     config.erp.max_batch_transactions =
         env_or("BENCH_MAX_BATCH_TXNS", config.erp.max_batch_transactions);
@@ -322,26 +360,34 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
             (from_lsn - restart) as f64 / 1e6
         );
         let (rows0, ev0) = (m.row_changes.get(), events_total());
+        let cpu0 = CpuSample::take(&pg, broker);
         let start = Instant::now();
         let (token, handle) = run_source(config.clone());
         // Starting (connections, prepared statements, the slot) is part of
         // catching up, but reported apart: it does not grow with the WAL.
         let txns0 = m.transactions.get();
-        let mut first_txn = None;
+        let (mut first_txn, mut last_txn) = (None, None);
         while slot_lsns(&admin, &slot).await.confirmed < end_lsn {
-            if first_txn.is_none() && m.transactions.get() > txns0 {
+            let seen = m.transactions.get() - txns0;
+            if first_txn.is_none() && seen > 0 {
                 first_txn = Some(start.elapsed().as_secs_f64());
+            }
+            if last_txn.is_none() && seen >= txns {
+                last_txn = Some(start.elapsed().as_secs_f64());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let ours = start.elapsed().as_secs_f64();
+        let cpu_ours = CpuSample::take(&pg, broker).since(&cpu0);
         let started = first_txn.unwrap_or(ours);
+        let decoded = last_txn.unwrap_or(ours);
         let (our_rows, our_events) = (m.row_changes.get() - rows0, events_total() - ev0);
         settle_restart_point(&admin, &slot).await;
         token.cancel();
         handle.await.expect("source task").expect("source");
 
         let end_text = format!("{:X}/{:X}", end_lsn >> 32, end_lsn & 0xFFFF_FFFF);
+        let cpu0 = CpuSample::take(&pg, broker);
         let start = Instant::now();
         let st = std::process::Command::new(&recvlogical)
             .args(conn_args)
@@ -358,17 +404,47 @@ async fn postgres(knobs: Knobs, broker: &LocalBroker) {
             .status()
             .expect("pg_recvlogical --start");
         let baseline = start.elapsed().as_secs_f64();
+        // pg_recvlogical's walsender ends after it: its CPU time reaches the
+        // postmaster's total once it released the slot and was reaped.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut settled = CpuSample::take(&pg, broker);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = CpuSample::take(&pg, broker);
+            let released = admin
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'baseline' AND active",
+                    &[],
+                )
+                .await
+                .map(|r| r.is_none())
+                .unwrap_or(false);
+            let still = now.postgres == settled.postgres;
+            settled = now;
+            if released && still {
+                break;
+            }
+        }
+        let cpu_baseline = settled.since(&cpu0);
         assert!(st.success(), "pg_recvlogical failed");
 
         println!(
             "  flywheel source : {ours:.2} s = {:.0} row changes/s, {:.0} entity events/s (decode + re-read + produce + ack + confirm)\n    \
-             of which {started:.2} s until the first transaction arrived (connect, prepare, start replication)",
+             of which {started:.2} s until the first transaction arrived (connect, prepare, start replication),\n    \
+             the last arrived at {decoded:.2} s\n    \
+             CPU: PostgreSQL {:.2} s, this process (the source) {:.2} s, broker {:.2} s",
             our_rows as f64 / ours,
-            our_events as f64 / ours
+            our_events as f64 / ours,
+            cpu_ours.postgres.as_secs_f64(),
+            cpu_ours.this.as_secs_f64(),
+            cpu_ours.broker.as_secs_f64(),
         );
         println!(
-            "  pg_recvlogical  : {baseline:.2} s = {:.0} row changes/s (decode to /dev/null)",
-            (txns * rows as u64) as f64 / baseline
+            "  pg_recvlogical  : {baseline:.2} s = {:.0} row changes/s (decode to /dev/null)\n    \
+             CPU: PostgreSQL {:.2} s, pg_recvlogical {:.2} s",
+            (txns * rows as u64) as f64 / baseline,
+            cpu_baseline.postgres.as_secs_f64(),
+            cpu_baseline.commands.as_secs_f64(),
         );
         println!(
             "  ratio flywheel/pg_recvlogical time: {:.2}x",

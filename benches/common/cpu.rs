@@ -33,25 +33,64 @@ pub fn threads(pid: u32) -> HashMap<u32, (String, Duration)> {
     out
 }
 
-/// CPU time of process `pid`, all threads including ended ones (user +
-/// system, from `/proc/<pid>/stat`, in clock ticks).
-pub fn process(pid: u32) -> Duration {
+/// The fields of `/proc/<pid>/stat` after the command name, as numbers, so
+/// that `fields[0]` is the line's field 3 (the state, which like any field
+/// that is not an unsigned number reads as 0); empty if the process is gone.
+fn stat_fields(pid: u32) -> Vec<u64> {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
+        return Vec::new();
     };
     // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields 14 and 15 of the line (utime, stime); the state (field 3) is fields[0].
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ticks(fields: &[u64], at: &[usize]) -> Duration {
+    let ticks: u64 = at.iter().filter_map(|&i| fields.get(i)).sum();
     // SAFETY: sysconf only reads a system constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
+
+/// CPU time of process `pid`, all threads including ended ones (user +
+/// system, fields 14 and 15 of `/proc/<pid>/stat`, in clock ticks).
+pub fn process(pid: u32) -> Duration {
+    ticks(&stat_fields(pid), &[11, 12])
+}
+
+/// CPU time of the ended children that process `pid` reaped (fields 16 and
+/// 17): a command it ran to completion, such as `pg_recvlogical`.
+pub fn reaped_children(pid: u32) -> Duration {
+    ticks(&stat_fields(pid), &[13, 14])
+}
+
+/// CPU time of process `pid` and of all its children, live or ended: a
+/// server's total, such as PostgreSQL's postmaster with its backends and
+/// walsenders, which come and go with their connections. An ended child
+/// counts once its parent reaped it (fields 16 and 17, the children's utime
+/// and stime), a live one through its own `stat`; so the total only grows,
+/// and the difference of two samples is what the server spent in between.
+pub fn process_tree(pid: u32) -> Duration {
+    let mut total = ticks(&stat_fields(pid), &[11, 12, 13, 14]);
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    for entry in procs.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let fields = stat_fields(child);
+        // Field 4, the parent's id.
+        if fields.get(1) == Some(&u64::from(pid)) {
+            total += ticks(&fields, &[11, 12, 13, 14]);
+        }
+    }
+    total
 }
 
 /// CPU time spent between two [`threads`] samples, summed by what `class`

@@ -125,6 +125,12 @@ impl LocalPostgres {
         self.port
     }
 
+    /// The postmaster's process id while it runs (benchmarks read the CPU
+    /// time of it and its backends).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Key=value DSN for `dbname` on this cluster, as the superuser.
     pub fn dsn(&self, dbname: &str) -> String {
         format!(
